@@ -1,0 +1,97 @@
+"""manifest.json and labels.json of a dataset folder: reading and shard selection.
+
+The writer (utils/writer.py) produces this layout; the pipeline, train.py and
+detect.py only read it through these functions.
+
+manifest.json (schema version 1):
+{
+  "schema_version": 1,
+  "name": "demo",
+  "source": {"kind": "folder", "path": "...", "args": {...}},
+  "num_classes": 5,
+  "multi_label": false,
+  "planes": 1,                 # encoded planes per record (6 for 6-channel microscopy)
+  "channels": 3,               # channels the model should see: planes * channels of a plane,
+                               # 3 for ordinary photos (grayscale/alpha are made 3 by the pipeline)
+  "folds": 0,                  # K when written with --folds K, else 0
+  "seed": 0,
+  "inputs": 1234,              # everything the source offered
+  "splits": {
+    "train": {"count": N, "class_counts": [..num_classes..],
+              "shards": [{"file": "train-00000-of-00002.tfrecord", "count": n, "bytes": b,
+                          "sha256": "...", "fold": null or k, "class_counts": [...]}]},
+    "val": {...}, "test": {...}          # a split with no records is absent
+  },
+  "skipped": {"count": k, "by_reason": {"truncated image": 2, ...}},
+  "readable_names": {...} or null       # class name -> readable name (Cdiscount)
+}
+`records + skipped == inputs`, where records is the sum of split counts
+(minus `dedupe` drops, which are skips with reason "duplicate of KEY").
+"""
+from __future__ import annotations
+
+import json
+import os
+
+MANIFEST = "manifest.json"
+LABELS = "labels.json"
+SKIPPED = "skipped.csv"
+
+
+class DatasetError(Exception):
+    """A dataset folder that cannot be used; the CLI prints it as one line."""
+
+
+def load_manifest(data_dir: str) -> dict:
+    path = os.path.join(data_dir, MANIFEST)
+    if not os.path.isdir(data_dir):
+        raise DatasetError(f"no dataset folder at {data_dir}")
+    if not os.path.isfile(path):
+        raise DatasetError(f"{data_dir} has no {MANIFEST}: build it with generate_dataset.py")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except ValueError as e:
+        raise DatasetError(f"{path} is not valid JSON: {e}") from None
+
+
+def load_labels(data_dir: str) -> list[str]:
+    with open(os.path.join(data_dir, LABELS)) as f:
+        return json.load(f)
+
+
+def select_shards(manifest: dict, data_dir: str, split: str, fold: int | None = None) -> list[dict]:
+    """Shard entries (with absolute "path") for a split, honouring K-fold.
+
+    With fold k on a K-fold dataset: split "train" = train shards of every other
+    fold, split "val" = train shards of fold k (the dataset's own val split, if
+    any, is not used then). Selecting a fold reads no extra data.
+    """
+    folds = int(manifest.get("folds") or 0)
+    if fold is not None:
+        if folds < 2:
+            raise DatasetError(f"{data_dir} has no folds (rebuild with --folds K) but --fold {fold} was asked")
+        if not 0 <= fold < folds:
+            raise DatasetError(f"fold {fold} does not exist: {data_dir} has folds 0..{folds - 1}")
+        train = manifest["splits"].get("train", {}).get("shards", [])
+        if split == "train":
+            chosen = [s for s in train if s.get("fold") != fold]
+        elif split == "val":
+            chosen = [s for s in train if s.get("fold") == fold]
+        else:
+            chosen = manifest["splits"].get(split, {}).get("shards", [])
+    else:
+        chosen = manifest["splits"].get(split, {}).get("shards", [])
+    return [dict(s, path=os.path.join(data_dir, s["file"])) for s in chosen]
+
+
+def split_count(shards: list[dict]) -> int:
+    return sum(int(s["count"]) for s in shards)
+
+
+def class_counts(shards: list[dict], num_classes: int) -> list[int]:
+    out = [0] * num_classes
+    for s in shards:
+        for i, c in enumerate(s.get("class_counts") or []):
+            out[i] += int(c)
+    return out

@@ -1,0 +1,78 @@
+"""What every source yields, and how the writer asks for bytes.
+
+A source turns one input shape (folder, CSV, BSON, URL list, ...) into a
+stream of `Item`s (one per sample) and `Skip`s (inputs that cannot become a
+sample, with a reason). Items are light: they carry a `load` callable, not the
+bytes, so the writer can index millions of samples, plan splits and shards,
+and only then read bytes shard by shard (possibly in worker processes, hence
+`load` must be picklable: a `functools.partial` of a module-level function).
+
+Sources do NOT decode or validate images; the writer does that once for all.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    key: str                      # unique, stable name of the input (rel. path, "file.bson#product/photo", URL id)
+    source_id: str                # -> image/source_id; a product's photos share it (val split groups by it)
+    labels: tuple[str, ...]       # class NAMES; () = unlabeled
+    load: Callable[[], list[bytes]] = field(compare=False)  # -> encoded planes (1, or N for multi-channel)
+    size: int = 0                 # estimated encoded bytes (for sharding by size)
+    split: str | None = None      # 'train' / 'val' / 'test' when the source dictates it
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    key: str                      # same naming as Item.key
+    reason: str                   # short, stable, human readable: "label not in label list: foo"
+
+
+def read_files(paths: Sequence[str]) -> list[bytes]:
+    """Planes from files, in order."""
+    out = []
+    for p in paths:
+        with open(p, "rb") as f:
+            out.append(f.read())
+    return out
+
+
+def file_loader(*paths: str) -> Callable[[], list[bytes]]:
+    return functools.partial(read_files, tuple(paths))
+
+
+class SourceError(Exception):
+    """Bad input that stops the whole run (missing input, truncated BSON, ...).
+
+    The CLI prints `str(err)` as one line on stderr and exits non-zero.
+    """
+
+
+class Source:
+    """Base class. Subclasses set `kind` and implement `items()`.
+
+    classes:     class names in index order when the source fixes them
+                 (--label-names, --categories, a folder's class dirs); None means
+                 "the sorted set of labels seen" (the writer derives it).
+    multi_label: True when a sample may carry several labels.
+    args:        what to record in manifest.json under source.args.
+    readable:    optional {class name: readable name} kept in the manifest
+                 (Cdiscount category_id -> "level1 / level2 / level3").
+    """
+
+    kind: str = "?"
+
+    def __init__(self) -> None:
+        self.classes: list[str] | None = None
+        self.multi_label: bool = False
+        self.args: dict = {}
+        self.readable: dict[str, str] | None = None
+
+    def items(self) -> Iterator[Item | Skip]:
+        raise NotImplementedError
