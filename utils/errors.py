@@ -1,0 +1,33 @@
+"""User-facing errors and the one place CLIs turn them into a single line."""
+from __future__ import annotations
+
+import sys
+
+
+class UsageError(ValueError):
+    """A bad flag value or argument; printed as one line, exit code 2."""
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    from utils.manifest import DatasetError
+    from utils.sources.base import SourceError
+
+    return (UsageError, SourceError, DatasetError, FileNotFoundError, NotADirectoryError, PermissionError)
+
+
+def run_cli(main, argv=None) -> int:
+    """Run `main(argv)`; user errors become `error: ...` on stderr and exit code 2.
+
+    Anything else is a bug in this project and keeps its traceback.
+    """
+    try:
+        return int(main(argv) or 0)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except user_errors() as e:
+        msg = str(e) or e.__class__.__name__
+        if isinstance(e, OSError) and e.filename and str(e.filename) not in msg:
+            msg = f"{msg}: {e.filename}"
+        print(f"error: {msg.splitlines()[0]}", file=sys.stderr)
+        return 2
