@@ -1,0 +1,214 @@
+"""utils/download.py against a local HTTP server that misbehaves on purpose.
+
+No network: a ThreadingHTTPServer on 127.0.0.1 serves a good JPEG, a 404, a 500
+that recovers on retry, a 500 that never does, a response slower than the
+timeout, an HTML page and oversized bodies (declared and streamed). The handler
+counts requests per path, so retries and cache hits are asserted, not assumed.
+"""
+from __future__ import annotations
+
+import io
+import os
+import socket
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from utils.download import DownloadError, cache_path, fetch_all
+
+SLOW_S = 1.5          # the slow route sleeps this long; tests use timeouts of ~0.4 s
+WAIT_S = 0.3          # the concurrency route holds each request this long
+BIG = 200_000         # oversized bodies; tests cap at MAX_BYTES
+MAX_BYTES = 100_000
+FAST = dict(timeout=0.4, retries=2, backoff=0.01, max_bytes=MAX_BYTES, progress=False)
+
+
+def make_jpeg(seed: int = 0, size: int = 40) -> bytes:
+    rng = np.random.default_rng(seed)
+    img = Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):      # keep pytest output clean
+        pass
+
+    def _send(self, status: int, body: bytes, ctype: str = "image/jpeg", length: int | None = None):
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        if length is not None:
+            self.send_header("Content-Length", str(length))
+        self.end_headers()
+        try:
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass                        # the client gave up (timeout, size cap): expected
+
+    def do_GET(self):
+        srv = self.server
+        with srv.lock:
+            srv.counts[self.path] += 1
+            n = srv.counts[self.path]
+            srv.in_flight += 1
+            srv.max_in_flight = max(srv.max_in_flight, srv.in_flight)
+        try:
+            self.route(n)
+        finally:
+            with srv.lock:
+                srv.in_flight -= 1
+
+    def route(self, n: int):
+        p, jpeg = self.path, self.server.jpeg
+        if p.startswith("/img/"):
+            self._send(200, jpeg, length=len(jpeg))
+        elif p == "/404":
+            self._send(404, b"not found", "text/plain", length=9)
+        elif p.startswith("/flaky/"):                    # 500 once, then fine
+            if n == 1:
+                self._send(500, b"oops", "text/plain", length=4)
+            else:
+                self._send(200, jpeg, length=len(jpeg))
+        elif p == "/always500":
+            self._send(500, b"oops", "text/plain", length=4)
+        elif p == "/slow":
+            time.sleep(SLOW_S)
+            self._send(200, jpeg, length=len(jpeg))
+        elif p == "/page.html":
+            html = b"<!doctype html><html><body>Error: image moved</body></html>"
+            self._send(200, html, "text/html", length=len(html))
+        elif p == "/big":                                # declared too large
+            self._send(200, b"\xff\xd8" + b"\0" * BIG, length=BIG + 2)
+        elif p == "/big-stream":                         # no Content-Length: capped while streaming
+            self._send(200, b"\xff\xd8" + b"\0" * BIG)
+        elif p.startswith("/wait/"):
+            time.sleep(WAIT_S)
+            self._send(200, jpeg, length=len(jpeg))
+        else:
+            self._send(404, b"", "text/plain", length=0)
+
+
+@pytest.fixture
+def http_server():
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    srv.daemon_threads = True
+    srv.lock = threading.Lock()
+    srv.counts = Counter()
+    srv.in_flight = srv.max_in_flight = 0
+    srv.jpeg = make_jpeg()
+    srv.base = f"http://127.0.0.1:{srv.server_address[1]}"
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def test_each_outcome_has_its_reason(http_server, tmp_path):
+    b = http_server.base
+    items = [
+        ("good", f"{b}/img/a.jpg"),
+        ("missing", f"{b}/404"),
+        ("flaky", f"{b}/flaky/1"),
+        ("down", f"{b}/always500"),
+        ("slow", f"{b}/slow"),
+        ("html", f"{b}/page.html"),
+        ("big", f"{b}/big"),
+        ("bigstream", f"{b}/big-stream"),
+        ("ftp", "ftp://127.0.0.1/x.jpg"),
+        ("noscheme", "example.com/x.jpg"),
+        ("refused", f"http://127.0.0.1:{closed_port()}/x.jpg"),
+    ]
+    res = fetch_all(items, str(tmp_path), **FAST)
+    assert list(res) == [k for k, _ in items]
+    reasons = {k: str(v) for k, v in res.items() if isinstance(v, DownloadError)}
+    assert set(reasons) == {"missing", "down", "slow", "html", "big", "bigstream", "ftp",
+                            "noscheme", "refused"}
+    assert reasons["missing"] == "http 404"
+    assert reasons["down"] == "http 500 after 3 attempts"
+    assert reasons["slow"] == "timeout after 3 attempts"
+    assert reasons["html"] == "not an image"
+    assert reasons["big"] == f"body larger than {MAX_BYTES} bytes"
+    assert reasons["bigstream"] == f"body larger than {MAX_BYTES} bytes"
+    assert reasons["ftp"] == "unsupported URL scheme: ftp"
+    assert reasons["noscheme"] == "unsupported URL scheme: (none)"
+    assert reasons["refused"].startswith("connection error")
+    for key in ("good", "flaky"):
+        with open(res[key], "rb") as f:
+            assert f.read() == http_server.jpeg
+    c = http_server.counts
+    assert c["/404"] == 1                 # 4xx: no retry
+    assert c["/flaky/1"] == 2             # 500 then success
+    assert c["/always500"] == 3           # 1 + retries
+    assert c["/big"] == 1 and c["/page.html"] == 1
+    # nothing half-written is left behind, failures leave no file
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        os.path.basename(res[k]) for k in ("good", "flaky"))
+
+
+def test_rerun_requests_nothing_already_cached(http_server, tmp_path):
+    b = http_server.base
+    items = [(f"k{i}", f"{b}/img/{i}.jpg") for i in range(5)] + [("f", f"{b}/flaky/x"),
+                                                                  ("gone", f"{b}/404")]
+    first = fetch_all(items, str(tmp_path), **FAST)
+    before = sum(http_server.counts.values())
+    assert before == 5 + 2 + 1
+    again = fetch_all(items, str(tmp_path), **FAST)
+    c = http_server.counts
+    assert sum(c.values()) - before == 1 and c["/404"] == 2   # only the failure is retried
+    assert {k: v for k, v in again.items() if k != "gone"} == \
+           {k: v for k, v in first.items() if k != "gone"}
+    # a changed URL for the same key is a new download
+    fetch_all([("k0", f"{b}/img/other.jpg")], str(tmp_path), **FAST)
+    assert c["/img/other.jpg"] == 1
+
+
+def test_stale_partial_files_are_removed(http_server, tmp_path):
+    url = f"{http_server.base}/img/p.jpg"
+    final = cache_path(str(tmp_path), "p", url)
+    stale = final + ".part-999-1"
+    with open(stale, "wb") as f:
+        f.write(b"\xff\xd8half")
+    res = fetch_all([("p", url)], str(tmp_path), **FAST)
+    assert res["p"] == final and not os.path.exists(stale)
+
+
+def test_requests_run_concurrently(http_server, tmp_path):
+    b = http_server.base
+    items = [(f"w{i}", f"{b}/wait/{i}") for i in range(8)]
+    t0 = time.monotonic()
+    res = fetch_all(items, str(tmp_path / "a"), concurrency=8, **FAST)
+    elapsed = time.monotonic() - t0
+    assert all(isinstance(v, str) for v in res.values())
+    assert http_server.max_in_flight >= 4
+    assert elapsed < 8 * WAIT_S * 0.6, elapsed             # far from serial
+
+    http_server.max_in_flight = 0
+    fetch_all([(f"s{i}", f"{b}/wait/s{i}") for i in range(3)], str(tmp_path / "b"),
+              concurrency=1, **FAST)
+    assert http_server.max_in_flight == 1
+
+
+def test_download_error_str_is_the_reason():
+    e = DownloadError("http 404")
+    assert str(e) == "http 404" and isinstance(e, Exception)
+
+
+def test_cache_names_are_safe_and_url_specific(tmp_path):
+    a = cache_path(str(tmp_path), "../../etc/passwd", "http://x/1")
+    assert os.path.dirname(a) == str(tmp_path) and "/" not in os.path.basename(a)
+    assert cache_path(str(tmp_path), "k", "http://x/1") != cache_path(str(tmp_path), "k", "http://x/2")

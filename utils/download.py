@@ -1,0 +1,224 @@
+"""Concurrent, cached, defensive image downloads (URL-list source and detect.py).
+
+Remote image lists are long and the hosts behind them are unreliable: some
+URLs are gone (404), some servers hiccup (500, resets), some hang, some answer
+with an HTML error page or a 2 GB file. So every request has a timeout, only
+transient failures are retried (with exponential backoff), bodies are capped
+while they stream in, and a body must at least have an image header before it
+is kept. Kept bodies go into a cache folder under a name derived from the key
+and the URL, written atomically, so a rerun after Ctrl-C or a crash requests
+only what it does not have yet.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import random
+import re
+import threading
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from urllib.parse import urlsplit
+
+CHUNK = 64 * 1024
+# Statuses worth another try: server-side trouble, plus "slow down" / "timed out"
+# which are 4xx codes in name only. Every other 4xx is final (404 stays 404).
+RETRY_STATUS = frozenset({408, 429}) | frozenset(range(500, 600))
+TMP_MARK = ".part-"
+
+
+class DownloadError(Exception):
+    """A download that did not produce an image; str() is the short reason."""
+
+
+class _Retryable(DownloadError):
+    """A failure that may go away on another attempt (5xx, timeout, reset)."""
+
+
+def cache_path(cache_dir: str, key: str, url: str) -> str:
+    """Where the body of `url` for `key` is kept.
+
+    The readable part comes from the key; the hash of the URL makes a changed
+    URL a new download. Two keys whose safe names collide with the same URL
+    share a file, which is harmless: the bytes are the same.
+    """
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", key)[:80] or "_"
+    digest = hashlib.sha1(url.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return os.path.join(cache_dir, f"{safe}-{digest}")
+
+
+def check_url(url: str) -> None:
+    scheme = urlsplit(url).scheme.lower()
+    if scheme not in ("http", "https"):
+        raise DownloadError(f"unsupported URL scheme: {scheme or '(none)'}")
+
+
+def check_image_header(body: bytes) -> None:
+    """Refuse bodies that are not images (HTML error pages, JSON, truncated junk).
+
+    PIL's open() only parses the header, so this is cheap; the full decode
+    check is the writer's (or detect.py's) job. Huge declared sizes pass here:
+    the writer refuses them with a precise reason.
+    """
+    from PIL import Image
+
+    if not body:
+        raise DownloadError("empty body")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(body)):
+                pass
+    except Image.DecompressionBombError:
+        return
+    except Exception:
+        raise DownloadError("not an image") from None
+
+
+def _get_once(session, url: str, timeout: float, max_bytes: int) -> bytes:
+    """One GET; the body or an exception (_Retryable when worth retrying)."""
+    import requests
+
+    try:
+        with session.get(url, timeout=timeout, stream=True) as r:
+            if r.status_code != 200:
+                err = _Retryable if r.status_code in RETRY_STATUS else DownloadError
+                raise err(f"http {r.status_code}")
+            declared = r.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) > max_bytes:
+                raise DownloadError(f"body larger than {max_bytes} bytes")
+            # `timeout` bounds each connect/read wait; this bounds a server that
+            # drips a byte just often enough to never trip it.
+            deadline = time.monotonic() + 6 * timeout
+            buf = bytearray()
+            for chunk in r.iter_content(CHUNK):
+                buf += chunk
+                if len(buf) > max_bytes:
+                    raise DownloadError(f"body larger than {max_bytes} bytes")
+                if time.monotonic() > deadline:
+                    raise _Retryable("timeout")
+            return bytes(buf)
+    except requests.exceptions.Timeout:
+        raise _Retryable("timeout") from None
+    except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError) as e:
+        raise _Retryable(f"connection error: {type(e).__name__}") from None
+    except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema,
+            requests.exceptions.MissingSchema) as e:
+        raise DownloadError(f"invalid URL: {type(e).__name__}") from None
+    except requests.exceptions.RequestException as e:
+        raise DownloadError(f"request failed: {type(e).__name__}") from None
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    tmp = f"{path}{TMP_MARK}{os.getpid()}-{threading.get_ident()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)       # readers see the whole file or none of it
+
+
+def _fetch_one(session, url: str, path: str, *, timeout: float, retries: int,
+               max_bytes: int, backoff: float) -> str:
+    check_url(url)
+    attempt = 0
+    while True:
+        try:
+            body = _get_once(session, url, timeout, max_bytes)
+            break
+        except _Retryable as e:
+            if attempt >= retries:
+                tries = f" after {attempt + 1} attempts" if attempt else ""
+                raise DownloadError(f"{e}{tries}") from None
+            # Exponential backoff with jitter so 16 threads that failed together
+            # do not hammer the server again in lockstep.
+            time.sleep(backoff * (2 ** attempt) * (0.5 + random.random()))
+            attempt += 1
+    check_image_header(body)
+    _write_atomic(path, body)
+    return path
+
+
+def _remove_stale_parts(cache_dir: str) -> None:
+    """Drop half-written files a killed run left behind (one run per cache at a time)."""
+    for name in os.listdir(cache_dir):
+        if TMP_MARK in name:
+            try:
+                os.remove(os.path.join(cache_dir, name))
+            except OSError:
+                pass
+
+
+def fetch_all(items: list[tuple[str, str]], cache_dir: str, *, concurrency: int = 16,
+              timeout: float = 10.0, retries: int = 3, max_bytes: int = 20_000_000,
+              progress: bool = True, backoff: float = 0.5) -> dict[str, str | DownloadError]:
+    """Download (key, url) pairs into cache_dir -> {key: file path | DownloadError}.
+
+    timeout:  seconds per connect / per read wait (a body must also finish
+              within 6x that); retries: extra attempts after the first, only on
+              5xx/408/429, timeouts and connection errors; backoff: first retry
+              delay in seconds, doubled each time. A key whose file is already
+              cached is not requested. Failures are not cached: a rerun tries
+              them again.
+    """
+    import requests
+    from tqdm import tqdm
+
+    os.makedirs(cache_dir, exist_ok=True)
+    _remove_stale_parts(cache_dir)
+    results: dict[str, str | DownloadError] = {}
+    todo: list[tuple[str, str, str]] = []
+    for key, url in items:
+        path = cache_path(cache_dir, key, url)
+        if os.path.isfile(path):
+            results[key] = path
+        else:
+            todo.append((key, url, path))
+
+    local = threading.local()
+    sessions: list = []
+    lock = threading.Lock()
+
+    def session():
+        # requests.Session is not thread-safe; one per worker thread keeps
+        # connection reuse (keep-alive) without sharing.
+        s = getattr(local, "session", None)
+        if s is None:
+            s = local.session = requests.Session()
+            s.headers["User-Agent"] = "imgcls-fetch/1.0"
+            with lock:
+                sessions.append(s)
+        return s
+
+    def work(key: str, url: str, path: str):
+        try:
+            return key, _fetch_one(session(), url, path, timeout=timeout, retries=retries,
+                                   max_bytes=max_bytes, backoff=backoff)
+        except DownloadError as e:
+            return key, DownloadError(str(e))
+
+    failed = 0
+    bar = tqdm(total=len(items), initial=len(results), unit="img", desc="download",
+               disable=not progress, smoothing=0.1)
+    pool = ThreadPoolExecutor(max_workers=max(1, concurrency))
+    try:
+        futures = [pool.submit(work, *t) for t in todo]
+        for fut in as_completed(futures):
+            key, res = fut.result()
+            results[key] = res
+            if isinstance(res, DownloadError):
+                failed += 1
+                bar.set_postfix(failed=failed, refresh=False)
+            bar.update(1)
+    except BaseException:
+        # Ctrl-C: drop the queue instead of downloading the rest first; requests
+        # in flight end within their timeout, and their files are complete or absent.
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    else:
+        pool.shutdown()
+    finally:
+        bar.close()
+        for s in sessions:
+            s.close()
+    return {key: results[key] for key, _ in items}
