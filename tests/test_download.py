@@ -103,7 +103,7 @@ def http_server():
     srv.in_flight = srv.max_in_flight = 0
     srv.jpeg = make_jpeg()
     srv.base = f"http://127.0.0.1:{srv.server_address[1]}"
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     t.start()
     yield srv
     srv.shutdown()
