@@ -1,0 +1,70 @@
+"""utils/evaluate.py: metrics and threshold tuning on hand-made arrays (no TensorFlow)."""
+import numpy as np
+import pytest
+
+from utils import evaluate as ev
+
+
+def test_fbeta_counts_and_zero_division():
+    f = ev.fbeta_from_counts(np.array([2, 0]), np.array([1, 0]), np.array([1, 0]), 1.0)
+    assert f[0] == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))
+    assert f[1] == 0.0          # nothing true, nothing predicted: 0, not NaN
+    # F2 weighs recall: missing positives costs more than false alarms
+    assert ev.fbeta_from_counts(1, 0, 1, 2.0) < ev.fbeta_from_counts(1, 1, 0, 2.0)
+
+
+def test_single_label_metrics():
+    y = np.eye(3)[[0, 1, 2, 2]]
+    p = np.array([[.8, .1, .1], [.2, .5, .3], [.5, .2, .3], [.1, .1, .8]])
+    m = ev.evaluate(y, p, ["a", "b", "c"], multi_label=False)
+    assert m["accuracy"] == pytest.approx(0.75)
+    assert m["top5"] == 1.0                       # k is capped at K
+    assert ev.topk_accuracy(y, p, 2) == pytest.approx(1.0)
+    rows = {r["class"]: r for r in m["per_class"]}
+    assert rows["a"]["precision"] == pytest.approx(0.5) and rows["a"]["recall"] == 1.0
+    assert rows["c"]["recall"] == pytest.approx(0.5) and rows["c"]["support"] == 2
+    cm = ev.confusion_matrix(y, p)
+    assert cm.tolist() == [[1, 0, 0], [0, 1, 0], [1, 0, 1]]
+    assert ev.headline(m) == "accuracy 0.750 on 4 images"
+
+
+def test_multi_label_metrics_and_thresholds():
+    y = np.array([[1, 0], [1, 1], [0, 1]])
+    p = np.array([[.6, .2], [.4, .7], [.1, .9]])
+    m = ev.evaluate(y, p, ["x", "y"], multi_label=True, thresholds=[0.5, 0.5])
+    assert m["per_class"][0]["recall"] == pytest.approx(0.5)
+    m2 = ev.evaluate(y, p, ["x", "y"], multi_label=True, thresholds=[0.3, 0.5])
+    assert m2["macro_f1"] == 1.0 and m2["exact_match"] == 1.0 and m2["samples_f2"] == 1.0
+    assert ev.headline(m2, "products").startswith("macro_f1 1.000 on 3 products")
+
+
+def test_tuned_thresholds_beat_default_on_tuning_data():
+    rng = np.random.default_rng(0)
+    y = (rng.random((200, 6)) < 0.3).astype(np.float32)
+    y[:, 5] = 0                                    # a class with no positives keeps the default
+    # informative but shifted scores: 0.5 is a poor cut for most classes
+    p = np.clip(0.15 + 0.3 * y + 0.25 * rng.random(y.shape), 0, 1).astype(np.float32)
+    for beta in (1.0, 2.0):
+        t, scores = ev.tune_thresholds(y, p, beta=beta)
+        assert len(t) == 6 and t[5] == 0.5
+        tuned = ev.macro_fbeta(y, ev.predict_labels(p, True, t), beta)
+        base = ev.macro_fbeta(y, ev.predict_labels(p, True, 0.5), beta)
+        assert tuned >= base
+        assert tuned > base + 0.1                  # the shift is large: tuning must find it
+        assert tuned == pytest.approx(scores.mean())  # reported score = score of the returned thresholds
+
+
+def test_tuning_handles_ties_and_perfect_separation():
+    y = np.array([[1], [1], [0], [0]], dtype=np.float32)
+    p = np.array([[.3], [.3], [.2], [.2]], dtype=np.float32)
+    t, s = ev.tune_thresholds(y, p)
+    assert 0.2 < t[0] <= 0.3 and s[0] == 1.0
+
+
+def test_report_csv(tmp_path):
+    m = ev.evaluate(np.eye(2)[[0, 1]], np.array([[.9, .1], [.4, .6]]), ["a", "b"], multi_label=False)
+    path = tmp_path / "r.csv"
+    ev.write_report_csv(m["per_class"], str(path))
+    lines = path.read_text().splitlines()
+    assert lines[0].startswith("class,precision,recall,f1") and len(lines) == 3
+    assert "accuracy" in ev.summary_table(m)
