@@ -1,0 +1,225 @@
+"""train.py's configuration: the defaults, the flags, YAML files, the resolved record.
+
+One table (OPTIONS) holds every setting with its default, unit and help text,
+nanoGPT style; train.py's argparse flags are generated from it, so a flag, its
+YAML key and its saved value cannot drift apart. Precedence, lowest first:
+the defaults below < `--config x.yaml` < command-line flags. The resolved
+config (after train.py fills in dataset-dependent values such as the head and
+the image size) is saved as model_save/NAME.config.yaml and inside NAME.json.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from utils.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Option:
+    default: Any
+    help: str
+    type: Any = str  # str | int | float | bool ("bool" flags get --x / --no-x)
+    choices: tuple | None = None
+
+
+OPTIONS: dict[str, Option] = {
+    # --- what to train
+    "data": Option(None, "dataset folder built by generate_dataset.py (data/NAME)"),
+    "model": Option("densenet121", "backbone name from model/registry.py (e.g. densenet121, inceptionv3, efficientnetb0)"),
+    "weights": Option("imagenet", "backbone weights: imagenet (downloaded once), none (from scratch) or PATH to a local no-top weights file"),
+    "head": Option(None, "softmax (one label), sigmoid (multi-label) or per-class (one output per class); default from the manifest: multi_label -> sigmoid, else softmax",
+                   choices=("softmax", "sigmoid", "per-class")),
+    "layers": Option("all", "which layers train: heads (backbone frozen, its BatchNorm in inference mode), all, or a REGEX over layer names"),
+    "image_size": Option(None, "input side in pixels (square); default the model's registry size", int),
+    "dropout": Option(0.2, "dropout before the classifier (fraction)", float),
+    "head_bn": Option(False, "BatchNorm in the head", bool),
+    # --- optimisation
+    "batch_size": Option(32, "global batch size in images per step (split over replicas/workers)", int),
+    "epochs": Option(10, "total epochs, head warm-up included", int),
+    "steps_per_epoch": Option(None, "optimizer micro-steps per epoch; default one pass over the training split", int),
+    "val_steps": Option(None, "validation batches per epoch; default the whole val split", int),
+    "lr": Option(1e-3, "peak learning rate (per step, no scaling with batch size)", float),
+    "optimizer": Option("adam", "sgd (with --momentum), adam or adamw", choices=("sgd", "adam", "adamw")),
+    "momentum": Option(0.9, "SGD momentum", float),
+    "weight_decay": Option(None, "decoupled weight decay per step x lr; default 0.004 for adamw, 0 otherwise", float),
+    "schedule": Option("cosine", "LR schedule after warm-up: cosine (to 0 at the last epoch), step (x step-gamma every step-epochs), plateau (constant, x plateau-factor when val stalls)",
+                       choices=("cosine", "step", "plateau", "constant")),
+    "warmup_epochs": Option(0.0, "linear LR warm-up from 0, in epochs (fractions allowed)", float),
+    "step_epochs": Option(None, "step schedule: epochs between LR drops; default a third of the epochs", int),
+    "step_gamma": Option(0.1, "step schedule: LR multiplier at each drop", float),
+    "plateau_patience": Option(2, "plateau schedule: epochs without val improvement before the LR drops", int),
+    "plateau_factor": Option(0.2, "plateau schedule: LR multiplier at each drop", float),
+    "head_warmup_epochs": Option(0, "freeze-then-fine-tune: train only the heads for N epochs, then --layers at --finetune-lr-mult x lr (the issue's '--warmup-epochs N')", int),
+    "finetune_lr_mult": Option(0.1, "LR multiplier for the fine-tuning phase after --head-warmup-epochs", float),
+    "accum_steps": Option(1, "gradient accumulation: apply the averaged gradient every N micro-batches", int),
+    "ema": Option(False, "keep an exponential moving average of the weights (used for the saved models)", bool),
+    "mixed_precision": Option(False, "float16 compute on GPU, bfloat16 on CPU; variables stay float32", bool),
+    "jit": Option(False, "XLA-compile the train step", bool),
+    # --- losses and imbalance
+    "label_smoothing": Option(0.0, "label smoothing (fraction of the target mass spread over classes)", float),
+    "focal": Option(False, "focal loss instead of cross-entropy", bool),
+    "focal_gamma": Option(2.0, "focal loss focusing parameter", float),
+    "class_weights": Option("none", "none, balanced (from the manifest's class counts) or FILE (JSON list/dict or CSV name,weight)"),
+    # --- data
+    "augment": Option("flip", "comma list of train augmentations: flip,rrc,rotate,color,randaugment,mixup,cutmix,erasing (or none)"),
+    "fold": Option(None, "K-fold dataset: validate on fold k, train on the others", int),
+    "cache": Option(False, "cache decoded training images in memory (small datasets)", bool),
+    "shuffle_buffer": Option(2048, "shuffle buffer in records", int),
+    # --- run control
+    "early_stop": Option(0, "stop after N epochs without validation improvement (0: never)", int),
+    "resume": Option(False, "continue an interrupted run from model_save/NAME.resume/ (weights, optimizer, LR schedule, epoch)", bool),
+    "strategy": Option("auto", "auto (MirroredStrategy with >1 GPU), mirrored, multiworker (from TF_CONFIG) or none",
+                       choices=("auto", "mirrored", "multiworker", "none")),
+    "out": Option(None, "model file model_save/NAME.h5 (also NAME.keras, NAME.best.*, NAME.json); default named after data and model"),
+    "preview": Option(False, "write a PNG grid of augmented training images to log/NAME/ and exit", bool),
+    "seed": Option(0, "random seed (shuffling, augmentation, initialisation)", int),
+}
+
+# Settings that may change between an interrupted run and its --resume.
+RESUME_MUTABLE = {"resume", "early_stop", "strategy", "preview", "config", "val_steps", "cache", "shuffle_buffer"}
+
+
+def defaults() -> dict:
+    return {k: o.default for k, o in OPTIONS.items()}
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_parser(description: str) -> argparse.ArgumentParser:
+    """argparse parser with one flag per OPTIONS entry, all defaulting to None.
+
+    None means "not given on the command line", so YAML values are only
+    overridden by flags the user actually typed.
+    """
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--config", metavar="YAML", help="YAML file of defaults (keys as the flags, '-' or '_'); flags override it")
+    for name, o in OPTIONS.items():
+        help_ = o.help + (f" [default: {o.default}]" if o.default not in (None, False) else "")
+        if o.type is bool:
+            p.add_argument(flag(name), dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_)
+        else:
+            p.add_argument(flag(name), dest=name, type=o.type, choices=o.choices, default=None, help=help_,
+                           metavar=None if o.choices else name.upper())
+    return p
+
+
+def load_yaml(path: str) -> dict:
+    import yaml
+
+    if not os.path.isfile(path):
+        raise UsageError(f"config file not found: {path}")
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        raise UsageError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise UsageError(f"{path} must be a mapping of option: value")
+    out = {}
+    for key, value in raw.items():
+        name = str(key).replace("-", "_")
+        if name not in OPTIONS:
+            raise UsageError(f"unknown key '{key}' in {path} (valid: {', '.join(OPTIONS)})")
+        out[name] = coerce(name, value, path)
+    return out
+
+
+def coerce(name: str, value, where: str):
+    """A YAML value -> the option's type (argparse does this for flags only)."""
+    o = OPTIONS[name]
+    if value is None:
+        return None
+    try:
+        if o.type is bool:
+            if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+                return value.lower() in ("true", "yes", "1")
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if o.type is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        if isinstance(value, bool) and o.type is not bool:
+            raise ValueError
+        value = o.type(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{name} in {where} must be {o.type.__name__}, got {value!r}") from None
+    if o.choices and value not in o.choices:
+        raise UsageError(f"{name} in {where} must be one of {', '.join(o.choices)}, got {value!r}")
+    return value
+
+
+def resolve(args: argparse.Namespace) -> dict:
+    """defaults < YAML < flags -> one plain dict (no dataset-dependent values yet)."""
+    cfg = defaults()
+    if getattr(args, "config", None):
+        cfg.update(load_yaml(args.config))
+    for name in OPTIONS:
+        v = getattr(args, name, None)
+        if v is not None:
+            cfg[name] = v
+    cfg["config"] = getattr(args, "config", None)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: dict) -> None:
+    """Range checks that argparse cannot express; one clear line each."""
+    if not cfg.get("data"):
+        raise UsageError("--data is required (a dataset folder built by generate_dataset.py)")
+    positive = ("batch_size", "epochs", "accum_steps", "shuffle_buffer", "image_size", "steps_per_epoch",
+                "val_steps", "step_epochs", "plateau_patience")
+    for k in positive:
+        if cfg.get(k) is not None and cfg[k] < 1:
+            raise UsageError(f"{flag(k)} must be >= 1, got {cfg[k]}")
+    for k in ("lr", "finetune_lr_mult", "step_gamma", "plateau_factor"):
+        if not cfg[k] > 0:
+            raise UsageError(f"{flag(k)} must be > 0, got {cfg[k]}")
+    for k in ("warmup_epochs", "head_warmup_epochs", "early_stop", "focal_gamma", "momentum"):
+        if cfg[k] < 0:
+            raise UsageError(f"{flag(k)} must be >= 0, got {cfg[k]}")
+    if cfg["weight_decay"] is not None and cfg["weight_decay"] < 0:
+        raise UsageError(f"--weight-decay must be >= 0, got {cfg['weight_decay']}")
+    for k in ("dropout", "label_smoothing"):
+        if not 0 <= cfg[k] < 1:
+            raise UsageError(f"{flag(k)} must be in [0, 1), got {cfg[k]}")
+    if cfg["head_warmup_epochs"] >= cfg["epochs"]:
+        raise UsageError(f"--head-warmup-epochs ({cfg['head_warmup_epochs']}) must be below --epochs ({cfg['epochs']})")
+    if cfg["head_warmup_epochs"] and cfg["layers"] == "heads":
+        raise UsageError("--head-warmup-epochs needs --layers all or a REGEX for the fine-tuning phase, not heads")
+    if cfg["fold"] is not None and cfg["fold"] < 0:
+        raise UsageError(f"--fold must be >= 0, got {cfg['fold']}")
+    if cfg["layers"] not in ("heads", "all"):
+        import re
+
+        try:
+            re.compile(cfg["layers"])
+        except re.error as e:
+            raise UsageError(f"--layers {cfg['layers']!r} is not heads, all or a valid regex: {e}") from None
+
+
+def augment_list(spec: str | None) -> list[str]:
+    """'flip,rrc' -> ['flip', 'rrc']; '' / 'none' -> []."""
+    if not spec or spec.strip().lower() == "none":
+        return []
+    return [s.strip() for s in spec.split(",") if s.strip()]
+
+
+def save_yaml(cfg: dict, path: str) -> str:
+    import yaml
+
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        yaml.safe_dump(cfg, f, sort_keys=False)
+    os.replace(tmp, path)
+    return path
+
+
+def resume_mismatch(saved: dict, now: dict) -> list[str]:
+    """Settings that differ between the interrupted run and this --resume call."""
+    keys = (set(saved) | set(now)) - RESUME_MUTABLE
+    return sorted(k for k in keys if saved.get(k) != now.get(k))
