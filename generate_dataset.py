@@ -1,0 +1,188 @@
+#!/usr/bin/env python
+"""generate_dataset.py: images in any supported shape -> verified, sharded TFRecords.
+
+    python generate_dataset.py                          # the demo: draws data/demo_src, builds data/demo
+    python generate_dataset.py SOURCE --out data/NAME   # folder, labels CSV, multi-channel, BSON, URL list
+    python generate_dataset.py verify data/NAME         # re-read and check everything
+
+The work happens in utils/writer.py (write_dataset, verify_dataset) and
+utils/sources/ (one module per input shape); this script only parses flags.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from utils.errors import UsageError, run_cli  # noqa: E402
+
+DEMO_SRC = os.path.join(ROOT, "data", "demo_src")
+DEMO_OUT = os.path.join(ROOT, "data", "demo")
+
+DESCRIPTION = """\
+Convert images into sharded TFRecords (schema v1) + manifest.json, labels.json, skipped.csv.
+
+SOURCE kinds (detected unless --kind says):
+  folder        DIR/<class>/*  or  DIR/train/<class>/*, DIR/val/<class>/*, DIR/test/*
+  csv           a flat image folder + --labels CSV (id,label  or  id,attribute_ids "3 17 42")
+  multichannel  a folder of grayscale planes {id}_w1.png ... + --channels w1,...,w6
+  bson          a Cdiscount-style BSON dump (.bson); optional --categories CSV
+  urls          a list "id,url,l0,...,l12" (or "id,url" for a test list), downloaded
+                into OUT/cache (a rerun requests nothing it already has)
+
+Original image bytes are copied untouched after a validity check unless
+--max-side asks for a resize (aspect kept, EXIF orientation honoured, re-encoded).
+Animated images (GIF, WebP, APNG) keep their first frame only. Corrupt, truncated,
+empty, non-image and oversized inputs are skipped and listed in OUT/skipped.csv
+with the reason; records + skipped == inputs. A killed run resumes where it
+stopped when rerun with the same arguments.
+
+  python generate_dataset.py verify data/NAME   re-reads every shard: sha256,
+      counts, labels, and decodes every image (exit 1 with a report if anything is off).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="generate_dataset.py", description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="With no arguments: draws a small demo image set into data/demo_src and builds data/demo.")
+    p.add_argument("source", metavar="SOURCE", help="image folder, .bson file or URL list (see above)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output dataset folder, e.g. data/NAME")
+    p.add_argument("--kind", choices=["folder", "csv", "bson", "urls", "multichannel"],
+                   help="source kind (default: detected from SOURCE)")
+    p.add_argument("--labels", metavar="CSV", help="labels CSV for a flat image folder: id,label or id,attribute_ids")
+    p.add_argument("--label-names", metavar="FILE|a,b,c",
+                   help="readable class names: a file (csv: labels.csv of iMet; urls: one name per line) "
+                        "or a comma-separated list (URL lists)")
+    p.add_argument("--channels", metavar="S1,S2,...",
+                   help="multi-channel: file-name suffixes of the planes, in order, e.g. w1,w2,w3,w4,w5,w6")
+    p.add_argument("--categories", metavar="CSV",
+                   help="BSON: category_names.csv; fixes the class list to every category and keeps readable names")
+    p.add_argument("--val-fraction", type=float, metavar="F",
+                   help="put this fraction of the non-test samples in val, stratified by class and grouped by "
+                        "source id (default: keep the source's own val split, else no val)")
+    p.add_argument("--folds", type=int, default=0, metavar="K",
+                   help="split train into K stratified, grouped folds; each train shard holds one fold (default 0: none)")
+    p.add_argument("--fraction", type=float, metavar="F",
+                   help="keep only a stratified fraction of the samples, for quick experiments (default: all)")
+    p.add_argument("--shard-mb", type=float, default=150, metavar="MB", help="target shard size in MB (default 150)")
+    p.add_argument("--max-side", type=int, metavar="N",
+                   help="resize so the longer side is at most N pixels and re-encode (default: bytes untouched)")
+    p.add_argument("--max-pixels", type=int, default=100_000_000, metavar="N",
+                   help="refuse images whose header claims more pixels than this (default 100,000,000)")
+    p.add_argument("--dedupe", action="store_true",
+                   help="drop exact duplicate images (same content hash); listed in skipped.csv as 'duplicate of KEY'")
+    p.add_argument("--strict", action="store_true",
+                   help="stop at the first skipped input (bad label, CSV row without image, malformed line, ...)")
+    p.add_argument("--seed", type=int, default=0, help="seed for splits, folds, fraction and shuffling (default 0)")
+    p.add_argument("--workers", type=int, metavar="N", help="parallel workers for reading/resizing (default: CPU count)")
+    p.add_argument("--concurrency", type=int, metavar="N", help="URL lists: parallel downloads (default 16)")
+    p.add_argument("--timeout", type=float, metavar="S", help="URL lists: per-request timeout in seconds (default 10)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a dataset already in --out (default: refuse a different one, skip the same one)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--config", metavar="FILE.yaml",
+                   help="YAML file of defaults for these flags (keys as flag names, e.g. shard_mb: 50); flags override")
+    return p
+
+
+def verify_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="generate_dataset.py verify",
+                                description="Re-read every shard of a dataset: sha256 and byte size, record and "
+                                            "per-class counts, labels in range, and decode every image.")
+    p.add_argument("data", metavar="DIR", help="dataset folder (with manifest.json)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """--config FILE.yaml: its keys become parser defaults, so flags still win."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    if not known.config:
+        return
+    import yaml
+
+    if not os.path.isfile(known.config):
+        raise UsageError(f"--config: no such file: {known.config}")
+    with open(known.config) as f:
+        try:
+            conf = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise UsageError(f"--config {known.config}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(conf, dict):
+        raise UsageError(f"--config {known.config}: expected a mapping of flag names to values")
+    valid = {a.dest for a in parser._actions}
+    conf = {str(k).replace("-", "_"): v for k, v in conf.items()}
+    unknown = sorted(set(conf) - valid - {"help"})
+    if unknown:
+        raise UsageError(f"--config {known.config}: unknown keys {', '.join(unknown)}")
+    for a in parser._actions:  # values from the file satisfy required options / positionals
+        if a.dest in conf:
+            a.required = False
+            if not a.option_strings:
+                a.nargs = "?"
+    parser.set_defaults(**conf)
+
+
+def run_verify(argv: list[str]) -> int:
+    from utils.writer import verify_dataset
+
+    a = verify_parser().parse_args(argv)
+    problems = verify_dataset(a.data, progress=not a.no_progress)
+    if problems:
+        print(f"{a.data}: {len(problems)} problem(s):", file=sys.stderr)
+        for line in problems[:200]:
+            print(f"  {line}", file=sys.stderr)
+        if len(problems) > 200:
+            print(f"  ... and {len(problems) - 200} more", file=sys.stderr)
+        return 1
+    print(f"OK: {a.data} verified")
+    return 0
+
+
+def run_demo() -> int:
+    from utils.sources.demo import draw_demo
+    from utils.sources.folder import FolderSource
+    from utils.writer import write_dataset
+
+    src = draw_demo(DEMO_SRC)
+    write_dataset(FolderSource(src), DEMO_OUT, name="demo", val_fraction=0.2, shard_mb=1)
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        return run_demo()
+    if argv[0] == "verify":
+        return run_verify(argv[1:])
+    parser = build_parser()
+    apply_config(parser, argv)
+    a = parser.parse_args(argv)
+    if a.source is None:
+        raise UsageError("SOURCE is missing (give it on the command line or as 'source:' in --config)")
+    if a.workers is not None and a.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {a.workers}")
+
+    from utils.sources import open_source
+    from utils.writer import write_dataset
+
+    source = open_source(a.kind, a.source, a)
+    name = os.path.basename(os.path.normpath(a.out))
+    write_dataset(source, a.out, name=name, val_fraction=a.val_fraction, folds=a.folds, fraction=a.fraction,
+                  shard_mb=a.shard_mb, max_side=a.max_side, max_pixels=a.max_pixels, dedupe=a.dedupe,
+                  strict=a.strict, seed=a.seed, workers=a.workers, progress=not a.no_progress,
+                  overwrite=a.overwrite)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

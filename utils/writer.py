@@ -1,0 +1,779 @@
+"""Any Source -> sharded, verified TFRecords + manifest.json (the dataset writer).
+
+Four phases, so that a multi-million-sample source never needs its bytes in
+memory and a killed run can resume:
+
+  INDEX   iterate source.items() into a list of light Items (+ Skips); fix the
+          class list (the source's, or the naturally sorted labels seen).
+  PLAN    pure and deterministic for a seed: --fraction subset, train/val split
+          (stratified by class, grouped by source_id), --folds, shuffle, and the
+          cut into shards by estimated size. Its hash names the run.
+  WRITE   shard by shard, in plan order: load bytes, validity check / resize
+          (utils.imagecheck.prepare_planes, in threads or processes), serialize,
+          write to `<shard>.tmp`, rename. A sidecar in `.work/` is written AFTER
+          the rename, so "shard done" == "sidecar exists" (and its sha256 holds).
+  FINISH  labels.json, skipped.csv, then manifest.json (its presence marks a
+          finished dataset), then `.work/` is removed.
+
+Resume: a rerun with the same arguments finds `.work/state.json` with the same
+signature, keeps every shard whose sidecar and sha256 agree, and writes the rest.
+Because the plan is deterministic, the final records are exactly a clean run's.
+
+TensorFlow is imported lazily: worker processes import this module (for the
+worker function) and must stay light.
+"""
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import csv
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import random
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+from utils import manifest as mf
+from utils import schema
+from utils.errors import UsageError
+from utils.sources.base import Item, Skip, Source, SourceError
+
+WORK = ".work"                       # hidden work folder inside out_dir (removed when finished)
+STATE = "state.json"                 # signature + plan hash of the unfinished run
+SPLIT_ORDER = ("train", "val", "test")
+DEFAULT_ITEM_BYTES = 64 * 1024       # size estimate for items whose source gives none
+RESIZED_BYTES_PER_PIXEL = 0.4        # rough JPEG size after --max-side, for shard cutting
+SHARD_RE = re.compile(r"^(train|val|test)-\d{5}-of-\d{5}\.tfrecord(\.tmp)?$")
+
+
+# ----------------------------------------------------------------------------- small helpers
+
+def natural_key(name: str):
+    """'c2' < 'c10'; all-digit names (Cdiscount / iMet ids) sort numerically."""
+    return [(0, int(t), t) if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name) if t]
+
+
+def shard_name(split: str, i: int, n: int) -> str:
+    return f"{split}-{i:05d}-of-{n:05d}.tfrecord"
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _atomic_write_json(path: str, obj) -> None:
+    _atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=False) + "\n")
+
+
+def file_sha256(path: str, chunk: int = 4 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                return h.hexdigest()
+            h.update(b)
+
+
+def _one_line(e: BaseException, limit: int = 200) -> str:
+    msg = (str(e) or e.__class__.__name__).splitlines()[0] if (str(e) or "").strip() else e.__class__.__name__
+    return msg[:limit]
+
+
+def _bar(progress: bool, **kw):
+    from tqdm import tqdm
+
+    return tqdm(disable=not progress, dynamic_ncols=True, **kw)
+
+
+# ----------------------------------------------------------------------------- INDEX
+
+@dataclass
+class Index:
+    items: list[Item]                  # the samples, in source order
+    labels: list[tuple[int, ...]]      # class indices per item
+    skips: list[tuple[str, str]]       # (key, reason): source skips + labels not in the list
+    classes: list[str]
+
+
+def build_index(source: Source, *, strict: bool = False, progress: bool = True) -> Index:
+    items: list[Item] = []
+    skips: list[tuple[str, str]] = []
+    seen_keys: set[str] = set()
+
+    def skip(key: str, reason: str) -> None:
+        if strict:
+            raise SourceError(f"{key}: {reason} (--strict makes every skipped input fatal)")
+        skips.append((key, reason))
+
+    with _bar(progress, desc="indexing", unit=" inputs", leave=False) as bar:
+        for x in source.items():
+            bar.update(1)
+            if isinstance(x, Skip):
+                skip(x.key, x.reason)
+            elif x.key in seen_keys:
+                skip(x.key, "duplicate input key")
+            else:
+                seen_keys.add(x.key)
+                items.append(x)
+    del seen_keys
+
+    if source.classes is not None:
+        classes = list(source.classes)
+    else:
+        classes = sorted({lab for it in items for lab in it.labels}, key=natural_key)
+    if len(set(classes)) != len(classes):
+        raise SourceError("the class list has duplicate names")
+    pos = {c: i for i, c in enumerate(classes)}
+
+    kept, labels = [], []
+    for it in items:
+        unknown = [lab for lab in it.labels if lab not in pos]
+        if unknown:
+            skip(it.key, f"label not in label list: {unknown[0]}")
+            continue
+        kept.append(it)
+        labels.append(tuple(dict.fromkeys(pos[lab] for lab in it.labels)))  # dedupe, keep order
+    return Index(kept, labels, skips, classes)
+
+
+# ----------------------------------------------------------------------------- PLAN
+
+@dataclass
+class ShardPlan:
+    file: str
+    split: str
+    fold: int | None
+    members: list[int]                 # indices into Index.items, in write order
+
+
+def _groups_by_stratum(indices: Iterable[int], stratum: Callable[[int], object],
+                       group: Callable[[int], str]) -> dict[object, list[list[int]]]:
+    """Members grouped by source_id, groups bucketed by the stratum of their first member."""
+    groups: dict[str, list[int]] = {}
+    for i in indices:
+        groups.setdefault(group(i), []).append(i)
+    out: dict[object, list[list[int]]] = {}
+    for members in groups.values():
+        out.setdefault(stratum(members[0]), []).append(members)
+    return out
+
+
+def pick_stratified(indices: Iterable[int], frac: float, stratum, group, rng: random.Random,
+                    at_least_one: bool = False) -> set[int]:
+    """About `frac` of each stratum, whole groups only (a product never straddles)."""
+    chosen: set[int] = set()
+    by = _groups_by_stratum(indices, stratum, group)
+    strata = sorted(by, key=repr)
+    # largest-remainder apportionment: per-stratum targets that add up to
+    # round(frac * N), so many small classes still yield a val split
+    exact = {s: frac * sum(len(m) for m in by[s]) for s in strata}
+    targets = {s: math.floor(exact[s]) for s in strata}
+    spare = round(frac * sum(sum(len(m) for m in by[s]) for s in strata)) - sum(targets.values())
+    order = list(strata)
+    rng.shuffle(order)                      # ties broken at random, deterministically
+    order.sort(key=lambda s: exact[s] - targets[s], reverse=True)
+    for s in order[:max(0, spare)]:
+        targets[s] += 1
+    for s in strata:
+        gs = by[s]
+        rng.shuffle(gs)
+        target = max(1, targets[s]) if at_least_one else targets[s]
+        taken = 0
+        for m in gs:
+            if taken >= target:
+                break
+            # take a group unless it overshoots the target more than leaving it out would
+            if taken and taken + len(m) - target > target - taken:
+                continue
+            chosen.update(m)
+            taken += len(m)
+    return chosen
+
+
+def assign_folds(indices: Iterable[int], k: int, stratum, group, rng: random.Random) -> dict[int, int]:
+    """Stratified, grouped K-fold: each group goes to the fold with fewest of its stratum."""
+    fold_of: dict[int, int] = {}
+    total = [0] * k
+    by = _groups_by_stratum(indices, stratum, group)
+    for s in sorted(by, key=repr):
+        gs = by[s]
+        rng.shuffle(gs)
+        per = [0] * k
+        for m in gs:
+            f = min(range(k), key=lambda j: (per[j], total[j], j))
+            per[f] += len(m)
+            total[f] += len(m)
+            for i in m:
+                fold_of[i] = f
+    return fold_of
+
+
+def estimate_bytes(item: Item, max_side: int | None) -> int:
+    b = item.size or DEFAULT_ITEM_BYTES
+    if max_side:
+        b = min(b, int(max_side * max_side * RESIZED_BYTES_PER_PIXEL) + 1)
+    return b + 64  # Example framing
+
+
+def cut_by_size(order: list[int], sizes: Callable[[int], int], shard_bytes: int) -> list[list[int]]:
+    chunks, cur, cur_b = [], [], 0
+    for i in order:
+        b = sizes(i)
+        if cur and cur_b + b > shard_bytes:
+            chunks.append(cur)
+            cur, cur_b = [], 0
+        cur.append(i)
+        cur_b += b
+    if cur:
+        chunks.append(cur)
+    return chunks
+
+
+def make_plan(index: Index, *, val_fraction: float | None = None, folds: int = 0,
+              fraction: float | None = None, shard_mb: float = 150, max_side: int | None = None,
+              seed: int = 0) -> list[ShardPlan]:
+    """Deterministic for (index, arguments, seed). Each phase has its own RNG so that,
+    e.g., adding --folds does not change the val split."""
+    items, labels = index.items, index.labels
+    dictated = any(it.split for it in items)
+
+    def base_split(i: int) -> str:
+        return items[i].split or "train"
+
+    def primary(i: int) -> int:
+        return labels[i][0] if labels[i] else -1   # unlabeled / all-zero multi-hot: own stratum
+
+    def group(i: int) -> str:
+        return items[i].source_id
+
+    indices = list(range(len(items)))
+    if fraction is not None and fraction < 1:
+        chosen = pick_stratified(indices, fraction, lambda i: (base_split(i), primary(i)), group,
+                                 random.Random(f"{seed}/fraction"), at_least_one=True)
+        indices = [i for i in indices if i in chosen]
+
+    split_of = {i: base_split(i) for i in indices}
+    if val_fraction is not None and (val_fraction > 0 or not dictated):
+        # an explicit --val-fraction re-splits everything that is not test
+        pool = [i for i in indices if split_of[i] != "test"]
+        val = pick_stratified(pool, val_fraction, lambda i: (primary(i),), group,
+                              random.Random(f"{seed}/val"))
+        for i in pool:
+            split_of[i] = "val" if i in val else "train"
+
+    fold_of: dict[int, int] = {}
+    if folds >= 2:
+        train = [i for i in indices if split_of[i] == "train"]
+        fold_of = assign_folds(train, folds, lambda i: (primary(i),), group, random.Random(f"{seed}/folds"))
+
+    shard_bytes = max(1, int(shard_mb * 1024 * 1024))
+    plan: list[ShardPlan] = []
+    for split in SPLIT_ORDER:
+        members = [i for i in indices if split_of[i] == split]
+        if not members:
+            continue
+        bins: list[tuple[int | None, list[int]]]
+        if split == "train" and folds >= 2:
+            bins = [(f, [i for i in members if fold_of[i] == f]) for f in range(folds)]
+        else:
+            bins = [(None, members)]
+        chunks: list[tuple[int | None, list[int]]] = []
+        for f, ms in bins:
+            random.Random(f"{seed}/shuffle/{split}/{f}").shuffle(ms)  # mix classes within shards
+            chunks += [(f, c) for c in cut_by_size(ms, lambda i: estimate_bytes(items[i], max_side), shard_bytes)]
+        n = len(chunks)
+        plan += [ShardPlan(shard_name(split, j, n), split, f, c) for j, (f, c) in enumerate(chunks)]
+    return plan
+
+
+def plan_hash(signature: dict, index: Index, plan: list[ShardPlan]) -> str:
+    h = hashlib.sha256(json.dumps(_comparable(signature), sort_keys=True).encode())
+    h.update(json.dumps(index.classes).encode())
+    h.update(json.dumps(index.skips).encode())
+    for s in plan:
+        h.update(json.dumps([s.file, s.fold]).encode())
+        for i in s.members:
+            h.update(json.dumps([index.items[i].key, index.items[i].source_id, index.labels[i]]).encode())
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- WRITE (workers)
+
+def default_prepare(planes, *, max_side, max_pixels):
+    from utils.imagecheck import prepare_planes
+
+    return prepare_planes(planes, max_side=max_side, max_pixels=max_pixels)
+
+
+def prepare_item(load, max_side, max_pixels, want_hash, prepare=None):
+    """Runs in a worker: load + check/resize one sample. Never raises for bad input.
+
+    -> ("ok", planes, (fmt, h, w, c), sha1-of-input-or-None) | ("skip", reason)
+    """
+    try:
+        planes = load()
+    except Exception as e:  # a vanished file, a failed download, ...
+        return ("skip", f"cannot read input: {_one_line(e)}")
+    if not planes or any(not p for p in planes):
+        return ("skip", "empty file")
+    digest = None
+    if want_hash:
+        h = hashlib.sha1()
+        for p in planes:
+            h.update(hashlib.sha1(p).digest())
+        digest = h.hexdigest()
+    try:
+        out, info = (prepare or default_prepare)(planes, max_side=max_side, max_pixels=max_pixels)
+    except MemoryError:
+        return ("skip", "image too large to decode")
+    except Exception as e:  # BadImage's text is the reason; any decoder error is a bad image too
+        return ("skip", _one_line(e))
+    return ("ok", out, (info.fmt, int(info.height), int(info.width), int(info.channels)), digest)
+
+
+def _ordered_results(fn, args: Iterator[tuple], executor, window: int):
+    """map() with bounded look-ahead, results in submission order."""
+    if executor is None:
+        for a in args:
+            yield fn(*a)
+        return
+    pending: collections.deque = collections.deque()
+    for a in args:
+        pending.append(executor.submit(fn, *a))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def _make_executor(max_side, workers: int):
+    """Pass-through is I/O + a header check: threads. Resizing is CPU: processes,
+    started by forkserver/spawn because this process has TensorFlow loaded."""
+    if workers <= 1:
+        return None, 1
+    if max_side:
+        methods = multiprocessing.get_all_start_methods()
+        ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+        return cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx), workers * 8
+    return cf.ThreadPoolExecutor(max_workers=workers), workers * 16
+
+
+# ----------------------------------------------------------------------------- WRITE (main)
+
+def _sidecar_path(out_dir: str, shard: str) -> str:
+    return os.path.join(out_dir, WORK, shard + ".json")
+
+
+def _load_done(out_dir: str, plan: list[ShardPlan], dedupe: bool) -> dict[str, dict]:
+    """Sidecars whose shard is intact. With --dedupe only a prefix of the plan counts,
+    because a shard's duplicate decisions depend on every earlier shard."""
+    done = {}
+    for s in plan:
+        side = _sidecar_path(out_dir, s.file)
+        path = os.path.join(out_dir, s.file)
+        ok = False
+        if os.path.isfile(side) and os.path.isfile(path):
+            try:
+                with open(side) as f:
+                    meta = json.load(f)
+                ok = (os.path.getsize(path) == meta["bytes"] and file_sha256(path) == meta["sha256"])
+            except (ValueError, KeyError, OSError):
+                ok = False
+        if ok:
+            done[s.file] = meta
+        elif dedupe:
+            break
+    return done
+
+
+def _write_shards(index: Index, plan: list[ShardPlan], out_dir: str, *, max_side, max_pixels,
+                  dedupe: bool, workers: int, progress: bool, prepare=None) -> dict[str, dict]:
+    import tensorflow as tf
+
+    done = _load_done(out_dir, plan, dedupe)
+    for s in plan:  # a shard without an intact sidecar is rewritten from scratch
+        if s.file not in done:
+            for p in (os.path.join(out_dir, s.file), _sidecar_path(out_dir, s.file)):
+                if os.path.exists(p):
+                    os.remove(p)
+    seen: dict[str, str] = {}
+    for s in plan:
+        if s.file in done:
+            seen.update(done[s.file].get("hashes") or {})
+    todo = [s for s in plan if s.file not in done]
+    total = sum(len(s.members) for s in todo)
+    num_classes = len(index.classes)
+    items, labels = index.items, index.labels
+
+    executor, window = _make_executor(max_side, workers)
+    tasks = ((items[i].load, max_side, max_pixels, dedupe, prepare) for s in todo for i in s.members)
+    results = _ordered_results(prepare_item, tasks, executor, window)
+    mb = 0.0
+    try:
+        with _bar(progress, total=total, desc="writing", unit=" img", smoothing=0.1) as bar:
+            for s in todo:
+                tmp = os.path.join(out_dir, s.file + ".tmp")
+                meta = {"file": s.file, "count": 0, "fold": s.fold, "class_counts": [0] * num_classes,
+                        "planes": [], "channels": [], "skipped": [], "hashes": {} if dedupe else None}
+                with tf.io.TFRecordWriter(tmp) as w:
+                    for i in s.members:
+                        res = next(results)
+                        bar.update(1)
+                        key = items[i].key
+                        if res[0] == "skip":
+                            meta["skipped"].append([key, res[1]])
+                            continue
+                        _, planes, (fmt, h, wd, c), digest = res
+                        if dedupe:
+                            if digest in seen:
+                                meta["skipped"].append([key, f"duplicate of {seen[digest]}"])
+                                continue
+                            seen[digest] = key
+                            meta["hashes"][digest] = key
+                        rec = schema.serialize(planes, fmt, h, wd, c, labels[i], items[i].source_id)
+                        w.write(rec)
+                        mb += len(rec) / 1e6
+                        meta["count"] += 1
+                        for lab in labels[i]:
+                            meta["class_counts"][lab] += 1
+                        if len(planes) not in meta["planes"]:
+                            meta["planes"].append(len(planes))
+                        if c not in meta["channels"]:
+                            meta["channels"].append(c)
+                        if bar.n % 64 == 0:
+                            bar.set_postfix_str(f"{mb:.0f} MB", refresh=False)
+                meta["bytes"] = os.path.getsize(tmp)
+                meta["sha256"] = file_sha256(tmp)
+                os.replace(tmp, os.path.join(out_dir, s.file))
+                _atomic_write_json(_sidecar_path(out_dir, s.file), meta)   # AFTER the shard: "done"
+                done[s.file] = meta
+    finally:
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+    return done
+
+
+# ----------------------------------------------------------------------------- FINISH
+
+def build_manifest(name: str, signature: dict, index: Index, plan: list[ShardPlan], done: dict[str, dict],
+                   *, source: Source, folds: int, seed: int) -> tuple[dict, list[tuple[str, str]]]:
+    k = len(index.classes)
+    splits: dict[str, dict] = {}
+    skipped = list(index.skips)
+    planes, channels = set(), set()
+    for s in plan:
+        meta = done[s.file]
+        sp = splits.setdefault(s.split, {"count": 0, "class_counts": [0] * k, "shards": []})
+        sp["count"] += meta["count"]
+        sp["class_counts"] = [a + b for a, b in zip(sp["class_counts"], meta["class_counts"])]
+        sp["shards"].append({"file": s.file, "count": meta["count"], "bytes": meta["bytes"],
+                             "sha256": meta["sha256"], "fold": s.fold, "class_counts": meta["class_counts"]})
+        skipped += [tuple(x) for x in meta["skipped"]]
+        planes.update(meta["planes"])
+        channels.update(meta["channels"])
+    if len(planes) > 1:
+        raise SourceError(f"samples have different numbers of planes: {sorted(planes)}")
+    n_planes = planes.pop() if planes else 1
+    if n_planes > 1:
+        n_channels = n_planes
+    else:
+        n_channels = 1 if channels == {1} else 3   # grayscale/alpha become 3 in the pipeline
+    by_reason = collections.Counter(_reason_kind(r) for _, r in skipped)
+    inputs = len(index.skips) + sum(len(s.members) for s in plan)
+    manifest = {
+        "schema_version": schema.SCHEMA_VERSION,
+        "name": name,
+        "source": signature["source"],
+        "num_classes": k,
+        "multi_label": bool(source.multi_label),
+        "planes": n_planes,
+        "channels": n_channels,
+        "folds": folds if folds >= 2 else 0,
+        "seed": seed,
+        "inputs": inputs,
+        "splits": {sp: splits[sp] for sp in SPLIT_ORDER if sp in splits},
+        "skipped": {"count": len(skipped), "by_reason": dict(by_reason.most_common())},
+        "readable_names": source.readable,
+    }
+    records = sum(v["count"] for v in manifest["splits"].values())
+    assert records + len(skipped) == inputs, (records, len(skipped), inputs)
+    return manifest, skipped
+
+
+def _reason_kind(reason: str) -> str:
+    """Group 'duplicate of KEY' / 'label not in label list: X' under one heading."""
+    for prefix in ("duplicate of ", "label not in label list: ", "cannot read input: "):
+        if reason.startswith(prefix):
+            return prefix.rstrip(": ").rstrip()
+    return reason
+
+
+def _write_skipped_csv(path: str, skipped: list[tuple[str, str]]) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["key", "reason"])
+        w.writerows(skipped)
+    os.replace(tmp, path)
+
+
+def summary(manifest: dict, seconds: float, mb: float) -> str:
+    lines = [f"dataset {manifest['name']}: {manifest['num_classes']} classes"
+             f"{' (multi-label)' if manifest['multi_label'] else ''}, {manifest['planes']} plane(s), "
+             f"{manifest['channels']} channel(s)"]
+    for sp, v in manifest["splits"].items():
+        lines.append(f"  {sp:5s} {v['count']:>9,d} records in {len(v['shards'])} shard(s)")
+    sk = manifest["skipped"]
+    lines.append(f"  skipped {sk['count']:,d} of {manifest['inputs']:,d} inputs (see skipped.csv)")
+    for reason, n in list(sk["by_reason"].items())[:10]:
+        lines.append(f"    {n:>7,d}  {reason}")
+    lines.append(f"  {mb:,.1f} MB in {seconds:,.1f} s")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the entry point
+
+RUN_ONLY = ("concurrency", "timeout", "retries")   # change how, not what, is written
+
+
+def _comparable(sig: dict) -> dict:
+    """The signature without knobs that do not change the records."""
+    src = dict(sig.get("source") or {})
+    src["args"] = {k: v for k, v in (src.get("args") or {}).items() if k not in RUN_ONLY}
+    return {"name": sig.get("name"), "source": src}
+
+
+def _signature(source: Source, name: str, opts: dict) -> dict:
+    a = source.args or {}
+    path = getattr(source, "path", None) or a.get("path") or a.get("root") or a.get("images_dir") or a.get("list")
+    args = dict(source.args or {})
+    args.update(opts)
+    sig = {"name": name, "source": {"kind": source.kind, "path": path, "args": args}}
+    return json.loads(json.dumps(sig, default=str))   # as it reads back from JSON
+
+
+def _our_files(out_dir: str) -> list[str]:
+    names = []
+    for n in os.listdir(out_dir):
+        if SHARD_RE.match(n) or n in (mf.MANIFEST, mf.LABELS, mf.SKIPPED, WORK) or n in (
+                mf.MANIFEST + ".tmp", mf.LABELS + ".tmp", mf.SKIPPED + ".tmp"):
+            names.append(n)
+    return names
+
+
+def _remove_ours(out_dir: str) -> None:
+    for n in _our_files(out_dir):
+        p = os.path.join(out_dir, n)
+        shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
+
+
+def _clean_temps(out_dir: str) -> None:
+    for n in os.listdir(out_dir):
+        if n.endswith(".tmp") and (SHARD_RE.match(n) or n[:-4] in (mf.MANIFEST, mf.LABELS, mf.SKIPPED)):
+            os.remove(os.path.join(out_dir, n))
+
+
+def _check_out_dir(out_dir: str, sig: dict, overwrite: bool) -> str:
+    """-> 'done' | 'resume' | 'fresh'. Refuses to touch a different dataset."""
+    man_path = os.path.join(out_dir, mf.MANIFEST)
+    state_path = os.path.join(out_dir, WORK, STATE)
+    what = None
+    if os.path.isfile(man_path):
+        try:
+            with open(man_path) as f:
+                man = json.load(f)
+            same = _comparable(man) == _comparable(sig)
+        except ValueError:
+            same, man = False, {}
+        if same and not overwrite:
+            return "done"
+        src = man.get("source") or {}
+        what = f"a different finished dataset ({src.get('kind')} {src.get('path')})" if not same else None
+    elif os.path.isfile(state_path):
+        try:
+            with open(state_path) as f:
+                same = _comparable(json.load(f).get("signature") or {}) == _comparable(sig)
+        except ValueError:
+            same = False
+        if same and not overwrite:
+            return "resume"
+        what = None if same else "an unfinished build with other arguments"
+    elif any(SHARD_RE.match(n) for n in os.listdir(out_dir)):
+        what = "shards of an unknown build"
+    if what and not overwrite:
+        raise SourceError(f"{out_dir} already holds {what}: choose another --out, rerun with the "
+                          "same arguments, or add --overwrite")
+    _remove_ours(out_dir)
+    return "fresh"
+
+
+def write_dataset(source: Source, out_dir: str, *, name: str, val_fraction: float | None = None,
+                  folds: int = 0, fraction: float | None = None, shard_mb: float = 150,
+                  max_side: int | None = None, max_pixels: int = 100_000_000, dedupe: bool = False,
+                  strict: bool = False, seed: int = 0, workers: int | None = None, progress: bool = True,
+                  overwrite: bool = False, prepare: Callable | None = None, log=None) -> dict:
+    """Convert `source` into a finished dataset folder; returns the manifest.
+
+    `prepare(planes, max_side=, max_pixels=) -> (planes, info)` replaces
+    utils.imagecheck.prepare_planes (tests); it must be picklable for --max-side.
+    """
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if val_fraction is not None and not 0 <= val_fraction < 1:
+        raise UsageError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    if fraction is not None and not 0 < fraction <= 1:
+        raise UsageError(f"--fraction must be in (0, 1], got {fraction}")
+    if folds < 0 or folds == 1:
+        raise UsageError(f"--folds must be 0 (none) or at least 2, got {folds}")
+    if shard_mb <= 0:
+        raise UsageError(f"--shard-mb must be positive, got {shard_mb}")
+    if max_side is not None and max_side < 1:
+        raise UsageError(f"--max-side must be a positive number of pixels, got {max_side}")
+    if max_pixels < 1:
+        raise UsageError(f"--max-pixels must be positive, got {max_pixels}")
+    workers = int(workers or os.cpu_count() or 1)
+    t0 = time.time()
+
+    opts = {"val_fraction": val_fraction, "folds": folds, "fraction": fraction, "shard_mb": shard_mb,
+            "max_side": max_side, "max_pixels": max_pixels, "dedupe": dedupe, "strict": strict, "seed": seed}
+    sig = _signature(source, name, opts)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise SourceError(f"--out {out_dir} is a file, not a folder")
+    os.makedirs(out_dir, exist_ok=True)
+    state = _check_out_dir(out_dir, sig, overwrite)
+    if state == "done":
+        _clean_temps(out_dir)
+        shutil.rmtree(os.path.join(out_dir, WORK), ignore_errors=True)
+        log(f"already built: {out_dir} (same source and arguments; --overwrite rebuilds it)")
+        return mf.load_manifest(out_dir)
+
+    index = build_index(source, strict=strict, progress=progress)
+    if not index.items:
+        raise SourceError(f"no usable samples in {sig['source']['path']}"
+                          + (f" ({len(index.skips)} inputs skipped, e.g. {index.skips[0][1]})" if index.skips else ""))
+    plan = make_plan(index, val_fraction=val_fraction, folds=folds, fraction=fraction,
+                     shard_mb=shard_mb, max_side=max_side, seed=seed)
+    phash = plan_hash(sig, index, plan)
+
+    work = os.path.join(out_dir, WORK)
+    state_path = os.path.join(work, STATE)
+    if state == "resume":
+        with open(state_path) as f:
+            if json.load(f).get("plan_hash") != phash:
+                log(f"the inputs changed since the unfinished run in {out_dir}: starting over")
+                _remove_ours(out_dir)
+            else:
+                log(f"resuming the unfinished run in {out_dir}")
+    _clean_temps(out_dir)
+    os.makedirs(work, exist_ok=True)
+    _atomic_write_json(state_path, {"signature": sig, "plan_hash": phash})
+
+    done = _write_shards(index, plan, out_dir, max_side=max_side, max_pixels=max_pixels, dedupe=dedupe,
+                         workers=workers, progress=progress, prepare=prepare)
+    manifest, skipped = build_manifest(name, sig, index, plan, done, source=source, folds=folds, seed=seed)
+
+    # labels and skipped first; manifest.json LAST: its presence means "finished"
+    _atomic_write_json(os.path.join(out_dir, mf.LABELS), index.classes)
+    _write_skipped_csv(os.path.join(out_dir, mf.SKIPPED), skipped)
+    _atomic_write_json(os.path.join(out_dir, mf.MANIFEST), manifest)
+    shutil.rmtree(work, ignore_errors=True)
+    mb = sum(s["bytes"] for v in manifest["splits"].values() for s in v["shards"]) / 1e6
+    log(summary(manifest, time.time() - t0, mb))
+    return manifest
+
+
+# ----------------------------------------------------------------------------- verify
+
+def _check_records(path: str, shard: dict, num_classes: int, planes: int, progress_bar) -> list[str]:
+    """Parse and decode every record of one shard; returns problems."""
+    import tensorflow as tf
+
+    problems = []
+    counts = [0] * num_classes
+    n = 0
+    try:
+        for raw in tf.data.TFRecordDataset(path).as_numpy_iterator():
+            ex = schema.parse_numpy(raw)
+            sid = ex[schema.SOURCE_ID]
+            n += 1
+            progress_bar.update(1)
+            for lab in ex[schema.LABEL]:
+                if 0 <= lab < num_classes:
+                    counts[lab] += 1
+                else:
+                    problems.append(f"{shard['file']}: record {sid} has label {lab} outside 0..{num_classes - 1}")
+            if len(ex[schema.ENCODED]) != planes:
+                problems.append(f"{shard['file']}: record {sid} has {len(ex[schema.ENCODED])} planes, "
+                                f"manifest says {planes}")
+                continue
+            for p in ex[schema.ENCODED]:
+                try:
+                    shape = tuple(tf.io.decode_image(p, channels=0, expand_animations=False).shape)
+                except (tf.errors.InvalidArgumentError, ValueError) as e:
+                    problems.append(f"{shard['file']}: record {sid} does not decode: {_one_line(e, 120)}")
+                    continue
+                want = (ex[schema.HEIGHT], ex[schema.WIDTH], ex[schema.CHANNELS])
+                if shape != want:
+                    problems.append(f"{shard['file']}: record {sid} decodes to {shape}, record says {want}")
+    except tf.errors.DataLossError as e:
+        problems.append(f"{shard['file']}: corrupt TFRecord after {n} records: {_one_line(e, 120)}")
+    if n != shard["count"]:
+        problems.append(f"{shard['file']}: {n} records, manifest says {shard['count']}")
+    if shard.get("class_counts") is not None and counts != list(shard["class_counts"]):
+        problems.append(f"{shard['file']}: per-class counts differ from the manifest")
+    return problems
+
+
+def verify_dataset(out_dir: str, *, progress: bool = True) -> list[str]:
+    """Re-read everything; [] when the dataset is intact."""
+    man = mf.load_manifest(out_dir)
+    problems: list[str] = []
+    k = int(man["num_classes"])
+    try:
+        labels = mf.load_labels(out_dir)
+        if len(labels) != k:
+            problems.append(f"labels.json has {len(labels)} names, manifest says {k} classes")
+    except (OSError, ValueError) as e:
+        problems.append(f"labels.json unreadable: {_one_line(e)}")
+    try:
+        with open(os.path.join(out_dir, mf.SKIPPED), newline="", encoding="utf-8") as f:
+            n_skipped = sum(1 for _ in csv.reader(f)) - 1
+        if n_skipped != man["skipped"]["count"]:
+            problems.append(f"skipped.csv has {n_skipped} rows, manifest says {man['skipped']['count']}")
+    except OSError as e:
+        problems.append(f"skipped.csv unreadable: {_one_line(e)}")
+    records = sum(int(v["count"]) for v in man["splits"].values())
+    if records + int(man["skipped"]["count"]) != int(man["inputs"]):
+        problems.append(f"records ({records}) + skipped ({man['skipped']['count']}) != inputs ({man['inputs']})")
+
+    with _bar(progress, total=records, desc="verifying", unit=" rec") as bar:
+        for split, v in man["splits"].items():
+            if sum(int(s["count"]) for s in v["shards"]) != int(v["count"]):
+                problems.append(f"{split}: shard counts do not add up to {v['count']}")
+            cc = [0] * k
+            for s in v["shards"]:
+                for i, c in enumerate(s.get("class_counts") or []):
+                    cc[i] += int(c)
+            if cc != list(v["class_counts"]):
+                problems.append(f"{split}: shard class counts do not add up to the split's")
+            for s in v["shards"]:
+                path = os.path.join(out_dir, s["file"])
+                if not os.path.isfile(path):
+                    problems.append(f"{s['file']}: missing")
+                    continue
+                if os.path.getsize(path) != int(s["bytes"]):
+                    problems.append(f"{s['file']}: {os.path.getsize(path)} bytes, manifest says {s['bytes']}")
+                if file_sha256(path) != s["sha256"]:
+                    problems.append(f"{s['file']}: sha256 differs from the manifest")
+                problems += _check_records(path, s, k, int(man.get("planes", 1)), bar)
+    return problems
