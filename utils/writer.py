@@ -642,6 +642,8 @@ def write_dataset(source: Source, out_dir: str, *, name: str, val_fraction: floa
     if max_pixels < 1:
         raise UsageError(f"--max-pixels must be positive, got {max_pixels}")
     workers = int(workers or os.cpu_count() or 1)
+    if prepare is None:
+        import utils.imagecheck  # noqa: F401  (fail loudly here, not as one skip per image)
     t0 = time.time()
 
     opts = {"val_fraction": val_fraction, "folds": folds, "fraction": fraction, "shard_mb": shard_mb,

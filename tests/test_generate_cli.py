@@ -1,0 +1,193 @@
+"""generate_dataset.py as a user runs it: subprocesses, exit codes, one-line errors,
+kill -9 and resume. Tests that need the real folder source and imagecheck skip
+until those modules exist."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+import generate_dataset as cli
+from tests.test_writer import FakeSource, build, make_images, records
+from utils.errors import UsageError
+from utils.sources import detect_kind
+from utils.sources.base import SourceError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "generate_dataset.py")
+
+
+def run(*args, timeout=300):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    return subprocess.run([sys.executable, SCRIPT, *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=ROOT)
+
+
+def needs_real_sources():
+    pytest.importorskip("utils.sources.folder")
+    pytest.importorskip("utils.imagecheck")
+
+
+def folder_dataset(root, n_per_class=(3, 3), size=32, seed=0):
+    rng = np.random.default_rng(seed)
+    for c, n in zip(("cat", "dog", "emu"), n_per_class):
+        os.makedirs(os.path.join(root, c), exist_ok=True)
+        for j in range(n):
+            img = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            cv2.imwrite(os.path.join(root, c, f"{j:04d}.jpg"), img)
+    return str(root)
+
+
+def test_help_documents_every_flag():
+    r = run("--help")
+    assert r.returncode == 0
+    assert "first frame" in r.stdout and "untouched" in r.stdout
+    for a in cli.build_parser()._actions:
+        assert a.help, f"{a.dest} has no --help text"
+    assert run("verify", "--help").returncode == 0
+
+
+def test_missing_input_is_one_line(tmp_path):
+    r = run(tmp_path / "nope", "--out", tmp_path / "out")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [f"error: input not found: {tmp_path / 'nope'}"]
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_flag_value_is_one_line(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    r = run("verify", tmp_path / "nothing")
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
+
+
+def test_detect_kind(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "x.bson").write_bytes(b"")
+    (tmp_path / "u.txt").write_text("1,https://example.com/a.jpg,0,1\n")
+    (tmp_path / "l.csv").write_text("id,label\n1,cat\n")
+    assert detect_kind(str(tmp_path / "d")) == "folder"
+    assert detect_kind(str(tmp_path / "x.bson")) == "bson"
+    assert detect_kind(str(tmp_path / "u.txt")) == "urls"
+    with pytest.raises(UsageError):
+        detect_kind(str(tmp_path / "l.csv"))
+    with pytest.raises(SourceError, match="input not found"):
+        detect_kind(str(tmp_path / "missing"))
+
+
+def test_config_supplies_defaults_and_flags_override(tmp_path):
+    conf = tmp_path / "c.yaml"
+    conf.write_text("out: data/x\nval_fraction: 0.3\nshard-mb: 5\n")
+    p = cli.build_parser()
+    argv = ["SRC", "--config", str(conf), "--shard-mb", "7"]
+    cli.apply_config(p, argv)
+    a = p.parse_args(argv)
+    assert (a.out, a.val_fraction, a.shard_mb, a.source) == ("data/x", 0.3, 7.0, "SRC")
+    conf.write_text("bogus_flag: 1\n")
+    with pytest.raises(UsageError, match="bogus_flag"):
+        cli.apply_config(cli.build_parser(), ["SRC", "--config", str(conf)])
+
+
+def test_verify_cli_ok_then_fails_after_a_flipped_byte(tmp_path):
+    entries = make_images(tmp_path / "img", {"a": 4, "b": 4})
+    man = build(FakeSource(entries), tmp_path / "out", val_fraction=0.25)
+    r = run("verify", tmp_path / "out", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().startswith("OK")
+    shard = tmp_path / "out" / man["splits"]["val"]["shards"][0]["file"]
+    data = bytearray(shard.read_bytes())
+    data[-3] ^= 0x01
+    shard.write_bytes(bytes(data))
+    r = run("verify", tmp_path / "out", "--no-progress")
+    assert r.returncode == 1
+    assert "sha256" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_different_dataset_in_out_is_refused(tmp_path):
+    needs_real_sources()
+    a = folder_dataset(tmp_path / "a")
+    b = folder_dataset(tmp_path / "b", seed=1)
+    out = tmp_path / "out"
+    assert run(a, "--out", out, "--no-progress").returncode == 0
+    before = {p: (os.path.getmtime(p), open(p, "rb").read()) for p in glob.glob(str(out / "*"))}
+    r = run(b, "--out", out, "--no-progress")
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("error: ")
+    after = {p: (os.path.getmtime(p), open(p, "rb").read()) for p in glob.glob(str(out / "*"))}
+    assert after == before
+    r = run(a, "--out", out, "--no-progress")
+    assert r.returncode == 0 and "already built" in r.stderr
+
+
+def test_folder_end_to_end_with_bad_files(tmp_path):
+    needs_real_sources()
+    src = folder_dataset(tmp_path / "src", (6, 5, 4))
+    (tmp_path / "src" / "cat" / "empty.jpg").write_bytes(b"")
+    good = open(tmp_path / "src" / "cat" / "0000.jpg", "rb").read()
+    (tmp_path / "src" / "dog" / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (tmp_path / "src" / "dog" / "notes.txt").write_text("not an image")
+    (tmp_path / "src" / "emu" / "fake.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    # a PNG header claiming 60000 x 60000 pixels
+    import struct
+    import zlib
+    ihdr = struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    huge = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    (tmp_path / "src" / "emu" / "huge.png").write_bytes(huge + b"\x00" * 32)
+    out = tmp_path / "out"
+    r = run(src, "--out", out, "--val-fraction", "0.2", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    man = json.load(open(out / "manifest.json"))
+    recs = sum(v["count"] for v in man["splits"].values())
+    assert recs == 15 and man["inputs"] == 20 and man["skipped"]["count"] == 5
+    rows = open(out / "skipped.csv").read().splitlines()[1:]
+    assert len(rows) == 5
+    assert run("verify", out, "--no-progress").returncode == 0
+
+
+@pytest.mark.slow
+def test_kill_9_and_resume_gives_the_clean_result(tmp_path):
+    needs_real_sources()
+    src = folder_dataset(tmp_path / "src", (150, 150, 100), size=32)
+    args = ["--val-fraction", "0.2", "--shard-mb", "0.01", "--workers", "1", "--no-progress"]
+    clean = tmp_path / "clean"
+    assert run(src, "--out", clean, *args).returncode == 0
+    out = tmp_path / "out"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    p = subprocess.Popen([sys.executable, SCRIPT, src, "--out", str(out), *args], cwd=ROOT, env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and p.poll() is None and not glob.glob(str(out / "*.tfrecord")):
+        time.sleep(0.002)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not (out / "manifest.json").exists(), "the run finished before it could be killed"
+    assert glob.glob(str(out / "*.tfrecord"))
+    r = run(src, "--out", out, *args)
+    assert r.returncode == 0, r.stderr
+    assert "resuming" in r.stderr
+    m1, m2 = json.load(open(clean / "manifest.json")), json.load(open(out / "manifest.json"))
+    assert m1["splits"] == m2["splits"] and m1["skipped"] == m2["skipped"] and m1["inputs"] == m2["inputs"]
+    assert sorted(records(out)) == sorted(records(clean))
+    left = [n for n in os.listdir(out) if n.endswith(".tmp") or n.startswith(".")]
+    assert left == []
+
+
+def test_demo_without_arguments(tmp_path, monkeypatch):
+    pytest.importorskip("utils.sources.demo")
+    needs_real_sources()
+    monkeypatch.setattr(cli, "DEMO_SRC", str(tmp_path / "demo_src"))
+    monkeypatch.setattr(cli, "DEMO_OUT", str(tmp_path / "demo"))
+    assert cli.main([]) == 0
+    man = json.load(open(tmp_path / "demo" / "manifest.json"))
+    assert man["splits"]["train"]["count"] > 0 and man["splits"]["val"]["count"] > 0
+    assert man["num_classes"] >= 2
