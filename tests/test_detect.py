@@ -1,0 +1,445 @@
+"""detect.py end to end with tiny models trained for a step (no network, 32-48 px images).
+
+Models are built by hand here (float [0, 255] input -> tiny conv -> "probs"), saved
+as train.py would (model file + NAME.json via model/meta.py), so these tests do not
+depend on the model package; one slow test uses model.build when it exists.
+"""
+import csv
+import functools
+import importlib.util
+import http.server
+import io
+import json
+import os
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import detect
+from model.meta import load_meta, save_meta
+from utils import schema
+from utils.errors import run_cli
+
+keras = pytest.importorskip("keras")
+
+# utils/plots.py belongs to the pipeline helper; PNG checks run once it exists
+HAVE_PLOTS = importlib.util.find_spec("utils.plots") is not None
+CLASSES = ["red", "green", "blue"]
+COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (40, 40, 230)}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def image_bytes(color, fmt="PNG", size=40, seed=0):
+    """An asymmetric image (a bright bar on the left) so flips and crops change predictions."""
+    rng = np.random.default_rng(seed)
+    a = np.clip(np.array(color) + rng.integers(-30, 30, (size, size, 3)), 0, 255).astype(np.uint8)
+    a[:, : size // 4] = 255
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def write_class_folder(root, per_class=3, classes=CLASSES):
+    for c in classes:
+        os.makedirs(root / c, exist_ok=True)
+        for i in range(per_class):
+            (root / c / f"{c}{i}.png").write_bytes(image_bytes(COLORS.get(c, (128, 128, 128)), seed=i))
+    return root
+
+
+def tiny_model(path, class_names=CLASSES, *, size=(32, 32), head="softmax", arch="conv", lam=False, seed=0):
+    """Build, train one step, save `path` (.h5 / .keras / folder = SavedModel) and its NAME.json."""
+    keras.utils.set_random_seed(seed)
+    k = len(class_names)
+    inp = keras.Input((*size, 3), name="image")
+    x = keras.layers.Rescaling(1.0 / 255)(inp)
+    if lam:
+        x = keras.layers.Lambda(lambda t: t * 1.0, name="my_lambda")(x)
+    if arch == "conv":
+        x = keras.layers.Conv2D(4, 3, strides=2, activation="relu")(x)
+        x = keras.layers.GlobalAveragePooling2D()(x)
+    else:   # a different architecture: pooled pixels straight into a dense layer
+        x = keras.layers.AveragePooling2D(8)(x)
+        x = keras.layers.Flatten()(x)
+        x = keras.layers.Dense(8, activation="relu")(x)
+    if head == "per-class":
+        names = [f"c{i:03d}" for i in range(k)]
+        outs = [keras.layers.Dense(1, activation="sigmoid", name=n)(x) for n in names]
+        loss = ["binary_crossentropy"] * k
+        y = [np.random.default_rng(1).integers(0, 2, (4, 1)).astype("float32") for _ in names]
+    else:
+        names = ["probs"]
+        outs = keras.layers.Dense(k, activation="softmax" if head == "softmax" else "sigmoid", name="probs")(x)
+        loss = "categorical_crossentropy" if head == "softmax" else "binary_crossentropy"
+        y = np.eye(k, dtype="float32")[[0, 1, 2, 0][:4] if k >= 3 else [0, 1, 0, 1]]
+    model = keras.Model(inp, outs)
+    model.compile(optimizer="adam", loss=loss)
+    model.train_on_batch(np.random.default_rng(2).uniform(0, 255, (4, *size, 3)).astype("float32"), y)
+    path = str(path)
+    if path.endswith((".h5", ".keras")):
+        model.save(path)
+    else:
+        model.export(path, verbose=False)
+    save_meta(path, {"name": os.path.basename(path), "architecture": f"tiny_{arch}", "class_names": list(class_names),
+                     "input_size": list(size), "channels": 3, "planes": 1, "preprocess": "none", "head": head,
+                     "multi_label": head != "softmax", "outputs": names, "thresholds": None})
+    return path
+
+
+def write_dataset(root, class_names, samples, *, split="val", multi_label=False):
+    """A data/NAME folder as utils/writer.py lays it out: one shard + manifest.json + labels.json."""
+    os.makedirs(root, exist_ok=True)
+    import tensorflow as tf
+
+    fname = f"{split}-00000-of-00001.tfrecord"
+    counts = [0] * len(class_names)
+    with tf.io.TFRecordWriter(str(root / fname)) as w:
+        for sid, data, labels in samples:
+            for l in labels:
+                counts[l] += 1
+            w.write(schema.serialize([data], "png", 40, 40, 3, labels, sid))
+    manifest = {"schema_version": 1, "name": root.name, "num_classes": len(class_names), "multi_label": multi_label,
+                "planes": 1, "channels": 3, "folds": 0, "inputs": len(samples),
+                "splits": {split: {"count": len(samples), "class_counts": counts,
+                                   "shards": [{"file": fname, "count": len(samples), "fold": None,
+                                               "class_counts": counts}]}},
+                "skipped": {"count": 0, "by_reason": {}}}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    (root / "labels.json").write_text(json.dumps(class_names))
+    return root
+
+
+def run(argv, capsys):
+    code = run_cli(detect.main, [*argv, "--no-progress"])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.reader(f))
+
+
+def probs_of(path):
+    rows = read_csv(path)
+    return {r[0]: np.array([float(v) for v in r[1:]]) for r in rows[1:]}
+
+
+@pytest.fixture(scope="module")
+def h5_model(tmp_path_factory):
+    return tiny_model(tmp_path_factory.mktemp("m") / "tiny.h5")
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return write_class_folder(tmp_path_factory.mktemp("imgs"))
+
+
+# ----------------------------------------------------------------------------- formats
+
+def test_every_format(h5_model, images, tmp_path, capsys):
+    out = str(tmp_path / "p.csv")
+    code, stdout, err = run(["--model", h5_model, str(images), "--out", out, "--format", "probs"], capsys)
+    assert code == 0, err
+    rows = read_csv(out)
+    assert rows[0] == ["id"] + CLASSES and len(rows) == 10
+    probs = probs_of(out)
+    assert set(probs) == {f"{c}/{c}{i}" for c in CLASSES for i in range(3)}
+    for p in probs.values():
+        assert p.sum() == pytest.approx(1.0, abs=1e-4)
+    best = {k: CLASSES[int(np.argmax(v))] for k, v in probs.items()}
+
+    assert run(["--model", h5_model, str(images), "--out", out, "--format", "label"], capsys)[0] == 0
+    rows = read_csv(out)
+    assert rows[0] == ["id", "label"] and {r[0]: r[1] for r in rows[1:]} == best
+
+    assert run(["--model", h5_model, str(images), "--out", out, "--format", "topk", "--k", "2"], capsys)[0] == 0
+    rows = read_csv(out)
+    assert rows[0] == ["id", "label_1", "score_1", "label_2", "score_2"]
+    for r in rows[1:]:
+        assert r[1] == best[r[0]] and float(r[2]) >= float(r[4])
+
+    assert run(["--model", h5_model, str(images), "--out", out, "--format", "cdiscount"], capsys)[0] == 0
+    rows = read_csv(out)
+    assert rows[0] == ["_id", "category_id"] and {r[0]: r[1] for r in rows[1:]} == best
+
+    # thresholds: a threshold of 0 puts every class in, 1.01 none (here: exactly what --threshold says)
+    assert run(["--model", h5_model, str(images), "--out", out, "--format", "multilabel", "--threshold", "0"], capsys)[0] == 0
+    rows = read_csv(out)
+    assert rows[0] == ["id", "labels"] and all(r[1] == "red green blue" for r in rows[1:])
+    assert run(["--model", h5_model, str(images), "--out", out, "--format", "multilabel", "--ids",
+                "--threshold", "0.3"], capsys)[0] == 0
+    rows = read_csv(out)
+    assert rows[0] == ["id", "attribute_ids"]
+    for r in rows[1:]:
+        want = [str(i) for i, v in enumerate(probs[r[0]]) if v >= 0.3]
+        assert r[1].split() == want
+
+    tfile = tmp_path / "t.json"
+    tfile.write_text(json.dumps({"red": 0.0, "green": 2.0, "blue": 2.0}))
+    assert run(["--model", h5_model, str(images), "--out", out, "--format", "binary", "--thresholds", str(tfile)],
+               capsys)[0] == 0
+    rows = read_csv(out)
+    assert rows[0] == ["id"] + CLASSES and all(r[1:] == ["1", "0", "0"] for r in rows[1:])
+
+
+def test_keras_savedmodel_and_per_class_head(images, tmp_path, capsys):
+    """.keras and SavedModel folders load; a per-class head becomes one [N, K] matrix."""
+    single = str(images / "red" / "red0.png")
+    for path, head in ((tmp_path / "pc.keras", "per-class"), (tmp_path / "sm", "sigmoid")):
+        model = tiny_model(path, head=head)
+        out = str(tmp_path / f"{os.path.basename(model)}.csv")
+        code, _, err = run(["--model", model, single, str(images / "blue"), "--out", out, "--format", "probs"], capsys)
+        assert code == 0, err
+        p = probs_of(out)
+        assert set(p) == {"red0", "blue0", "blue1", "blue2"}
+        assert all(v.shape == (3,) and ((v > 0) & (v < 1)).all() for v in p.values())
+        # the same numbers as calling the model on eval_image's output
+        if path.suffix == ".keras":
+            import tensorflow as tf
+            from utils.pipeline import eval_image
+
+            m = keras.models.load_model(model, compile=False)
+            x = eval_image(tf.constant([open(single, "rb").read()]), (32, 32))[None]
+            want = np.concatenate([np.asarray(o) for o in m(x)], axis=-1)[0]
+            np.testing.assert_allclose(p["red0"], want, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- TTA, ensembles
+
+def test_tta_changes_values_not_shape(h5_model, images, tmp_path, capsys):
+    outs = {}
+    for n in (1, 4):
+        out = str(tmp_path / f"tta{n}.csv")
+        assert run(["--model", h5_model, str(images), "--out", out, "--format", "probs", "--tta", str(n)], capsys)[0] == 0
+        outs[n] = probs_of(out)
+    assert outs[1].keys() == outs[4].keys()
+    diffs = [np.abs(outs[1][k] - outs[4][k]).max() for k in outs[1]]
+    assert all(outs[4][k].shape == (3,) for k in outs[4])
+    assert max(diffs) > 1e-4
+    code, _, err = run(["--model", h5_model, str(images), "--tta", "99"], capsys)
+    assert code == 2 and err.startswith("error: --tta")
+
+
+def test_ensemble_of_two_architectures_and_sizes(h5_model, images, tmp_path, capsys):
+    other = tiny_model(tmp_path / "dense48.keras", size=(48, 48), arch="dense", seed=3)
+    single = {}
+    for m in (h5_model, other):
+        out = str(tmp_path / f"{os.path.basename(m)}.csv")
+        assert run(["--model", m, str(images), "--out", out, "--format", "probs"], capsys)[0] == 0
+        single[m] = probs_of(out)
+    out = str(tmp_path / "ens.csv")
+    code, _, err = run(["--model", h5_model, "--model", other, "--model-weights", "3,1", str(images),
+                        "--out", out, "--format", "probs"], capsys)
+    assert code == 0, err
+    ens = probs_of(out)
+    for k, v in ens.items():
+        np.testing.assert_allclose(v, 0.75 * single[h5_model][k] + 0.25 * single[other][k], atol=1e-5)
+
+    wrong = tiny_model(tmp_path / "wrong.h5", class_names=["red", "green", "yellow"])
+    code, _, err = run(["--model", h5_model, "--model", wrong, str(images)], capsys)
+    assert code == 2 and err.startswith("error: class lists differ") and err.count("\n") == 1
+    code, _, err = run(["--model", h5_model, "--model", other, "--model-weights", "1", str(images)], capsys)
+    assert code == 2 and "--model-weights" in err
+
+
+# ----------------------------------------------------------------------------- BSON products
+
+def test_bson_product_level_average(h5_model, tmp_path, capsys):
+    bson = pytest.importorskip("bson")
+    photos = {101: [image_bytes(COLORS["red"], "JPEG", seed=s) for s in range(3)],
+              102: [image_bytes(COLORS["blue"], "JPEG", seed=7)],
+              103: [image_bytes(COLORS["green"], "JPEG", seed=s) for s in range(2)]}
+    cats = ["1000010653", "1000010654", "1000010655"]
+    model = tiny_model(tmp_path / "cd.h5", class_names=cats)
+    path = tmp_path / "test.bson"
+    with open(path, "wb") as f:
+        for pid, pics in photos.items():
+            f.write(bson.encode({"_id": pid, "imgs": [{"picture": p} for p in pics]}))
+    out = str(tmp_path / "sub.csv")
+    code, stdout, err = run(["--model", model, str(path), "--out", out, "--format", "cdiscount"], capsys)
+    assert code == 0, err
+    rows = read_csv(out)
+    assert rows[0] == ["_id", "category_id"] and [r[0] for r in rows[1:]] == ["101", "102", "103"]
+    assert all(r[1] in cats for r in rows[1:])
+
+    # product row = mean of its photos' rows, each predicted on its own
+    out_p = str(tmp_path / "prod.csv")
+    assert run(["--model", model, str(path), "--out", out_p, "--format", "probs"], capsys)[0] == 0
+    prod = probs_of(out_p)
+    pdir = tmp_path / "photos"
+    pdir.mkdir()
+    for pid, pics in photos.items():
+        for i, p in enumerate(pics):
+            (pdir / f"{pid}_{i}.jpg").write_bytes(p)
+    out_i = str(tmp_path / "img.csv")
+    assert run(["--model", model, str(pdir), "--out", out_i, "--format", "probs"], capsys)[0] == 0
+    per_image = probs_of(out_i)
+    for pid, pics in photos.items():
+        want = np.mean([per_image[f"{pid}_{i}"] for i in range(len(pics))], axis=0)
+        np.testing.assert_allclose(prod[str(pid)], want, atol=1e-5)
+    assert len(pics) == 2 and not np.allclose(per_image["103_0"], per_image["103_1"])
+
+
+# ----------------------------------------------------------------------------- thresholds
+
+def test_tune_thresholds_multilabel_dataset(tmp_path, capsys):
+    model = tiny_model(tmp_path / "ml.h5", head="sigmoid", seed=5)
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(24):
+        labels = sorted({int(v) for v in rng.choice(3, size=rng.integers(1, 3), replace=False)})
+        samples.append((f"s{i}", image_bytes(COLORS[CLASSES[labels[0]]], seed=i), labels))
+    data = write_dataset(tmp_path / "mlset", CLASSES, samples, multi_label=True)
+    out = str(tmp_path / "ml.csv")
+    assert run(["--model", model, str(data), "--out", out, "--format", "probs"], capsys)[0] == 0
+    p = probs_of(out)
+    probs = np.stack([p[f"s{i}"] for i in range(24)])
+    y = np.zeros((24, 3))
+    for i, (_, _, labels) in enumerate(samples):
+        y[i, labels] = 1
+
+    code, stdout, err = run(["--model", model, str(data), "--split", "val", "--tune-thresholds", "--tune-metric", "f2",
+                             "--evaluate", "--out", out], capsys)
+    assert code == 0, err
+    tuned = load_meta(model)["thresholds"]
+    side = json.loads((tmp_path / "ml.thresholds.json").read_text())
+    assert side["thresholds"] == tuned and side["metric"] == "f2" and len(tuned) == 3
+    from utils.evaluate import macro_fbeta, predict_labels
+
+    f_tuned = macro_fbeta(y, predict_labels(probs, True, tuned), 2.0)
+    f_half = macro_fbeta(y, predict_labels(probs, True, 0.5), 2.0)
+    assert f_tuned >= f_half
+    assert os.path.isfile(tmp_path / "ml.eval" / "pr_curves.png") or not HAVE_PLOTS
+    assert stdout.strip().splitlines()[-1].startswith("macro_f1 ")
+    assert stdout.strip().splitlines()[-1].endswith("on 24 images")
+
+    # the tuned thresholds are now the default for this model
+    assert run(["--model", model, str(data), "--out", out, "--format", "binary"], capsys)[0] == 0
+    rows = read_csv(out)[1:]
+    want = (probs >= np.array(tuned)).astype(int)
+    got = np.array([[int(v) for v in r[1:]] for r in sorted(rows, key=lambda r: int(r[0][1:]))])
+    np.testing.assert_array_equal(got, want)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def test_evaluate_folder_per_class(h5_model, images, tmp_path, capsys):
+    out = str(tmp_path / "ev.csv")
+    code, stdout, err = run(["--model", h5_model, str(images), "--evaluate", "--out", out], capsys)
+    assert code == 0, err
+    rows = read_csv(out)[1:]
+    acc = np.mean([r[1] == r[0].split("/")[0] for r in rows])
+    assert stdout.strip().splitlines()[-1] == f"accuracy {acc:.3f} on 9 images"
+    assert "top5" in stdout and "macro_f1" in stdout
+    per_class = read_csv(tmp_path / "ev.eval" / "per_class.csv")
+    assert per_class[0][:4] == ["class", "precision", "recall", "f1"] and len(per_class) == 4
+    if HAVE_PLOTS:
+        assert os.path.getsize(tmp_path / "ev.eval" / "confusion_matrix.png") > 1000
+    metrics = json.loads((tmp_path / "ev.eval" / "metrics.json").read_text())
+    assert metrics["accuracy"] == pytest.approx(acc) and metrics["n"] == 9
+
+
+def test_evaluate_dataset_split(h5_model, tmp_path, capsys):
+    samples = [(f"r{i}", image_bytes(COLORS[c], seed=i), [j]) for j, c in enumerate(CLASSES) for i in range(2)]
+    data = write_dataset(tmp_path / "ds", CLASSES, samples)
+    code, stdout, err = run(["--model", h5_model, str(data), "--evaluate", "--out", str(tmp_path / "d.csv")], capsys)
+    assert code == 0, err
+    assert stdout.strip().splitlines()[-1].endswith("on 6 images")
+    code, _, err = run(["--model", h5_model, str(data), "--split", "test"], capsys)
+    assert code == 2 and "no 'test' split" in err
+
+
+def test_evaluate_needs_labels(h5_model, images, capsys):
+    code, _, err = run(["--model", h5_model, str(images / "red" / "red0.png"), "--evaluate"], capsys)
+    assert code == 2 and "labelled" in err
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def test_unreadable_image_is_skipped_and_run_goes_on(h5_model, tmp_path, capsys):
+    d = tmp_path / "mixed"
+    d.mkdir()
+    (d / "a.png").write_bytes(image_bytes(COLORS["red"]))
+    (d / "b_bad.jpg").write_bytes(b"this is not an image at all")
+    (d / "c.png").write_bytes(image_bytes(COLORS["blue"])[:60])      # truncated PNG
+    (d / "d.png").write_bytes(image_bytes(COLORS["green"]))
+    (d / "notes.txt").write_text("hello")
+    out = str(tmp_path / "mixed.csv")
+    code, stdout, err = run(["--model", h5_model, str(d), "--out", out, "--batch-size", "2"], capsys)
+    assert code == 0, err
+    assert [r[0] for r in read_csv(out)[1:]] == ["a", "d"]
+    skipped = {r[0]: r[1] for r in read_csv(tmp_path / "mixed.skipped.csv")[1:]}
+    assert set(skipped) == {"b_bad", "c", "notes"}
+    assert skipped["b_bad"].startswith("cannot decode image") and "unsupported file type" in skipped["notes"]
+    assert "skipped b_bad" in err and "Traceback" not in err
+    # a clean rerun removes the stale list
+    assert run(["--model", h5_model, str(d / "a.png"), "--out", out], capsys)[0] == 0
+    assert not os.path.exists(tmp_path / "mixed.skipped.csv")
+
+
+@pytest.mark.parametrize("ext", [".h5", ".keras"])
+def test_lambda_model_refused_unless_unsafe(images, tmp_path, capsys, ext):
+    model = tiny_model(tmp_path / f"lam{ext}", lam=True)
+    code, _, err = run(["--model", model, str(images)], capsys)
+    assert code == 2 and err.startswith("error: refusing") and "--unsafe" in err and err.count("\n") == 1
+    code, _, err = run(["--model", model, str(images), "--out", str(tmp_path / "u.csv"), "--unsafe"], capsys)
+    assert code == 0, err
+
+
+def test_bad_models_and_inputs_one_line(h5_model, images, tmp_path, capsys):
+    notmodel = tmp_path / "fake.h5"
+    notmodel.write_text("not a model")
+    save_meta(str(notmodel), {"class_names": CLASSES, "input_size": [32, 32]})
+    cases = [
+        (["--model", str(notmodel), str(images)], "not a Keras model file"),
+        (["--model", str(tmp_path / "nope.h5"), str(images)], "model not found"),
+        (["--model", h5_model, str(tmp_path / "missing_dir")], "input not found"),
+        (["--model", h5_model, str(tmp_path / "*.zzz")], "no files match"),
+        (["--model", h5_model, str(tmp_path / "weird.xyz")], "input not found"),
+    ]
+    broken = tmp_path / "broken.keras"
+    broken.write_bytes(b"PK\x03\x04 nonsense")
+    cases.append((["--model", str(broken), str(images)], "not a Keras model file"))
+    for argv, msg in cases:
+        code, _, err = run(argv, capsys)
+        assert code == 2, argv
+        assert err.startswith("error: ") and msg in err and err.count("\n") == 1, err
+
+
+def test_help_text_for_every_flag(capsys):
+    with pytest.raises(SystemExit):
+        detect.build_parser().parse_args(["--help"])
+    out = capsys.readouterr().out
+    for action in detect.build_parser()._actions:
+        assert action.help, action.dest
+
+
+# ----------------------------------------------------------------------------- URL list
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def test_url_list(h5_model, images, tmp_path, capsys):
+    pytest.importorskip("utils.download")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                             functools.partial(_QuietHandler, directory=str(images)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        lst = tmp_path / "urls.txt"
+        lst.write_text(f"id,url\n1,{base}/red/red0.png\n2,{base}/blue/blue1.png\n3,{base}/nothing.png\n")
+        out = str(tmp_path / "u.csv")
+        code, _, err = run(["--model", h5_model, str(lst), "--out", out, "--cache-dir", str(tmp_path / "cache")], capsys)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code == 0, err
+    assert [r[0] for r in read_csv(out)[1:]] == ["1", "2"]
+    skipped = read_csv(tmp_path / "u.skipped.csv")[1:]
+    assert [r[0] for r in skipped] == ["3"] and "download failed" in skipped[0][1]
