@@ -164,10 +164,21 @@ class BsonSource(Source):
         self.path = path
         self.args = {"path": path, "categories": categories}
         self._known: set[str] | None = None
+        self._label_cache: dict = {}
         if categories:
             ids, self.readable = read_categories(categories)
             self.classes = ids
             self._known = set(ids)
+
+    def _labels(self, cat) -> tuple[str, ...]:
+        """One shared tuple per category: the writer keeps every Item of a 58 GB
+        dump (12M photos) in memory, so per-item copies of the label add up."""
+        if cat is None:
+            return ()
+        labels = self._label_cache.get(cat)
+        if labels is None:
+            labels = self._label_cache[cat] = (str(cat),)
+        return labels
 
     def items(self) -> Iterator[Item | Skip]:
         for raw in iter_raw_documents(self.path):
@@ -187,7 +198,7 @@ class BsonSource(Source):
             yield Skip(pid, "product without imgs")
             return
         cat = doc.get("category_id")
-        labels: tuple[str, ...] = () if cat is None else (str(cat),)
+        labels = self._labels(cat)
         unknown = labels and self._known is not None and labels[0] not in self._known
         for i, img in enumerate(imgs):
             key = f"{pid}/{i}"
