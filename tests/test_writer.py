@@ -378,3 +378,41 @@ def test_max_side_resizes_in_worker_processes(tmp_path):
         r = schema.parse_numpy(raw)
         assert max(r[schema.HEIGHT], r[schema.WIDTH]) == 20
     assert writer.verify_dataset(str(tmp_path / "out"), progress=False) == []
+
+
+def test_real_imagecheck_skips_bad_images_and_keeps_channels(tmp_path):
+    pytest.importorskip("utils.imagecheck")
+    import struct
+    import zlib
+
+    d = tmp_path / "img"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    good = {"rgb.jpg": rng.integers(0, 256, (20, 24, 3), dtype=np.uint8),
+            "gray.png": rng.integers(0, 256, (20, 24), dtype=np.uint8),
+            "rgba.png": rng.integers(0, 256, (20, 24, 4), dtype=np.uint8)}
+    for n, img in good.items():
+        cv2.imwrite(str(d / n), img)
+    jpg = (d / "rgb.jpg").read_bytes()
+    (d / "truncated.jpg").write_bytes(jpg[: len(jpg) // 2])
+    (d / "empty.jpg").write_bytes(b"")
+    (d / "text.png").write_bytes(b"hello, not an image")
+    chunk = b"IHDR" + struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0)
+    (d / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk
+                                 + struct.pack(">I", zlib.crc32(chunk)) + b"\x00" * 64)
+    names = sorted(os.listdir(d))
+    entries = [(n, n, ["x"], str(d / n), None) for n in names]
+    man = build(FakeSource(entries), tmp_path / "out", prepare=None)
+    assert man["inputs"] == 7
+    assert man["splits"]["train"]["count"] == 3 and man["skipped"]["count"] == 4
+    skipped = dict(list(csv.reader(open(tmp_path / "out" / "skipped.csv")))[1:])
+    assert set(skipped) == {"truncated.jpg", "empty.jpg", "text.png", "huge.png"}
+    assert all(skipped.values())
+    import tensorflow as tf
+
+    shard = tmp_path / "out" / man["splits"]["train"]["shards"][0]["file"]
+    chans = {schema.parse_numpy(r)[schema.SOURCE_ID]: schema.parse_numpy(r)[schema.CHANNELS]
+             for r in tf.data.TFRecordDataset(str(shard)).as_numpy_iterator()}
+    assert chans == {"rgb.jpg": 3, "gray.png": 1, "rgba.png": 4}
+    assert man["channels"] == 3
+    assert writer.verify_dataset(str(tmp_path / "out"), progress=False) == []

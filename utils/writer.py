@@ -538,7 +538,8 @@ def summary(manifest: dict, seconds: float, mb: float) -> str:
     lines.append(f"  skipped {sk['count']:,d} of {manifest['inputs']:,d} inputs (see skipped.csv)")
     for reason, n in list(sk["by_reason"].items())[:10]:
         lines.append(f"    {n:>7,d}  {reason}")
-    lines.append(f"  {mb:,.1f} MB in {seconds:,.1f} s")
+    n = sum(v["count"] for v in manifest["splits"].values())
+    lines.append(f"  {mb:,.1f} MB in {seconds:,.1f} s ({n / max(seconds, 1e-9):,.0f} images/s)")
     return "\n".join(lines)
 
 
