@@ -46,3 +46,42 @@ def test_plain_tf_reader_with_documented_keys_only():
     }
     ex = tf.io.parse_single_example(_example(), spec)
     assert tf.sparse.to_dense(ex["image/class/label"]).numpy().tolist() == [3, 7]
+
+
+def test_hand_encoded_example_equals_tensorflow_encoding():
+    """Our TF-free encoder produces the same message TensorFlow's protobuf does."""
+    ours = tf.train.Example.FromString(_example())
+    theirs = tf.train.Example()
+    f = theirs.features.feature
+    f[schema.ENCODED].bytes_list.value.extend([b"\xff\xd8abc", b"plane2"])
+    f[schema.FORMAT].bytes_list.value.append(b"jpeg")
+    f[schema.HEIGHT].int64_list.value.append(12)
+    f[schema.WIDTH].int64_list.value.append(34)
+    f[schema.CHANNELS].int64_list.value.append(1)
+    f[schema.LABEL].int64_list.value.extend([3, 7])
+    f[schema.SOURCE_ID].bytes_list.value.append(b"prod-0042")
+    assert ours == theirs
+    # big label ids and an empty label list survive too
+    big = tf.train.Example.FromString(schema.serialize([b"x"], "png", 70000, 1, 3, [5269, 300], "z"))
+    assert list(big.features.feature[schema.LABEL].int64_list.value) == [5269, 300]
+    assert big.features.feature[schema.HEIGHT].int64_list.value[0] == 70000
+
+
+def test_record_writer_is_read_by_tf_data(tmp_path):
+    from utils import tfrecord
+
+    path = str(tmp_path / "x.tfrecord")
+    recs = [schema.serialize([bytes([i]) * (i * 100)], "png", i, i, 3, [i], f"id{i}") for i in range(1, 6)]
+    with tfrecord.RecordWriter(path) as w:
+        for r in recs:
+            w.write(r)
+    assert [r.numpy() for r in tf.data.TFRecordDataset(path)] == recs
+    assert list(tfrecord.read_records(path)) == recs
+    # a flipped byte is caught by our reader's checksum
+    data = bytearray(open(path, "rb").read())
+    data[40] ^= 0xFF
+    open(path, "wb").write(bytes(data))
+    import pytest
+
+    with pytest.raises(tfrecord.CorruptRecord):
+        list(tfrecord.read_records(path))

@@ -1,0 +1,126 @@
+"""TFRecord files without TensorFlow: the framing, and a tf.train.Example encoder.
+
+Why not tf.io.TFRecordWriter: importing TensorFlow alone peaks at ~700 MB RSS
+(measured: 707 MB vs 88 MB for numpy+OpenCV+Pillow+bson), which breaks the
+"stream a 1 GB+ BSON in under 500 MB" goal and adds 3 s to every
+generate_dataset.py start. The format is small and stable:
+
+  record := uint64 length | uint32 masked_crc32c(length) | data | uint32 masked_crc32c(data)
+
+and a tf.train.Example is a protobuf of three message types. Files written
+here are read by tf.data.TFRecordDataset (tested in tests/test_schema.py).
+"""
+from __future__ import annotations
+
+import os
+import struct
+from typing import BinaryIO, Iterator
+
+import google_crc32c
+
+_MASK_DELTA = 0xA282EAD8
+
+
+def masked_crc(data: bytes) -> int:
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
+
+
+def frame(data: bytes) -> bytes:
+    """One serialized record -> its TFRecord bytes (header + data + footer)."""
+    length = struct.pack("<Q", len(data))
+    return b"".join((length, struct.pack("<I", masked_crc(length)), data, struct.pack("<I", masked_crc(data))))
+
+
+class RecordWriter:
+    """Drop-in for tf.io.TFRecordWriter (uncompressed): write(), flush(), close(), context manager."""
+
+    def __init__(self, path: str, buffer_bytes: int = 4 << 20) -> None:
+        self.path = path
+        self._f: BinaryIO = open(path, "wb", buffering=buffer_bytes)
+
+    def write(self, data: bytes) -> None:
+        self._f.write(frame(data))
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def fsync(self) -> None:
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self._f.close()
+
+    def __enter__(self) -> "RecordWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class CorruptRecord(Exception):
+    pass
+
+
+def read_records(path: str, check_crc: bool = True) -> Iterator[bytes]:
+    """Yield the serialized records of a TFRecord file; CorruptRecord on bad framing."""
+    with open(path, "rb") as f:
+        offset = 0
+        while True:
+            header = f.read(12)
+            if not header:
+                return
+            if len(header) < 12:
+                raise CorruptRecord(f"{path}: truncated record header at byte {offset}")
+            length_bytes, (length_crc,) = header[:8], struct.unpack("<I", header[8:])
+            if check_crc and masked_crc(length_bytes) != length_crc:
+                raise CorruptRecord(f"{path}: bad length checksum at byte {offset}")
+            (length,) = struct.unpack("<Q", length_bytes)
+            data = f.read(length)
+            footer = f.read(4)
+            if len(data) < length or len(footer) < 4:
+                raise CorruptRecord(f"{path}: truncated record at byte {offset}")
+            if check_crc and masked_crc(data) != struct.unpack("<I", footer)[0]:
+                raise CorruptRecord(f"{path}: bad data checksum at byte {offset}")
+            offset += 16 + length
+            yield data
+
+
+# --- tf.train.Example protobuf encoding --------------------------------------
+# Example{features=1: Features{feature=1: map<string, Feature>}}
+# Feature{bytes_list=1: BytesList{value=1 repeated bytes} | int64_list=3: Int64List{value=1 packed}}
+
+
+def _varint(n: int) -> bytes:
+    n &= 0xFFFFFFFFFFFFFFFF  # int64 two's complement, as protobuf does
+    out = bytearray()
+    while True:
+        low = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(low | 0x80)
+        else:
+            out.append(low)
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field (wire type 2)."""
+    return _varint((number << 3) | 2) + _varint(len(payload)) + payload
+
+
+def bytes_feature(values) -> bytes:
+    return _field(1, b"".join(_field(1, v) for v in values))
+
+
+def int64_feature(values) -> bytes:
+    packed = b"".join(_varint(int(v)) for v in values)
+    return _field(3, _field(1, packed) if packed else b"")
+
+
+def encode_example(features: dict[str, bytes]) -> bytes:
+    """{key: encoded Feature (from bytes_feature/int64_feature)} -> serialized Example."""
+    entries = b"".join(_field(1, _field(1, k.encode("utf-8")) + _field(2, v)) for k, v in features.items())
+    return _field(1, entries)
