@@ -1,0 +1,192 @@
+"""Image folder + labels CSV: `id,label` (single-label) or `id,attribute_ids` (multi-label).
+
+The CSV has a header; column 1 is the id (a file stem, or a file name when it
+has an image extension), column 2 the label, or space-separated labels for
+multi-label data (iMet 2019: `id,attribute_ids` with `attribute_ids = "13 448"`).
+Ids are kept as strings: "00123" is not 123.
+
+`label_names` gives the class list:
+  * a CSV `attribute_id,attribute_name` (iMet labels.csv): classes are the names
+    in id order, and the label ids in the labels CSV map to those names;
+  * a text file, one name per line: the index is the line number, and labels in
+    the CSV may be names or indices.
+Without it the classes are the sorted set of labels seen (the writer's job).
+
+Inputs are the image files under `images_dir` (recursively) plus the CSV rows
+that have no image; each becomes exactly one Item or Skip.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from typing import Iterator
+
+from utils.sources.base import Item, Skip, Source, SourceError, file_loader
+from utils.sources.folder import IMAGE_EXTENSIONS, extension_problem, rel_key, require_dir, stem, walk_files
+
+MULTI_LABEL_COLUMNS = ("attribute_ids", "labels", "tags")
+
+
+def _read_rows(path: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """(header, [(line number, fields)]) of a CSV, blank lines dropped."""
+    if not os.path.isfile(path):
+        raise SourceError(f"input not found: {path}")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            rows = [(reader.line_num, [x.strip() for x in r]) for r in reader if any(x.strip() for x in r)]
+    except UnicodeDecodeError:
+        raise SourceError(f"{path}: not a UTF-8 text CSV") from None
+    except csv.Error as e:
+        raise SourceError(f"{path}: bad CSV: {e}") from None
+    if not rows:
+        raise SourceError(f"{path}: empty CSV (expected a header and rows)")
+    return rows[0][1], rows[1:]
+
+
+def read_label_table(path: str) -> tuple[dict[str, tuple[str, ...]], bool]:
+    """Labels CSV -> ({id: labels}, multi_label).
+
+    multi_label is True when column 2 is named attribute_ids / labels / tags or
+    any value holds several space-separated labels.
+    """
+    header, rows = _read_rows(path)
+    if len(header) < 2:
+        raise SourceError(f"{path}: expected 2 columns (id,label or id,attribute_ids), header is {','.join(header)!r}")
+    if not rows:
+        raise SourceError(f"{path}: no rows after the header")
+    raw: dict[str, str] = {}
+    for line, fields in rows:
+        if len(fields) < 2 or not fields[0]:
+            raise SourceError(f"{path}:{line}: expected id,label, got {','.join(fields)!r}")
+        if fields[0] in raw:
+            raise SourceError(f"{path}:{line}: id {fields[0]!r} appears twice")
+        raw[fields[0]] = fields[1]
+    multi = header[1].lower() in MULTI_LABEL_COLUMNS or any(len(v.split()) > 1 for v in raw.values())
+    if multi:
+        return {k: tuple(v.split()) for k, v in raw.items()}, True
+    return {k: ((v,) if v else ()) for k, v in raw.items()}, False
+
+
+def read_label_map(path: str) -> tuple[list[str], dict[str, str]]:
+    """Label names file -> (class names in index order, {label as written in a CSV: name}).
+
+    CSV `id,name` (with header): names ordered by id (numerically when all ids
+    are integers); ids and names both map to the name. Anything else: one name
+    per line; names and line indices ("0", "1", ...) map to the name.
+    """
+    if not os.path.isfile(path):
+        raise SourceError(f"input not found: {path}")
+    if path.lower().endswith(".csv"):
+        header, rows = _read_rows(path)
+        if len(header) >= 2:
+            pairs = []
+            for line, fields in rows:
+                if len(fields) < 2 or not fields[0] or not fields[1]:
+                    raise SourceError(f"{path}:{line}: expected id,name, got {','.join(fields)!r}")
+                pairs.append((fields[0], fields[1]))
+            if all(i.lstrip("-").isdigit() for i, _ in pairs):
+                pairs.sort(key=lambda p: int(p[0]))
+            names = [n for _, n in pairs]
+            mapping = {n: n for n in names}
+            mapping.update(dict(pairs))      # ids win over names that look like ids
+            return _unique(names, path), mapping
+        names = [fields[0] for _, fields in rows if fields and fields[0]]
+    else:
+        try:
+            with open(path, encoding="utf-8-sig") as f:
+                names = [line.strip() for line in f if line.strip()]
+        except UnicodeDecodeError:
+            raise SourceError(f"{path}: not a UTF-8 text file") from None
+    if not names:
+        raise SourceError(f"{path}: no label names")
+    mapping = {str(i): n for i, n in enumerate(names)}
+    mapping.update({n: n for n in names})    # names win over indices
+    return _unique(names, path), mapping
+
+
+def read_label_names(path: str) -> list[str]:
+    """Class names in index order from a label names file (see read_label_map)."""
+    return read_label_map(path)[0]
+
+
+def _unique(names: list[str], path: str) -> list[str]:
+    seen = set()
+    for n in names:
+        if n in seen:
+            raise SourceError(f"{path}: label name {n!r} appears twice")
+        seen.add(n)
+    return names
+
+
+def map_labels(labels: tuple[str, ...], mapping: dict[str, str] | None) -> tuple[str, ...] | str:
+    """Labels -> class names, or the skip reason for the first unknown one."""
+    if mapping is None:
+        return labels
+    out = []
+    for label in labels:
+        name = mapping.get(label)
+        if name is None:
+            return f"label not in label list: {label}"
+        out.append(name)
+    return tuple(out)
+
+
+def _has_image_extension(sid: str) -> bool:
+    return os.path.splitext(sid)[1].lower() in IMAGE_EXTENSIONS
+
+
+class TableSource(Source):
+    kind = "csv"
+
+    def __init__(self, images_dir: str, labels_csv: str, label_names: str | None = None) -> None:
+        super().__init__()
+        require_dir(images_dir)
+        self.images_dir = images_dir
+        self.labels_csv = labels_csv
+        self.table, self.multi_label = read_label_table(labels_csv)
+        self.mapping = None
+        if label_names:
+            self.classes, self.mapping = read_label_map(label_names)
+        self.args = {"images": images_dir, "labels": labels_csv, "label_names": label_names}
+        self._exclude = frozenset(os.path.realpath(p) for p in (labels_csv, label_names) if p)
+
+    def items(self) -> Iterator[Item | Skip]:
+        files = walk_files(self.images_dir, self._exclude)
+        by_stem: dict[str, list[str]] = {}
+        by_name: dict[str, list[str]] = {}
+        for path in files:
+            if extension_problem(path) is None:
+                by_stem.setdefault(stem(path), []).append(path)
+                by_name.setdefault(os.path.basename(path), []).append(path)
+
+        matched: dict[str, str] = {}     # path -> CSV id
+        for sid in self.table:
+            paths = (by_name if _has_image_extension(sid) else by_stem).get(sid)
+            if not paths:
+                yield Skip(sid, "no image for CSV row")
+                continue
+            matched[paths[0]] = sid      # sorted order: the first one; the others are reported below
+
+        for path in files:
+            key = rel_key(path, self.images_dir)
+            problem = extension_problem(path)
+            if problem:
+                yield Skip(key, problem)
+                continue
+            sid = matched.get(path)
+            if sid is None:
+                dup = stem(path) in self.table or os.path.basename(path) in self.table
+                yield Skip(key, "another image has the same id" if dup else "no CSV row for image")
+                continue
+            yield self._item(path, key, sid)
+
+    def _item(self, path: str, key: str, sid: str) -> Item | Skip:
+        labels = self.table[sid]
+        if not labels and not self.multi_label:
+            return Skip(key, "empty label")
+        named = map_labels(labels, self.mapping)
+        if isinstance(named, str):
+            return Skip(key, named)
+        return Item(key=key, source_id=sid, labels=named, load=file_loader(path),
+                    size=os.path.getsize(path), split=None)
