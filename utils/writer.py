@@ -10,7 +10,8 @@ memory and a killed run can resume:
           cut into shards by estimated size. Its hash names the run.
   WRITE   shard by shard, in plan order: load bytes, validity check / resize
           (utils.imagecheck.prepare_planes, in threads or processes), serialize,
-          write to `<shard>.tmp`, rename. A sidecar in `.work/` is written AFTER
+          frame (utils/tfrecord.py, no TensorFlow), write to `<shard>.tmp`, rename.
+          A sidecar in `.work/` is written AFTER
           the rename, so "shard done" == "sidecar exists" (and its sha256 holds).
   FINISH  labels.json, skipped.csv, then manifest.json (its presence marks a
           finished dataset), then `.work/` is removed.
@@ -19,8 +20,8 @@ Resume: a rerun with the same arguments finds `.work/state.json` with the same
 signature, keeps every shard whose sidecar and sha256 agree, and writes the rest.
 Because the plan is deterministic, the final records are exactly a clean run's.
 
-TensorFlow is imported lazily: worker processes import this module (for the
-worker function) and must stay light.
+Writing never imports TensorFlow (it costs ~700 MB RSS and seconds of start-up,
+and worker processes import this module); only verify_dataset decodes with TF.
 """
 from __future__ import annotations
 
@@ -371,6 +372,50 @@ def _make_executor(max_side, workers: int):
 
 # ----------------------------------------------------------------------------- WRITE (main)
 
+class _ShardSink:
+    """Frames, hashes and writes records on a background thread.
+
+    crc32c, sha256 and file writes release the GIL, so they overlap with the
+    (GIL-bound) serialization in the main thread; a bounded queue caps memory.
+    """
+
+    def __init__(self, path: str, depth: int = 64) -> None:
+        import queue
+        import threading
+
+        self.path, self.size, self.error = path, 0, None
+        self._sha = hashlib.sha256()
+        self._q: queue.Queue = queue.Queue(maxsize=depth)
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        from utils import tfrecord
+
+        try:
+            with open(self.path, "wb", buffering=4 << 20) as f:
+                while (rec := self._q.get()) is not None:
+                    b = tfrecord.frame(rec)
+                    f.write(b)
+                    self._sha.update(b)
+                    self.size += len(b)
+        except BaseException as e:  # surfaced by close()
+            self.error = e
+            while self._q.get() is not None:   # keep draining so write() never blocks forever
+                pass
+
+    def write(self, rec: bytes) -> None:
+        self._q.put(rec)
+
+    def close(self) -> tuple[int, str]:
+        """-> (bytes, sha256) once everything is on disk (in the page cache)."""
+        self._q.put(None)
+        self._t.join()
+        if self.error is not None:
+            raise self.error
+        return self.size, self._sha.hexdigest()
+
+
 def _sidecar_path(out_dir: str, shard: str) -> str:
     return os.path.join(out_dir, WORK, shard + ".json")
 
@@ -399,8 +444,6 @@ def _load_done(out_dir: str, plan: list[ShardPlan], dedupe: bool) -> dict[str, d
 
 def _write_shards(index: Index, plan: list[ShardPlan], out_dir: str, *, max_side, max_pixels,
                   dedupe: bool, workers: int, progress: bool, prepare=None) -> dict[str, dict]:
-    import tensorflow as tf
-
     done = _load_done(out_dir, plan, dedupe)
     for s in plan:  # a shard without an intact sidecar is rewritten from scratch
         if s.file not in done:
@@ -426,7 +469,8 @@ def _write_shards(index: Index, plan: list[ShardPlan], out_dir: str, *, max_side
                 tmp = os.path.join(out_dir, s.file + ".tmp")
                 meta = {"file": s.file, "count": 0, "fold": s.fold, "class_counts": [0] * num_classes,
                         "planes": [], "channels": [], "skipped": [], "hashes": {} if dedupe else None}
-                with tf.io.TFRecordWriter(tmp) as w:
+                sink = _ShardSink(tmp)   # hashed as written: no second read of the shard
+                try:
                     for i in s.members:
                         res = next(results)
                         bar.update(1)
@@ -442,7 +486,7 @@ def _write_shards(index: Index, plan: list[ShardPlan], out_dir: str, *, max_side
                             seen[digest] = key
                             meta["hashes"][digest] = key
                         rec = schema.serialize(planes, fmt, h, wd, c, labels[i], items[i].source_id)
-                        w.write(rec)
+                        sink.write(rec)
                         mb += len(rec) / 1e6
                         meta["count"] += 1
                         for lab in labels[i]:
@@ -453,8 +497,8 @@ def _write_shards(index: Index, plan: list[ShardPlan], out_dir: str, *, max_side
                             meta["channels"].append(c)
                         if bar.n % 64 == 0:
                             bar.set_postfix_str(f"{mb:.0f} MB", refresh=False)
-                meta["bytes"] = os.path.getsize(tmp)
-                meta["sha256"] = file_sha256(tmp)
+                finally:
+                    meta["bytes"], meta["sha256"] = sink.close()
                 os.replace(tmp, os.path.join(out_dir, s.file))
                 _atomic_write_json(_sidecar_path(out_dir, s.file), meta)   # AFTER the shard: "done"
                 done[s.file] = meta
