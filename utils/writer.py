@@ -601,7 +601,7 @@ def _comparable(sig: dict) -> dict:
 
 def _signature(source: Source, name: str, opts: dict) -> dict:
     a = source.args or {}
-    path = getattr(source, "path", None) or a.get("path") or a.get("root") or a.get("images_dir") or a.get("list")
+    path = getattr(source, "path", None) or a.get("path") or a.get("root") or a.get("images") or a.get("list")
     args = dict(source.args or {})
     args.update(opts)
     sig = {"name": name, "source": {"kind": source.kind, "path": path, "args": args}}
