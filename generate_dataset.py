@@ -47,8 +47,15 @@ stopped when rerun with the same arguments.
 """
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as ONE line (via UsageError), not usage + error."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="generate_dataset.py", description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="With no arguments: draws a small demo image set into data/demo_src and builds data/demo.")
@@ -93,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def verify_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="generate_dataset.py verify",
+    p = Parser(prog="generate_dataset.py verify",
                                 description="Re-read every shard of a dataset: sha256 and byte size, record and "
                                             "per-class counts, labels in range, and decode every image.")
     p.add_argument("data", metavar="DIR", help="dataset folder (with manifest.json)")

@@ -191,3 +191,10 @@ def test_demo_without_arguments(tmp_path, monkeypatch):
     man = json.load(open(tmp_path / "demo" / "manifest.json"))
     assert man["splits"]["train"]["count"] > 0 and man["splits"]["val"]["count"] > 0
     assert man["num_classes"] >= 2
+
+
+def test_argparse_errors_are_one_line(tmp_path):
+    r = run(tmp_path, "--shard-mb", "lots")
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("error: ")
+    assert "--shard-mb" in r.stderr
