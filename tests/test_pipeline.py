@@ -269,3 +269,37 @@ def test_rrc_jpeg_fast_path_matches_generic_crop_shape():
     assert out.shape == (24, 24, 3) and out.dtype == tf.float32
     full = pipeline.train_crop_image(planes, (64, 80), 3, 1, scale=(1.0, 1.0), ratio=(1.25, 1.25))
     np.testing.assert_allclose(full.numpy(), pipeline.eval_image(planes, (64, 80)).numpy(), atol=1e-3)
+
+
+def test_failure_counters_are_never_mirrored_by_a_strategy():
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with strategy.scope():
+        v = pipeline._local_variable("probe")
+    assert not isinstance(v, tf.distribute.DistributedValues)
+    assert type(v).__name__ == "ResourceVariable"
+
+
+def test_large_jpeg_decodes_at_reduced_scale_close_to_full_decode():
+    small = np.random.default_rng(11).integers(0, 256, (10, 8, 3), dtype=np.uint8)
+    big = np.asarray(Image.fromarray(small).resize((256, 320), Image.BICUBIC))  # photo-like: smooth
+    planes = tf.constant([encode(big, "jpeg")])
+    # 320x256 -> 40x32 is 8x on both sides: libjpeg decodes at 1/8 scale
+    dec = pipeline.decode_one(planes[0], (40, 32))
+    assert tuple(dec.shape) == (40, 32, 3)
+    assert tuple(pipeline.decode_one(planes[0], (100, 32)).shape) == (160, 128, 3)  # 3.2x: ratio 2
+    assert tuple(pipeline.decode_one(planes[0]).shape) == (320, 256, 3)  # no size: full
+    fast = pipeline.eval_image(planes, (40, 32)).numpy()
+    full = pipeline.resize_image(pipeline.decode_one(planes[0]), (40, 32)).numpy()
+    assert np.abs(fast - full).mean() < 4.0  # both are proper area-like downsamples
+    # PNG has no reduced-scale decode: full size, then area resize
+    png = tf.constant([encode(big, "png")])
+    np.testing.assert_allclose(pipeline.eval_image(png, (40, 32)).numpy(),
+                               tf.image.resize(big, (40, 32), method="area").numpy(), atol=1e-3)
+
+
+def test_resize_shrinks_by_area_and_grows_bilinearly():
+    img = tf.constant(np.tile(np.array([0, 255], np.uint8), 8).reshape(1, 16, 1).repeat(4, 0))  # stripes
+    small = pipeline.resize_image(img, (2, 8)).numpy()
+    np.testing.assert_allclose(small, 127.5, atol=1e-3)  # area averages the stripes, no aliasing
+    up = pipeline.resize_image(tf.constant([[[0], [255]]], tf.uint8), (1, 4)).numpy()[0, :, 0]
+    assert up[0] < up[1] < up[2] < up[3]

@@ -109,7 +109,9 @@ def random_resized_crop(image: tf.Tensor, size, scale=(0.08, 1.0), ratio=(3 / 4,
     """One image [H, W, C] (any dtype) -> float32 [h, w, C] in the input's value range."""
     win = rrc_window(tf.shape(image), scale, ratio, seed)
     crop = tf.image.crop_to_bounding_box(image, win[0], win[1], win[2], win[3])
-    return tf.image.resize(crop, size, method="bilinear", antialias=True)
+    from utils.pipeline import resize_image  # lazy: pipeline imports this module
+
+    return resize_image(crop, tuple(int(s) for s in size))
 
 
 def _rrc_batch(image_size, seed, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> Op:
