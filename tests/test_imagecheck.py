@@ -188,6 +188,13 @@ def test_unsupported_format():
     with pytest.raises(BadImage) as e:
         check_image(eps)
     assert str(e.value) == "unsupported format: eps"
+    # a 12-bit JPEG: patch the SOF precision byte of an ordinary one
+    jpg = bytearray(cv(".jpg", noise()))
+    sof = jpg.index(b"\xff\xc0")
+    jpg[sof + 4] = 12
+    with pytest.raises(BadImage) as e:
+        check_image(bytes(jpg))
+    assert str(e.value) == "unsupported format: 12-bit jpeg"
 
 
 def huge_png():
