@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dedupe", action="store_true",
                    help="drop exact duplicate images (same content hash); listed in skipped.csv as 'duplicate of KEY'")
     p.add_argument("--strict", action="store_true",
-                   help="stop at the first skipped input (bad label, CSV row without image, malformed line, ...)")
+                   help="stop at the first input the source cannot use (label not in the list, CSV row without "
+                        "image, image without row, malformed URL line, ...); unreadable images are still skipped")
     p.add_argument("--seed", type=int, default=0, help="seed for splits, folds, fraction and shuffling (default 0)")
     p.add_argument("--workers", type=int, metavar="N", help="parallel workers for reading/resizing (default: CPU count)")
     p.add_argument("--concurrency", type=int, metavar="N", help="URL lists: parallel downloads (default 16)")
