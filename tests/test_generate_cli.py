@@ -198,3 +198,34 @@ def test_argparse_errors_are_one_line(tmp_path):
     assert r.returncode == 2
     assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("error: ")
     assert "--shard-mb" in r.stderr
+
+
+def test_open_source_builds_each_kind(tmp_path):
+    import argparse
+
+    import bson
+
+    from utils.sources import open_source
+
+    needs_real_sources()
+    folder = folder_dataset(tmp_path / "f")
+    ns = lambda **kw: argparse.Namespace(**{**dict(labels=None, channels=None, label_names=None,  # noqa: E731
+                                                   categories=None, out=str(tmp_path / "out"),
+                                                   concurrency=3, timeout=2.0), **kw})
+    assert open_source(None, folder, ns()).kind == "folder"
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    cv2.imwrite(str(flat / "001.png"), np.zeros((8, 8), np.uint8))
+    (tmp_path / "l.csv").write_text("id,label\n001,cat\n")
+    assert open_source(None, str(flat), ns(labels=str(tmp_path / "l.csv"))).kind == "csv"
+    cv2.imwrite(str(flat / "s1_w1.png"), np.zeros((8, 8), np.uint8))
+    cv2.imwrite(str(flat / "s1_w2.png"), np.zeros((8, 8), np.uint8))
+    assert open_source(None, str(flat), ns(channels="w1,w2")).kind == "multichannel"
+    (tmp_path / "t.bson").write_bytes(bson.encode({"_id": 1, "imgs": [], "category_id": 5}))
+    assert open_source(None, str(tmp_path / "t.bson"), ns()).kind == "bson"
+    (tmp_path / "u.txt").write_text("a1,http://127.0.0.1:9/a.jpg,0,1\n")
+    u = open_source(None, str(tmp_path / "u.txt"), ns(label_names="x,y"))
+    assert u.kind == "urls" and u.classes == ["x", "y"]
+    assert u.cache_dir == os.path.join(str(tmp_path / "out"), "cache")
+    with pytest.raises(UsageError):
+        open_source("csv", folder, ns())
