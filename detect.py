@@ -13,6 +13,8 @@ import json
 import os
 import sys
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # before TensorFlow loads: keep stderr for our messages
+
 from utils.errors import UsageError, run_cli
 
 MAX_LISTED_SKIPS = 20    # skipped inputs echoed on stderr; the full list is in the CSV
@@ -173,6 +175,7 @@ def main(argv=None) -> int:
     check_args(a)
     from utils import predict as pr
 
+    pr.check_paths(a.model, a.inputs)
     members = pr.load_ensemble(a.model, weights=a.model_weights, unsafe=a.unsafe)
     names, multi = members[0].class_names, members[0].multi_label
     specs = pr.plan_inputs(a.inputs, names, split=a.split, cache_dir=a.cache_dir, planes=members[0].planes)
@@ -205,6 +208,10 @@ def main(argv=None) -> int:
     report_skipped(a.out, skipped)
     if not rows:
         raise UsageError("no input could be read: nothing to evaluate")
+    unlabelled = [r.id for r in rows if not r.label]
+    if unlabelled:
+        raise UsageError(f"{len(unlabelled)} input(s) have no label the model knows (first: {unlabelled[0]}): "
+                         "cannot evaluate or tune on them")
     probs = np.stack([r.probs for r in rows])
     y_true = np.zeros_like(probs)
     for i, r in enumerate(rows):

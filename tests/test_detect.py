@@ -443,3 +443,48 @@ def test_url_list(h5_model, images, tmp_path, capsys):
     assert [r[0] for r in read_csv(out)[1:]] == ["1", "2"]
     skipped = read_csv(tmp_path / "u.skipped.csv")[1:]
     assert [r[0] for r in skipped] == ["3"] and "download failed" in skipped[0][1]
+
+
+# ----------------------------------------------------------------------------- streaming, real models
+
+def test_prediction_streams_without_reading_all_input(h5_model):
+    """Rows come out while the input is still being read: an endless input yields its first rows."""
+    import itertools
+
+    from utils import predict as pr
+
+    data = image_bytes(COLORS["red"])
+    read = []
+
+    def samples():
+        for i in itertools.count():
+            read.append(i)
+            yield pr.Sample(f"s{i}", (lambda: [data]))
+
+    member = pr.load_member(h5_model)
+    spec = pr.InputSpec("endless", None, samples)
+    rows = pr.predict_stream([member], [spec], batch_size=4, progress=False)
+    first = list(itertools.islice(rows, 10))
+    rows.close()
+    assert [r.id for r in first] == [f"s{i}" for i in range(10)]
+    assert len(read) < 200          # only a few batches ahead (prefetch), not the whole input
+
+
+@pytest.mark.slow
+def test_model_built_by_model_package(tmp_path, capsys):
+    """A model as train.py builds it (registered Preprocess layer, densenet121 backbone) evaluates on a split."""
+    build = pytest.importorskip("model.build")
+    from model.heads import output_names
+
+    model = build.build_model("densenet121", 3, input_size=(32, 32), weights="none", class_names=CLASSES)
+    path = str(tmp_path / "demo_densenet121.keras")
+    model.save(path)
+    save_meta(path, {"name": "demo_densenet121", "architecture": "densenet121", "class_names": CLASSES,
+                     "input_size": [32, 32], "channels": 3, "planes": 1, "preprocess": "torch", "head": "softmax",
+                     "multi_label": False, "outputs": output_names("softmax", 3), "thresholds": None})
+    samples = [(f"r{i}", image_bytes(COLORS[c], seed=i), [j]) for j, c in enumerate(CLASSES) for i in range(2)]
+    data = write_dataset(tmp_path / "demo", CLASSES, samples)
+    code, stdout, err = run(["--model", path, str(data), "--split", "val", "--evaluate", "--tta", "2",
+                             "--out", str(tmp_path / "p.csv")], capsys)
+    assert code == 0, err
+    assert stdout.strip().splitlines()[-1].startswith("accuracy ") and stdout.strip().endswith("on 6 images")

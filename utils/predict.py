@@ -431,6 +431,16 @@ def _has_glob(s: str) -> bool:
     return any(ch in s for ch in "*?[")
 
 
+def check_paths(models: list[str], inputs: list[str]) -> None:
+    """Fail fast (before TensorFlow loads) on a missing model or input; globs are checked later."""
+    for m in models:
+        if not os.path.exists(m):
+            raise UsageError(f"model not found: {m}")
+    for raw in inputs:
+        if not os.path.exists(raw) and not _has_glob(raw):
+            raise UsageError(f"input not found: {raw}")
+
+
 def plan_inputs(inputs: list[str], class_names: list[str], *, split: str | None = None,
                 cache_dir: str = ".cache/detect", planes: int = 1) -> list[InputSpec]:
     """Command-line inputs -> InputSpecs. Missing or unsupported inputs fail here, before any work."""
