@@ -50,11 +50,12 @@ def write_class_folder(root, per_class=3, classes=CLASSES):
     return root
 
 
-def tiny_model(path, class_names=CLASSES, *, size=(32, 32), head="softmax", arch="conv", lam=False, seed=0):
+def tiny_model(path, class_names=CLASSES, *, size=(32, 32), head="softmax", arch="conv", lam=False, seed=0,
+               channels=3):
     """Build, train one step, save `path` (.h5 / .keras / folder = SavedModel) and its NAME.json."""
     keras.utils.set_random_seed(seed)
     k = len(class_names)
-    inp = keras.Input((*size, 3), name="image")
+    inp = keras.Input((*size, channels), name="image")
     x = keras.layers.Rescaling(1.0 / 255)(inp)
     if lam:
         x = keras.layers.Lambda(lambda t: t * 1.0, name="my_lambda")(x)
@@ -77,19 +78,20 @@ def tiny_model(path, class_names=CLASSES, *, size=(32, 32), head="softmax", arch
         y = np.eye(k, dtype="float32")[[0, 1, 2, 0][:4] if k >= 3 else [0, 1, 0, 1]]
     model = keras.Model(inp, outs)
     model.compile(optimizer="adam", loss=loss)
-    model.train_on_batch(np.random.default_rng(2).uniform(0, 255, (4, *size, 3)).astype("float32"), y)
+    model.train_on_batch(np.random.default_rng(2).uniform(0, 255, (4, *size, channels)).astype("float32"), y)
     path = str(path)
     if path.endswith((".h5", ".keras")):
         model.save(path)
     else:
         model.export(path, verbose=False)
     save_meta(path, {"name": os.path.basename(path), "architecture": f"tiny_{arch}", "class_names": list(class_names),
-                     "input_size": list(size), "channels": 3, "planes": 1, "preprocess": "none", "head": head,
+                     "input_size": list(size), "channels": channels, "planes": 1 if channels == 3 else channels,
+                     "preprocess": "none", "head": head,
                      "multi_label": head != "softmax", "outputs": names, "thresholds": None})
     return path
 
 
-def write_dataset(root, class_names, samples, *, split="val", multi_label=False):
+def write_dataset(root, class_names, samples, *, split="val", multi_label=False, planes=1):
     """A data/NAME folder as utils/writer.py lays it out: one shard + manifest.json + labels.json."""
     os.makedirs(root, exist_ok=True)
     import tensorflow as tf
@@ -100,9 +102,10 @@ def write_dataset(root, class_names, samples, *, split="val", multi_label=False)
         for sid, data, labels in samples:
             for l in labels:
                 counts[l] += 1
-            w.write(schema.serialize([data], "png", 40, 40, 3, labels, sid))
+            w.write(schema.serialize(data if planes > 1 else [data], "png", 40, 40, 1 if planes > 1 else 3,
+                                     labels, sid))
     manifest = {"schema_version": 1, "name": root.name, "num_classes": len(class_names), "multi_label": multi_label,
-                "planes": 1, "channels": 3, "folds": 0, "inputs": len(samples),
+                "planes": planes, "channels": 3 if planes == 1 else planes, "folds": 0, "inputs": len(samples),
                 "splits": {split: {"count": len(samples), "class_counts": counts,
                                    "shards": [{"file": fname, "count": len(samples), "fold": None,
                                                "class_counts": counts}]}},
@@ -488,3 +491,34 @@ def test_model_built_by_model_package(tmp_path, capsys):
                              "--out", str(tmp_path / "p.csv")], capsys)
     assert code == 0, err
     assert stdout.strip().splitlines()[-1].startswith("accuracy ") and stdout.strip().endswith("on 6 images")
+
+
+def test_multi_plane_dataset(tmp_path, capsys):
+    """6 grayscale planes per record (microscopy) feed a 6-channel model; plain images are refused."""
+    model = tiny_model(tmp_path / "six.h5", channels=6)
+
+    def plane(v):
+        buf = io.BytesIO()
+        Image.fromarray(np.full((40, 40), v, np.uint8)).save(buf, format="PNG")
+        return buf.getvalue()
+
+    samples = [(f"w{i}", [plane(10 * i + c) for c in range(6)], [i % 3]) for i in range(4)]
+    data = write_dataset(tmp_path / "six", CLASSES, samples, planes=6)
+    out = str(tmp_path / "six.csv")
+    code, _, err = run(["--model", model, str(data), "--out", out, "--format", "probs"], capsys)
+    assert code == 0, err
+    assert [r[0] for r in read_csv(out)[1:]] == ["w0", "w1", "w2", "w3"]
+    png = tmp_path / "x.png"
+    png.write_bytes(image_bytes(COLORS["red"]))
+    code, _, err = run(["--model", model, str(png)], capsys)
+    assert code == 2 and "6 planes" in err
+
+
+def test_savedmodel_outputs_in_numeric_order():
+    import tensorflow as tf
+
+    from utils.predict import outputs_to_matrix
+
+    out = {f"output_{i}": tf.fill([2, 1], float(i)) for i in range(12)}
+    m = outputs_to_matrix(out, ["c000_a"]).numpy()
+    assert m.shape == (2, 12) and m[0].tolist() == [float(i) for i in range(12)]

@@ -145,12 +145,19 @@ def outputs_to_matrix(out, names: list[str] | None):
     if isinstance(out, dict):
         keys = [n for n in (names or []) if n in out]
         if len(keys) != len(out):
-            keys = sorted(out)
+            # a SavedModel export names them output_0, output_1, ..., output_10: numeric order
+            keys = sorted(out, key=_natural_key)
         out = [out[k] for k in keys]
     if isinstance(out, (list, tuple)):
         out = [tf.reshape(tf.cast(o, tf.float32), [tf.shape(o)[0], -1]) for o in out]
         return out[0] if len(out) == 1 else tf.concat(out, axis=-1)
     return tf.cast(out, tf.float32)
+
+
+def _natural_key(name: str):
+    import re
+
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
 def load_member(path: str, *, unsafe: bool = False, weight: float = 1.0) -> Member:
@@ -255,6 +262,7 @@ class InputSpec:
     samples: Callable[[], Iterator[Sample]]
     labelled: bool = False                     # every sample carries a label
     unit: str = "images"                       # what one output row is ("products" for BSON)
+    kind: str = "files"                        # files | urls | bson | dataset
     skipped: list = field(default_factory=list)  # (id, reason) found while planning (downloads)
 
 
@@ -362,7 +370,7 @@ def _url_spec(path: str, cache_dir: str) -> InputSpec:
         for p, k in ok:
             yield Sample(k, _file_loader(p), rereadable=True)
 
-    return InputSpec(path, len(ok), samples, skipped=bad)
+    return InputSpec(path, len(ok), samples, skipped=bad, kind="urls")
 
 
 def _bson_spec(path: str, class_names: list[str]) -> InputSpec:
@@ -383,7 +391,7 @@ def _bson_spec(path: str, class_names: list[str]) -> InputSpec:
     # (a BSON dump is either train (categories) or test (none)), so nothing is read twice.
     first = next(iter_products(path), None)
     labelled = first is not None and first[1] in index
-    return InputSpec(path, None, samples, labelled=labelled, unit="products")
+    return InputSpec(path, None, samples, labelled=labelled, unit="products", kind="bson")
 
 
 def _raiser(reason: str):
@@ -424,7 +432,7 @@ def _dataset_spec(data_dir: str, split: str | None, class_names: list[str], plan
 
     counts = splits[split].get("class_counts") or []
     labelled = sum(counts) > 0 and all(mapping.get(i) is not None for i, c in enumerate(counts) if c)
-    return InputSpec(f"{data_dir} ({split})", split_count(shards), samples, labelled=labelled)
+    return InputSpec(f"{data_dir} ({split})", split_count(shards), samples, labelled=labelled, kind="dataset")
 
 
 def _has_glob(s: str) -> bool:
@@ -478,7 +486,7 @@ def plan_inputs(inputs: list[str], class_names: list[str], *, split: str | None 
         else:
             raise UsageError(f"unsupported input {raw}: give images, folders, globs, a URL list "
                              "(.txt/.csv of id,url), a .bson file or a dataset folder")
-    if planes > 1 and any(not s.name.endswith(")") for s in specs):
+    if planes > 1 and any(s.kind != "dataset" for s in specs):
         raise UsageError(f"the model reads {planes} planes per sample: give a dataset folder (data/NAME)")
     return specs
 
