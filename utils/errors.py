@@ -31,3 +31,31 @@ def run_cli(main, argv=None) -> int:
             msg = f"{msg}: {e.filename}"
         print(f"error: {msg.splitlines()[0]}", file=sys.stderr)
         return 2
+
+
+def import_tensorflow_quietly():
+    """Import TensorFlow with its start-up chatter kept off the terminal.
+
+    TF 2.21's C++ side prints "All log messages before absl::InitializeLog() ...",
+    oneDNN and CUDA-stub lines on fd 2 while loading, whatever TF_CPP_MIN_LOG_LEVEL
+    says; they would stand in front of our one-line `error:` messages. fd 2 is
+    pointed at /dev/null for the import only. IMGCLS_VERBOSE=1 keeps them.
+    """
+    import os
+
+    if "tensorflow" in sys.modules or os.environ.get("IMGCLS_VERBOSE"):
+        import tensorflow
+
+        return tensorflow
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+    return tensorflow
