@@ -15,7 +15,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # before TensorFlow loads: keep stderr for our messages
 
-from utils.errors import UsageError, run_cli
+from utils.errors import UsageError, import_tensorflow_quietly, run_cli
 
 MAX_LISTED_SKIPS = 20    # skipped inputs echoed on stderr; the full list is in the CSV
 
@@ -173,6 +173,7 @@ def evaluate(a, members, y_true, probs, thresholds, unit: str) -> None:
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     check_args(a)
+    import_tensorflow_quietly()
     from utils import predict as pr
 
     pr.check_paths(a.model, a.inputs)

@@ -377,7 +377,9 @@ def test_unreadable_image_is_skipped_and_run_goes_on(h5_model, tmp_path, capsys)
     assert [r[0] for r in read_csv(out)[1:]] == ["a", "d"]
     skipped = {r[0]: r[1] for r in read_csv(tmp_path / "mixed.skipped.csv")[1:]}
     assert set(skipped) == {"b_bad", "c", "notes"}
-    assert skipped["b_bad"].startswith("cannot decode image") and "unsupported file type" in skipped["notes"]
+    # the same reasons the writer gives in skipped.csv (utils.imagecheck)
+    assert skipped["b_bad"] == "not an image" and skipped["c"] == "truncated image"
+    assert "unsupported file type" in skipped["notes"]
     assert "skipped b_bad" in err and "Traceback" not in err
     # a clean rerun removes the stale list
     assert run(["--model", h5_model, str(d / "a.png"), "--out", out], capsys)[0] == 0

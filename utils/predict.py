@@ -267,21 +267,18 @@ class InputSpec:
 
 
 def _read_file(path: str) -> list[bytes]:
+    """A file's bytes, made decodable by TensorFlow with the writer's own check.
+
+    prepare_planes passes JPEG/PNG/... through untouched after a header check and
+    converts what TF cannot decode (TIFF) or would crash on (animated WebP) to PNG;
+    a bad file raises BadImage whose text is the skipped.csv reason.
+    """
+    from utils.imagecheck import prepare_planes
+
     with open(path, "rb") as f:
         data = f.read()
-    if os.path.splitext(path)[1].lower() in (".tif", ".tiff"):
-        data = _tiff_to_png(data)
-    return [data]
-
-
-def _tiff_to_png(data: bytes) -> bytes:
-    """TensorFlow cannot decode TIFF; re-encode losslessly so eval_image can."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as im:
-        out = io.BytesIO()
-        im.convert("RGB" if im.mode not in ("L", "RGB", "RGBA") else im.mode).save(out, format="PNG")
-    return out.getvalue()
+    planes, _ = prepare_planes([data], max_side=None)
+    return planes
 
 
 def _file_loader(path: str):
