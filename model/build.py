@@ -77,7 +77,7 @@ def _is_download_error(e: BaseException) -> bool:
 
 def _first_line(e: BaseException) -> str:
     text = str(e).strip() or e.__class__.__name__
-    return text.splitlines()[0][:300]
+    return text.splitlines()[0][:300].rstrip(" :")
 
 
 def build_backbone(arch: str, input_size=None, weights: str | None = "none") -> keras.Model:
