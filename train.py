@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import warnings
 
 from utils import config as C
 from utils.errors import UsageError, run_cli
@@ -87,11 +88,21 @@ def preview(cfg: dict, info: dict, log_dir: str) -> str:
 
 
 def main(argv=None) -> int:
-    parser = C.build_parser(__doc__.split("\n\n")[0])
-    cfg = C.resolve(parser.parse_args(argv))
+    cfg = C.resolve(C.build_parser(__doc__.split("\n\n")[0]).parse_args(argv))
+    out = train(cfg)
+    if out.get("preview"):
+        print(f"wrote {out['preview']}")
+    elif out["chief"]:
+        run = out["run"]
+        print(f"saved {out['base']}.h5 (+ .keras, .best.*, .json); logs in {out['log_dir']}")
+        score = "nan" if run["best"] is None else f"{run['best']:.3f}"
+        print(f"{out['monitor']} {score} (best epoch {run['best_epoch']})")
+    return 0
 
+
+def train(cfg: dict) -> dict:
+    """The whole run for a resolved config; returns model, run state, paths, monitor."""
     import keras
-    import numpy as np
 
     from model import build, heads, losses, metrics, registry
     from model.meta import save_meta
@@ -104,18 +115,17 @@ def main(argv=None) -> int:
     cfg = resolve_run(cfg, info, spec)
     n_train, n_val, train_classes = split_sizes(cfg, info)
 
+    # paths: non-chief workers write the same files into a throw-away dir
     base = cfg["out"][: -len(".keras")] if cfg["out"].endswith(".keras") else cfg["out"][: -len(".h5")]
-    name = os.path.basename(base)
-    chief = T.is_chief()
+    name, chief = os.path.basename(base), T.is_chief()
     save_dir = T.worker_dir(os.path.dirname(base) or ".", chief)
     log_dir = T.worker_dir(os.path.join("log", name), chief)
-    base = os.path.join(save_dir, name)
-    resume_dir = base + ".resume"
+    base, resume_dir, csv_path = os.path.join(save_dir, name), os.path.join(save_dir, name + ".resume"), \
+        os.path.join(log_dir, "epochs.csv")
     os.makedirs(save_dir, exist_ok=True)
     os.makedirs(log_dir, exist_ok=True)
     if cfg["preview"]:
-        print(f"wrote {preview(cfg, info, log_dir)}")
-        return 0
+        return {"preview": preview(cfg, info, log_dir), "chief": chief}
 
     keras.utils.set_random_seed(cfg["seed"])
     if cfg["mixed_precision"]:
@@ -123,17 +133,15 @@ def main(argv=None) -> int:
 
         keras.mixed_precision.set_global_policy(
             "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16")
-
     saved = T.load_state(resume_dir) if cfg["resume"] else None
     if cfg["resume"] and saved is None:
         print(f"note: no resume state in {resume_dir}; starting from epoch 1", file=sys.stderr)
-    if saved:
-        diff = C.resume_mismatch(saved["run"]["config"], cfg)
-        if diff:
-            raise UsageError(f"--resume with different settings ({', '.join(diff)}): use the interrupted run's flags")
+    if saved and C.resume_mismatch(saved["run"]["config"], cfg):
+        diff = ", ".join(C.resume_mismatch(saved["run"]["config"], cfg))
+        raise UsageError(f"--resume with different settings ({diff}): use the interrupted run's flags")
 
-    size = (cfg["image_size"], cfg["image_size"])
-    gbs = cfg["batch_size"]
+    # data: fixed steps per epoch over a repeated train set, so the schedule knows its length
+    size, gbs = (cfg["image_size"], cfg["image_size"]), cfg["batch_size"]
     steps = cfg["steps_per_epoch"] or max(1, math.ceil(n_train / gbs))
     distributed = T.is_distributed(strategy)
     val_steps = cfg["val_steps"] or (math.ceil(n_val / gbs) if distributed else None)
@@ -152,14 +160,17 @@ def main(argv=None) -> int:
                                   weights=cfg["weights"], head=cfg["head"], dropout=cfg["dropout"],
                                   head_bn=cfg["head_bn"], class_names=info["class_names"])
         scale = keras.Variable(1.0, trainable=False, name="lr_scale", dtype="float32")
-    weights = losses.class_weights(train_classes, cfg["class_weights"], num_samples=n_train)
-    loss, loss_weights = losses.make_loss(cfg["head"], info["num_classes"], out_names, class_weights=weights,
+    T.fix_multiworker_build(model, strategy)
+    class_w = losses.class_weights(train_classes, cfg["class_weights"], num_samples=n_train,
+                                   class_names=info["class_names"], multi_label=cfg["head"] != "softmax")
+    loss, loss_weights = losses.make_loss(cfg["head"], info["num_classes"], out_names, class_weights=class_w,
                                           label_smoothing=cfg["label_smoothing"], focal=cfg["focal"],
                                           focal_gamma=cfg["focal_gamma"])
+    monitor, mode = T.pick_monitor(
+        T.metric_names(metrics.make_metrics(cfg["head"], info["num_classes"], out_names)), cfg["head"])
 
     run = {"epoch": 0, "phase": None, "best": None, "best_epoch": None, "wait": 0, "plateau_wait": 0,
-           "lr_scale": 1.0, "stopped": False, "config": cfg}
-    csv_path = os.path.join(log_dir, "epochs.csv")
+           "lr_scale": 1.0, "stopped": False, "iterations": 0, "config": cfg}
     rows = []
     if saved:
         run.update(saved["run"], config=cfg)
@@ -167,37 +178,42 @@ def main(argv=None) -> int:
         scale.assign(run["lr_scale"])
         rows = T.rows_up_to(T.read_csv_rows(csv_path), run["epoch"])
         print(f"resuming after epoch {run['epoch']} ({run['phase']} phase)", file=sys.stderr)
-    T.write_csv_rows(csv_path, rows) if rows else (os.path.exists(csv_path) and os.remove(csv_path))
+    if rows:
+        T.write_csv_rows(csv_path, rows)  # drops rows of an epoch that died before its checkpoint
+    elif os.path.exists(csv_path):
+        os.remove(csv_path)
 
+    # phases: [heads for --head-warmup-epochs,] then --layers; each a fresh optimizer + schedule
     hw = cfg["head_warmup_epochs"]
     phases = ([("heads", 0, hw, "heads", cfg["lr"])] if hw else []) + \
-             [("main", hw, cfg["epochs"], cfg["layers"], cfg["lr"] * (cfg["finetune_lr_mult"] if hw else 1.0))]
-    monitor = mode = None
+        [("main", hw, cfg["epochs"], cfg["layers"], cfg["lr"] * (cfg["finetune_lr_mult"] if hw else 1.0))]
     for phase, start, end, layers, peak in phases:
         if run["epoch"] >= end or run["stopped"]:
             continue
         with strategy.scope():
             build.set_trainable(model, layers)
-            schedule = T.make_schedule(cfg, peak, end - start, steps, scale=scale)
-            optimizer = T.make_optimizer(cfg, schedule)
-            model_metrics = metrics.make_metrics(cfg["head"], info["num_classes"], out_names)
+            optimizer = T.make_optimizer(cfg, T.make_schedule(cfg, peak, end - start, steps, scale=scale))
             model.compile(optimizer=optimizer, loss=loss, loss_weights=loss_weights, jit_compile=cfg["jit"],
-                          metrics=model_metrics)
+                          metrics=metrics.make_metrics(cfg["head"], info["num_classes"], out_names))
             if saved and saved["run"]["phase"] == phase:
                 T.restore_optimizer(model, optimizer, saved)
         if run["phase"] != phase:
             run.update(phase=phase, wait=0, plateau_wait=0, lr_scale=1.0)
             scale.assign(1.0)
-        monitor, mode = T.pick_monitor(T.metric_names(model_metrics), cfg["head"])
         callbacks = [T.EpochEnd(run=run, cfg=cfg, monitor=monitor, mode=mode, csv_path=csv_path, rows=rows,
                                 best_base=base + ".best", resume_dir=resume_dir, scale=scale),
-                     keras.callbacks.TensorBoard(log_dir, write_graph=False, profile_batch=0)]
-        model.fit(train_ds, epochs=end, initial_epoch=run["epoch"], steps_per_epoch=steps,
-                  validation_data=val_ds, validation_steps=val_steps, callbacks=callbacks,
-                  verbose=(1 if sys.stdout.isatty() else 2) if chief else 0)
+                     T.ScalarLog(log_dir)]
+        with warnings.catch_warnings():
+            # The val set is read to its end each epoch (its length is unknown: bad records are
+            # skipped), which Keras reports as "ran out of data"; train data repeats forever.
+            warnings.filterwarnings("ignore", message="Your input ran out of data")
+            model.fit(train_ds, epochs=end, initial_epoch=run["epoch"], steps_per_epoch=steps, shuffle=False,
+                      validation_data=val_ds, validation_steps=val_steps, callbacks=callbacks,
+                      verbose=(1 if sys.stdout.isatty() else 2) if chief else 0)
 
+    # artefacts (every worker runs these calls; only the chief's land in model_save/ and log/)
     T.save_model_files(model, base)
-    if run["best_epoch"] is None:  # nothing scored (e.g. NaN loss): the last model is also "best"
+    if run["best_epoch"] is None:  # nothing scored (NaN loss): the last model is also "best"
         T.save_model_files(model, base + ".best")
     C.save_yaml(cfg, base + ".config.yaml")
     save_meta(base + ".h5", {
@@ -207,17 +223,18 @@ def main(argv=None) -> int:
         "multi_label": bool(info["multi_label"]), "outputs": out_names, "thresholds": None,
         "dataset": cfg["data"], "config": cfg,
         "history": {"best_epoch": run["best_epoch"], "val_metric": monitor, "val_score": run["best"],
-                    "epochs_run": run["epoch"], "early_stopped": bool(run["stopped"])}})
+                    "epochs_run": run["epoch"], "iterations": run["iterations"],
+                    "early_stopped": bool(run["stopped"])}})
     if os.path.exists(csv_path):
         from utils.plots import save_history_plot
 
         save_history_plot(csv_path, os.path.join(log_dir, "curves.png"))
-    T.remove_resume(resume_dir)
-    if chief:
-        print(f"saved {base}.h5 (+ .keras, .best.*, .json); logs in {log_dir}")
-        score = "nan" if run["best"] is None else f"{run['best']:.3f}"
-        print(f"{monitor} {score} (best epoch {run['best_epoch']})")
-    return 0
+    T.remove_dir(resume_dir)
+    if not chief:
+        T.remove_dir(save_dir)
+        T.remove_dir(log_dir)
+    return {"model": model, "run": run, "monitor": monitor, "base": base, "log_dir": log_dir, "chief": chief,
+            "config": cfg}
 
 
 if __name__ == "__main__":

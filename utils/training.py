@@ -103,6 +103,52 @@ def distributed_dataset(strategy, make, global_batch: int):
     return strategy.distribute_datasets_from_function(fn)
 
 
+def fix_multiworker_build(model, strategy) -> None:
+    """Work around two Keras 3.15 + MultiWorkerMirroredStrategy failures in fit().
+
+    1. Before training, Keras's TF trainer takes one batch to build metrics and
+       losses and, when its values are PerReplica, calls
+       `strategy.reduce("MEAN", batch)` on the whole (images, labels) tuple,
+       which the multi-worker cross-device reduce cannot convert ("unsupported
+       type PerReplica"; cf. keras-team/keras#20329). Only shapes and dtypes
+       matter for that build, so an instance-level override uses the first
+       local replica's values instead.
+    2. Per-step logs are reduced with a hard-coded
+       `strategy.reduce("MEAN", v, axis=0)`, which fails on scalar metrics
+       ("Invalid reduction dimension 0"; tensorflow/tensorflow#72388). The step
+       logs are given shape [1] so that reduce works (a mean over workers).
+       The EPOCH logs (what our callbacks, CSV and best-model choice use) do
+       not depend on this: Keras re-reads them from the metric variables in
+       cross-replica context, where sync-on-read variables sum over all
+       workers, so they are exact global values.
+    """
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return
+
+    def local(x):
+        if isinstance(x, tf.distribute.DistributedValues):
+            return strategy.experimental_local_results(x)[0]
+        return x
+
+    def maybe_symbolic_build(iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, it in iterator:
+                data_batch = tf.nest.map_structure(local, next(it))
+                break
+        with strategy.scope():
+            model._symbolic_build(data_batch=data_batch)
+
+    def rank1(step):
+        def wrapped(data):
+            return {k: tf.reshape(v, [1]) if tf.is_tensor(v) and v.shape.rank == 0 else v
+                    for k, v in step(data).items()}
+        return wrapped
+
+    model._maybe_symbolic_build = maybe_symbolic_build
+    model.train_step = rank1(model.train_step)
+    model.test_step = rank1(model.test_step)
+
+
 def worker_dir(base: str, chief: bool) -> str:
     """Where this worker writes: `base` on the chief, a temp dir elsewhere."""
     if chief:
@@ -263,15 +309,30 @@ def inference_view(model):
 
 def save_model_files(model, base: str) -> list[str]:
     """base.h5 and base.keras, each written under a temp name and renamed into place."""
+    import logging
+
     view = inference_view(model)
     folder, stem = os.path.split(base)
     written = []
-    for ext in (".h5", ".keras"):
-        tmp = os.path.join(folder or ".", f".{stem}.tmp{ext}")
-        view.save(tmp)
-        os.replace(tmp, base + ext)
-        written.append(base + ext)
+    quiet = _DropMessage("saving your model as an HDF5 file")  # .h5 is in our contract on purpose
+    logging.getLogger("absl").addFilter(quiet)
+    try:
+        for ext in (".h5", ".keras"):
+            tmp = os.path.join(folder or ".", f".{stem}.tmp{ext}")
+            view.save(tmp)
+            os.replace(tmp, base + ext)
+            written.append(base + ext)
+    finally:
+        logging.getLogger("absl").removeFilter(quiet)
     return written
+
+
+class _DropMessage:
+    def __init__(self, text: str):
+        self.text = text
+
+    def filter(self, record) -> bool:
+        return self.text not in record.getMessage()
 
 
 # ----------------------------------------------------------------- epoch CSV
@@ -299,12 +360,16 @@ def write_csv_rows(path: str, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-def rows_up_to(rows: list[dict], epoch: int) -> list[dict]:
-    """Rows of epochs 1..epoch, the last one kept per epoch (a resumed run rewrites)."""
+def rows_up_to(rows: list[dict], n: int) -> list[dict]:
+    """Rows of the first `n` epochs, the last one kept per epoch (a resumed run rewrites).
+
+    The "epoch" column counts from 0, as keras.callbacks.CSVLogger does (and
+    utils.plots.save_history_plot expects).
+    """
     by_epoch = {}
     for r in rows:
         e = int(float(r["epoch"]))
-        if e <= epoch:
+        if e < n:
             by_epoch[e] = r
     return [by_epoch[e] for e in sorted(by_epoch)]
 
@@ -347,11 +412,12 @@ class EpochEnd(keras.callbacks.Callback):
     """Everything that happens once per epoch, in a crash-safe order.
 
     1. score vs best -> save NAME.best.{h5,keras}; patience counters; plateau LR scale
-    2. the epoch's CSV row (whole file rewritten)
+    2. the epoch's CSV row (whole file rewritten; "epoch" from 0 like CSVLogger)
     3. the resume state (last, so state epoch N implies steps 1-2 of epoch N are done)
 
-    `run` (a plain dict) is the state that survives --resume: epoch (completed,
-    1-based), phase, best, best_epoch, wait, plateau_wait, lr_scale, stopped.
+    `run` (a plain dict) is the state that survives --resume: epoch (epochs
+    completed), phase, best, best_epoch (1-based), wait, plateau_wait, lr_scale,
+    stopped, iterations (optimizer steps in this phase).
     """
 
     def __init__(self, *, run: dict, cfg: dict, monitor: str, mode: str, csv_path: str, rows: list[dict],
@@ -384,9 +450,10 @@ class EpochEnd(keras.callbacks.Callback):
             self.run["stopped"] = True
             self.model.stop_training = True
 
-        row = {"epoch": epoch + 1, "phase": self.run.get("phase", "main")}
+        row = {"epoch": epoch}
         row.update({k: _num(v) for k, v in sorted(logs.items()) if k not in ("learning_rate",)})
-        row.update(lr=current_lr(opt), iterations=iterations(opt))
+        row["lr"] = current_lr(opt)  # the LR the next step will use
+        self.run["iterations"] = iterations(opt)
         self.rows[:] = rows_up_to(self.rows, epoch) + [row]
         write_csv_rows(self.csv_path, self.rows)
         save_state(self.resume_dir, self.model, opt, self.run)
@@ -399,5 +466,45 @@ def _num(v):
         return v
 
 
-def remove_resume(resume_dir: str) -> None:
-    shutil.rmtree(resume_dir, ignore_errors=True)
+class ScalarLog(keras.callbacks.Callback):
+    """TensorBoard scalars per epoch, written with TensorFlow core only.
+
+    keras.callbacks.TensorBoard needs the `tensorboard` package (tf.summary.scalar
+    lives there), which is not a dependency; `tf.summary.write` with the scalars
+    plugin tag is core TF and gives the same event files: log_dir/train and
+    log_dir/validation, tags "epoch_<metric>" as Keras names them.
+    """
+
+    def __init__(self, log_dir: str):
+        super().__init__()
+        self.log_dir = log_dir
+        self._writers = {}
+
+    def _writer(self, kind: str):
+        if kind not in self._writers:
+            self._writers[kind] = tf.summary.create_file_writer(os.path.join(self.log_dir, kind))
+        return self._writers[kind]
+
+    def on_epoch_end(self, epoch, logs=None):
+        meta = tf.compat.v1.SummaryMetadata(plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name="scalars"))
+        logs = dict(logs or {}, learning_rate=current_lr(self.model.optimizer))
+        for key, value in logs.items():
+            kind, tag = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                continue
+            with self._writer(kind).as_default():
+                tf.summary.write("epoch_" + tag, tf.constant(value, tf.float32), step=epoch, metadata=meta)
+        for w in self._writers.values():
+            w.flush()
+
+    def on_train_end(self, logs=None):
+        for w in self._writers.values():
+            w.close()
+        self._writers = {}
+
+
+def remove_dir(path: str) -> None:
+    """The resume folder once a run is complete; a non-chief worker's temp dirs."""
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,329 @@
+"""train.py end to end on a tiny dataset: artefacts, resume after kill -9, folds, preview,
+bad input, two-worker MultiWorkerMirroredStrategy.
+
+Speed: a registry backbone's first train step takes 1-2 minutes just to trace
+on 2 busy cores, so these tests register a tiny conv backbone ("tinynet") in
+model.registry (test-only) and train it at 32 px for a few steps. Subprocess
+tests go through `runner()`, which registers it in the child too.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLASSES = ["red", "green", "blue"]
+COLOURS = [(220, 30, 30), (30, 200, 40), (40, 60, 230)]
+
+
+# ----------------------------------------------------------------- fixtures
+
+
+def tinynet(weights=None, include_top=False, input_shape=None, pooling="avg", name="backbone", **_):
+    """keras.applications-style constructor of a 2-conv backbone (test only)."""
+    import keras
+
+    inp = keras.Input(input_shape)
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", name="t_conv1")(inp)
+    x = keras.layers.BatchNormalization(name="t_bn1")(x)
+    x = keras.layers.ReLU(name="t_relu1")(x)
+    x = keras.layers.Conv2D(16, 3, strides=2, padding="same", name="t_conv2")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="t_pool")(x)
+    return keras.Model(inp, x, name=name)
+
+
+def register_tiny():
+    from model import registry
+
+    registry._SPECS["tinynet"] = registry.ModelSpec("tinynet", tinynet, 32, 16, "torch")
+
+
+def png(colour, rng, size=32) -> bytes:
+    import cv2
+
+    img = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+    a, b = rng.integers(4, 12), rng.integers(20, 28)
+    img[a:b, a:b] = colour
+    ok, buf = cv2.imencode(".png", img[..., ::-1])
+    assert ok
+    return buf.tobytes()
+
+
+def write_dataset(root, *, n_train=30, n_val=12, folds=0, val=True, seed=0) -> str:
+    """A folder in the generate_dataset.py layout: shards + manifest.json + labels.json."""
+    from utils import schema
+
+    rng = np.random.default_rng(seed)
+    os.makedirs(root, exist_ok=True)
+    k = len(CLASSES)
+
+    def shard(fname, labels, fold=None):
+        with open(os.path.join(root, fname), "wb") as f:
+            pass
+        import tensorflow as tf
+
+        with tf.io.TFRecordWriter(os.path.join(root, fname)) as w:
+            for i, c in enumerate(labels):
+                w.write(schema.serialize([png(COLOURS[c], rng)], "png", 32, 32, 3, [c], f"{fname}-{i}"))
+        counts = [labels.count(c) for c in range(k)]
+        return {"file": fname, "count": len(labels), "bytes": os.path.getsize(os.path.join(root, fname)),
+                "sha256": "", "fold": fold, "class_counts": counts}
+
+    splits = {}
+    if folds:
+        per = [[i % k for i in range(n_train // folds)] for _ in range(folds)]
+        shards = [shard(f"train-{f:05d}-of-{folds:05d}.tfrecord", per[f], f) for f in range(folds)]
+    else:
+        labels = [i % k for i in range(n_train)]
+        shards = [shard("train-00000-of-00002.tfrecord", labels[::2]),
+                  shard("train-00001-of-00002.tfrecord", labels[1::2])]
+    splits["train"] = {"count": sum(s["count"] for s in shards),
+                       "class_counts": list(np.sum([s["class_counts"] for s in shards], 0).tolist()),
+                       "shards": shards}
+    if val and not folds:
+        s = shard("val-00000-of-00001.tfrecord", [i % k for i in range(n_val)])
+        splits["val"] = {"count": s["count"], "class_counts": s["class_counts"], "shards": [s]}
+    manifest = {"schema_version": 1, "name": os.path.basename(root), "num_classes": k, "multi_label": False,
+                "planes": 1, "channels": 3, "folds": folds, "seed": 0, "splits": splits,
+                "skipped": {"count": 0, "by_reason": {}}, "readable_names": None}
+    with open(os.path.join(root, "manifest.json"), "w") as f:
+        json.dump(manifest, f)
+    with open(os.path.join(root, "labels.json"), "w") as f:
+        json.dump(CLASSES, f)
+    return root
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_dataset(str(tmp_path_factory.mktemp("ds") / "shapes"))
+
+
+@pytest.fixture
+def tiny(monkeypatch, tmp_path):
+    register_tiny()
+    monkeypatch.chdir(tmp_path)  # log/NAME and model_save/ land here
+    yield
+    import keras
+
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def quick(data, *extra):
+    return ["--data", data, "--model", "tinynet", "--weights", "none", "--image-size", "32",
+            "--batch-size", "8", "--steps-per-epoch", "2", "--augment", "flip", *extra]
+
+
+def run_main(argv, capsys):
+    import train
+    from utils.errors import run_cli
+
+    code = run_cli(train.main, argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ----------------------------------------------------------------- end to end
+
+
+def test_end_to_end_artefacts_and_reload(tiny, data, capsys, tmp_path):
+    import keras
+
+    import model  # noqa: F401 - registers our layers for load_model
+    import train
+    from model.meta import load_meta
+    from utils import config as C
+
+    y = tmp_path / "run.yaml"
+    y.write_text("epochs: 2\nlr: 0.01\noptimizer: sgd\n")
+    cfg = C.resolve(C.build_parser("t").parse_args(quick(data, "--config", str(y), "--out", "model_save/t.h5")))
+    out = train.train(cfg)
+    files = sorted(os.listdir("model_save"))
+    assert files == ["t.best.h5", "t.best.keras", "t.config.yaml", "t.h5", "t.json", "t.keras"]
+    assert sorted(os.listdir("log/t"))[:2] == ["curves.png", "epochs.csv"]
+    assert any(p.startswith(("train", "validation")) for p in os.listdir("log/t"))  # TensorBoard
+    with open("log/t/epochs.csv") as f:
+        header, *rows = f.read().splitlines()
+    assert len(rows) == 2 and "val_accuracy" in header and "lr" in header
+
+    meta = load_meta("model_save/t.h5")
+    assert meta["class_names"] == CLASSES and meta["input_size"] == [32, 32] and meta["head"] == "softmax"
+    assert meta["outputs"] == ["probs"] and meta["config"]["epochs"] == 2 and meta["config"]["lr"] == 0.01
+    assert meta["history"]["val_metric"] == "val_accuracy" and meta["history"]["iterations"] == 4
+    import yaml
+
+    assert yaml.safe_load(open("model_save/t.config.yaml"))["optimizer"] == "sgd"
+
+    x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    want = out["model"].predict(x, verbose=0)
+    for f in ("model_save/t.h5", "model_save/t.keras"):
+        got = keras.models.load_model(f).predict(x, verbose=0)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+    # the CLI prints the validation score last
+    code, stdout, _ = run_main(quick(data, "--epochs", "1", "--out", "model_save/u.h5"), capsys)
+    assert code == 0
+    assert stdout.strip().splitlines()[-1].startswith("val_accuracy ") and "(best epoch 1)" in stdout
+
+
+def test_head_warmup_then_finetune(tiny, data, capsys):
+    import keras
+
+    code, out, err = run_main(quick(data, "--epochs", "2", "--head-warmup-epochs", "1", "--out", "model_save/w.h5",
+                                    "--ema", "--accum-steps", "2", "--optimizer", "adamw", "--schedule", "constant",
+                                    "--finetune-lr-mult", "0.1"), capsys)
+    assert code == 0, err
+    import csv
+
+    rows = list(csv.DictReader(open("log/w/epochs.csv")))
+    assert [r["epoch"] for r in rows] == ["0", "1"]
+    # heads at --lr, then everything at lr * --finetune-lr-mult
+    assert [float(r["lr"]) for r in rows] == pytest.approx([1e-3, 1e-4], rel=1e-5)
+    keras.models.load_model("model_save/w.h5")
+
+
+def test_fold_trains_on_other_folds(tiny, tmp_path, capsys):
+    data = write_dataset(str(tmp_path / "kf"), n_train=30, folds=3)
+    code, out, err = run_main(quick(data, "--epochs", "1", "--fold", "1"), capsys)
+    assert code == 0, err
+    assert os.path.isfile("model_save/kf_tinynet_fold1.h5")
+    code, out, err = run_main(quick(data, "--epochs", "1", "--fold", "3"), capsys)
+    assert code == 2 and err.startswith("error: fold 3 does not exist") and "Traceback" not in err
+
+
+def test_preview_writes_png(tiny, data, capsys):
+    code, out, err = run_main(quick(data, "--preview", "--augment", "flip,rrc", "--out", "model_save/p.h5"), capsys)
+    assert code == 0, err
+    assert os.path.getsize("log/p/preview.png") > 1000
+    assert not os.path.exists("model_save/p.h5")
+
+
+# ----------------------------------------------------------------- bad input
+
+
+def bad(argv, capsys):
+    code, out, err = run_main(argv, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def test_bad_input_one_line(tiny, data, tmp_path, capsys):
+    assert "no dataset folder" in bad(quick(str(tmp_path / "missing")), capsys)
+    empty = write_dataset(str(tmp_path / "noval"), val=False)
+    assert "val" in bad(quick(empty), capsys)
+    assert "unknown model 'resnet9000'" in bad(quick(data, "--model", "resnet9000"), capsys)
+    assert "inceptionv3 needs --image-size >= 75" in bad(quick(data, "--model", "inceptionv3"), capsys)
+    assert "has no folds" in bad(quick(data, "--fold", "0"), capsys)
+    assert "--epochs must be >= 1" in bad(quick(data, "--epochs", "0"), capsys)
+    y = tmp_path / "bad.yaml"
+    y.write_text("epochz: 3\n")
+    assert "unknown key 'epochz'" in bad(quick(data, "--config", str(y)), capsys)
+
+
+def test_imagenet_without_network(tiny, data, monkeypatch, capsys):
+    cached = os.path.expanduser("~/.keras/models/densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5")
+    if os.path.exists(cached):
+        pytest.skip("ImageNet weights are cached: no download would happen")
+    for k in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(k, "http://127.0.0.1:9")  # nothing listens: the download fails at once
+    monkeypatch.setenv("no_proxy", "")
+    line = bad(quick(data, "--model", "densenet121", "--weights", "imagenet"), capsys)
+    assert "pass --weights PATH" in line and "none" in line
+
+
+# ----------------------------------------------------------------- subprocesses
+
+RUNNER = ("import sys; sys.path.insert(0, {root!r}); from tests.test_train_cli import register_tiny; "
+          "register_tiny(); import train; from utils.errors import run_cli; sys.exit(run_cli(train.main))")
+
+
+def runner(argv, cwd, env=None, **kw):
+    code = RUNNER.format(root=ROOT)
+    e = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1", **(env or {}))
+    return subprocess.Popen([sys.executable, "-c", code, *argv], cwd=cwd, env=e, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def csv_rows(path):
+    import csv
+
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_kill_9_then_resume(tiny, data, tmp_path, capsys):
+    """kill -9 after epoch 1's checkpoint; --resume finishes with each epoch logged once,
+    and LR per epoch + the optimizer step count equal an uninterrupted run's."""
+    from utils.training import load_state
+
+    argv = quick(data, "--epochs", "5", "--steps-per-epoch", "24", "--lr", "0.05", "--warmup-epochs", "1",
+                 "--out", "model_save/r.h5")
+    state = tmp_path / "model_save" / "r.resume"
+    p = runner(argv, cwd=tmp_path)
+    deadline = time.time() + 150
+    while time.time() < deadline and p.poll() is None:
+        if (state / "state.npz").exists():
+            break
+        time.sleep(0.02)
+    assert p.poll() is None, "the run ended before it could be killed: " + p.stderr.read()[-500:]
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    done = load_state(str(state))["run"]["epoch"]
+    assert 1 <= done < 5
+    assert not os.path.exists(tmp_path / "model_save" / "r.h5")
+
+    p = runner(argv + ["--resume"], cwd=tmp_path)
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err[-2000:]
+    assert f"resuming after epoch {done}" in err
+    resumed = csv_rows(tmp_path / "log" / "r" / "epochs.csv")
+    assert [r["epoch"] for r in resumed] == ["0", "1", "2", "3", "4"]
+    assert not state.exists()
+
+    # the same run, uninterrupted, in this process
+    code, _, err = run_main(argv[:-1] + ["model_save/ref.h5"], capsys)
+    assert code == 0, err
+    ref = csv_rows(tmp_path / "log" / "ref" / "epochs.csv")
+    assert [float(r["lr"]) for r in resumed] == pytest.approx([float(r["lr"]) for r in ref], rel=1e-5)
+    meta_r = json.load(open(tmp_path / "model_save" / "r.json"))
+    meta_ref = json.load(open(tmp_path / "model_save" / "ref.json"))
+    assert meta_r["history"]["iterations"] == meta_ref["history"]["iterations"] == 5 * 24
+
+
+def free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_two_worker_multiworker_mirrored(tiny, data, tmp_path):
+    ports = free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    argv = quick(data, "--epochs", "2", "--strategy", "multiworker", "--out", "model_save/mw.h5")
+    procs = []
+    for i in range(2):
+        cwd = tmp_path / f"w{i}"
+        cwd.mkdir()
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+        procs.append(runner(argv, cwd=cwd, env={"TF_CONFIG": tf_config}))
+    outs = [p.communicate(timeout=400) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    assert outs[0][0].strip().splitlines()[-1].startswith("val_accuracy")
+    chief, other = tmp_path / "w0", tmp_path / "w1"
+    assert sorted(os.listdir(chief / "model_save")) == ["mw.best.h5", "mw.best.keras", "mw.config.yaml", "mw.h5",
+                                                        "mw.json", "mw.keras"]
+    assert len(csv_rows(chief / "log" / "mw" / "epochs.csv")) == 2
+    assert not (other / "model_save").exists() and not (other / "log").exists()
+    assert outs[1][0].strip() == ""  # the non-chief prints nothing
