@@ -173,3 +173,15 @@ def test_bad_build_arguments():
         build_model("densenet121", 1, input_size=SIZE)
     with pytest.raises(UsageError, match="unknown model"):
         build_model("vgg16", 2)
+
+
+def test_mixed_precision_outputs_stay_float32():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        m = build_model("resnet50", 3, input_size=SIZE, channels=6, head="per-class")
+        out = m(_images(c=6), training=False)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert len(out) == 3 and all(o.dtype.name == "float32" for o in out)
+    assert all(np.isfinite(np.asarray(o)).all() for o in out)
+    assert m.get_layer("head_c000_logit").compute_dtype == "float16"  # the policy did apply
