@@ -297,9 +297,23 @@ def test_large_jpeg_decodes_at_reduced_scale_close_to_full_decode():
                                tf.image.resize(big, (40, 32), method="area").numpy(), atol=1e-3)
 
 
-def test_resize_shrinks_by_area_and_grows_bilinearly():
+def test_resize_shrinks_2x_by_area_else_bilinear():
     img = tf.constant(np.tile(np.array([0, 255], np.uint8), 8).reshape(1, 16, 1).repeat(4, 0))  # stripes
     small = pipeline.resize_image(img, (2, 8)).numpy()
-    np.testing.assert_allclose(small, 127.5, atol=1e-3)  # area averages the stripes, no aliasing
+    np.testing.assert_allclose(small, 127.5, atol=1e-3)  # 2x: area averages the stripes, no aliasing
+    mild = pipeline.resize_image(img, (4, 12)).numpy()  # 1.33x: bilinear
+    np.testing.assert_allclose(mild, tf.image.resize(img, (4, 12)).numpy(), atol=1e-4)
     up = pipeline.resize_image(tf.constant([[[0], [255]]], tf.uint8), (1, 4)).numpy()[0, :, 0]
     assert up[0] < up[1] < up[2] < up[3]
+
+
+def test_corrupted_shard_fails_loudly_instead_of_losing_its_tail(tmp_path):
+    d = write_dataset(tmp_path / "d", {"train": [([record(i) for i in range(6)], None)]})
+    path = os.path.join(d, "train-00000-of-00001.tfrecord")
+    blob = bytearray(open(path, "rb").read())
+    blob[len(blob) // 2] ^= 0xFF  # inside a record's payload: its CRC no longer matches
+    open(path, "wb").write(bytes(blob))
+    ds = pipeline.make_dataset(d, "train", image_size=8, batch_size=2, training=False)
+    with pytest.raises(tf.errors.DataLossError):
+        for _ in ds:
+            pass
