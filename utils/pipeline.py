@@ -26,14 +26,14 @@ Order of `make_dataset` and why (as in big_vision's input_pipeline):
 - prefetch LAST so the whole pipeline runs ahead of the training step.
 
 Decode failures: a record whose image cannot be decoded (or whose Example
-cannot be parsed) makes the decode map raise; an `ignore_errors()` that sees
-only the decode step (not the shard reader: a corrupted shard must still fail
-loudly, see `_decode_skipping_failures`) drops the element and the epoch goes on. tf.data has no hook
-that reports what ignore_errors dropped, so the decode map counts records
-entering (`seen`, before parsing) and records decoded (`ok`, after the image
-exists) in two int64 variables; `decode_failures()` = seen - ok. The count is
-exact once an epoch has been fully consumed; mid-epoch it may include up to
-`num_parallel_calls` records still being decoded. Counts are process-wide
+cannot be parsed) makes the decode step raise; an `ignore_errors()` that sees
+only that step drops the element and the epoch goes on. It does not see the
+shard reader: a corrupted shard must fail loudly, not lose its tail silently
+(see `_decode_skipping_failures`). tf.data has no hook that reports what
+ignore_errors dropped, so the decode step counts records entering (`seen`,
+before parsing) and records decoded (`ok`, after the image exists) in two int64
+variables; `decode_failures()` = seen - ok. Exact once an epoch has been fully
+consumed; mid-epoch it may include records still being decoded. Process-wide
 (every dataset made here), cumulative across epochs; `reset_decode_failures()`
 zeroes them.
 
