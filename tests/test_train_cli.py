@@ -187,6 +187,21 @@ def test_head_warmup_then_finetune(tiny, data, capsys):
     keras.models.load_model("model_save/w.h5")
 
 
+@pytest.mark.parametrize("head, monitor", [("sigmoid", "val_f1"), ("per-class", "val_loss")])
+def test_multi_label_heads(tiny, data, capsys, head, monitor):
+    import keras
+
+    code, out, err = run_main(quick(data, "--epochs", "1", "--head", head, "--class-weights", "balanced",
+                                    "--out", "model_save/h.h5"), capsys)
+    assert code == 0, err
+    assert out.strip().splitlines()[-1].startswith(monitor + " ")
+    meta = json.load(open("model_save/h.json"))
+    want = ["probs"] if head == "sigmoid" else ["c000_red", "c001_green", "c002_blue"]
+    assert meta["outputs"] == want and meta["head"] == head
+    pred = keras.models.load_model("model_save/h.keras").predict(np.zeros((2, 32, 32, 3), "float32"), verbose=0)
+    assert (len(pred) == 3) if head == "per-class" else pred.shape == (2, 3)
+
+
 def test_fold_trains_on_other_folds(tiny, tmp_path, capsys):
     data = write_dataset(str(tmp_path / "kf"), n_train=30, folds=3)
     code, out, err = run_main(quick(data, "--epochs", "1", "--fold", "1"), capsys)
@@ -221,6 +236,8 @@ def test_bad_input_one_line(tiny, data, tmp_path, capsys):
     assert "inceptionv3 needs --image-size >= 75" in bad(quick(data, "--model", "inceptionv3"), capsys)
     assert "has no folds" in bad(quick(data, "--fold", "0"), capsys)
     assert "--epochs must be >= 1" in bad(quick(data, "--epochs", "0"), capsys)
+    assert "invalid choice: 'lion'" in bad(quick(data, "--optimizer", "lion"), capsys)
+    assert "--lr: invalid float value" in bad(quick(data, "--lr", "fast"), capsys)
     y = tmp_path / "bad.yaml"
     y.write_text("epochz: 3\n")
     assert "unknown key 'epochz'" in bad(quick(data, "--config", str(y)), capsys)

@@ -31,6 +31,8 @@ def test_defaults_yaml_and_flags_precedence(tmp_path):
     assert cfg["batch_size"] == 8 and cfg["focal"] is True
     assert cfg["optimizer"] == C.OPTIONS["optimizer"].default  # default untouched
     assert parse(["--config", str(y), "--no-focal"])["focal"] is False
+    y.write_text("data: d\naugment:\n  rrc: {scale: [0.5, 1.0]}\n  flip:\n")
+    assert C.augment_list(parse(["--config", str(y)])["augment"]) == {"rrc": {"scale": [0.5, 1.0]}, "flip": None}
 
 
 def test_yaml_unknown_key_and_bad_values(tmp_path):

@@ -64,7 +64,7 @@ OPTIONS: dict[str, Option] = {
     "focal_gamma": Option(2.0, "focal loss focusing parameter", float),
     "class_weights": Option("none", "none, balanced (from the manifest's class counts) or FILE (JSON list/dict or CSV name,weight)"),
     # --- data
-    "augment": Option("flip", "comma list of train augmentations: flip,rrc,rotate,color,randaugment,mixup,cutmix,erasing (or none)"),
+    "augment": Option("flip", "comma list of train augmentations: flip,rrc,rotate,color,randaugment,mixup,cutmix,erasing (or none); in YAML also {name: {kwargs}}"),
     "fold": Option(None, "K-fold dataset: validate on fold k, train on the others", int),
     "cache": Option(False, "cache decoded training images in memory (small datasets)", bool),
     "shuffle_buffer": Option(2048, "shuffle buffer in records", int),
@@ -90,21 +90,29 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are our one-line UsageError (no usage dump, exit 2 via run_cli)."""
+
+    def error(self, message):
+        raise UsageError(message)
+
+
 def build_parser(description: str) -> argparse.ArgumentParser:
     """argparse parser with one flag per OPTIONS entry, all defaulting to None.
 
     None means "not given on the command line", so YAML values are only
     overridden by flags the user actually typed.
     """
-    p = argparse.ArgumentParser(description=description)
+    p = _Parser(description=description)
     p.add_argument("--config", metavar="YAML", help="YAML file of defaults (keys as the flags, '-' or '_'); flags override it")
     for name, o in OPTIONS.items():
         help_ = o.help + (f" [default: {o.default}]" if o.default not in (None, False) else "")
         if o.type is bool:
             p.add_argument(flag(name), dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_)
         else:
+            metavar = None if o.choices else {int: "N", float: "X"}.get(o.type, "VALUE")
             p.add_argument(flag(name), dest=name, type=o.type, choices=o.choices, default=None, help=help_,
-                           metavar=None if o.choices else name.upper())
+                           metavar=metavar)
     return p
 
 
@@ -134,6 +142,8 @@ def coerce(name: str, value, where: str):
     o = OPTIONS[name]
     if value is None:
         return None
+    if name == "augment" and isinstance(value, (dict, list)):
+        return value  # YAML may give {name: {kwargs}} (see utils/augment.py) or a list of names
     try:
         if o.type is bool:
             if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
@@ -202,8 +212,10 @@ def validate(cfg: dict) -> None:
             raise UsageError(f"--layers {cfg['layers']!r} is not heads, all or a valid regex: {e}") from None
 
 
-def augment_list(spec: str | None) -> list[str]:
-    """'flip,rrc' -> ['flip', 'rrc']; '' / 'none' -> []."""
+def augment_list(spec):
+    """'flip,rrc' -> ['flip', 'rrc']; '' / 'none' -> []; a YAML list or dict passes through."""
+    if isinstance(spec, (dict, list)):
+        return spec
     if not spec or spec.strip().lower() == "none":
         return []
     return [s.strip() for s in spec.split(",") if s.strip()]
