@@ -187,6 +187,24 @@ def test_head_warmup_then_finetune(tiny, data, capsys):
     keras.models.load_model("model_save/w.h5")
 
 
+def test_mixed_precision_jit_cache_step_early_stop(tiny, data, capsys):
+    import keras
+
+    code, out, err = run_main(quick(data, "--epochs", "4", "--mixed-precision", "--jit", "--cache", "--schedule",
+                                    "step", "--step-epochs", "1", "--early-stop", "1", "--lr", "1e-6",
+                                    "--out", "model_save/mp.h5"), capsys)
+    assert code == 0, err
+    meta = json.load(open("model_save/mp.json"))
+    assert meta["config"]["mixed_precision"] and meta["config"]["jit"]
+    rows = list(__import__("csv").DictReader(open("log/mp/epochs.csv")))
+    if meta["history"]["early_stopped"]:  # at lr 1e-6 the score rarely improves twice in a row
+        assert len(rows) < 4
+    lrs = [float(r["lr"]) for r in rows]
+    assert lrs[:2] == pytest.approx([1e-7, 1e-8], rel=1e-3)  # x0.1 every epoch
+    assert keras.models.load_model("model_save/mp.h5").predict(np.zeros((1, 32, 32, 3), "float32"),
+                                                               verbose=0).shape == (1, 3)
+
+
 @pytest.mark.parametrize("head, monitor", [("sigmoid", "val_f1"), ("per-class", "val_loss")])
 def test_multi_label_heads(tiny, data, capsys, head, monitor):
     import keras
