@@ -71,7 +71,9 @@ OPTIONS: dict[str, Option] = {
     # --- run control
     "early_stop": Option(0, "stop after N epochs without validation improvement (0: never)", int),
     "resume": Option(False, "continue an interrupted run from model_save/NAME.resume/ (weights, optimizer, LR schedule, epoch)", bool),
-    "strategy": Option("auto", "auto (MirroredStrategy with >1 GPU), mirrored, multiworker (from TF_CONFIG) or none",
+    "strategy": Option("auto", "auto (MultiWorkerMirrored when TF_CONFIG lists >1 worker, else Mirrored with "
+                               ">1 GPU, else none), mirrored, multiworker (from TF_CONFIG; only the chief writes "
+                               "files) or none",
                        choices=("auto", "mirrored", "multiworker", "none")),
     "out": Option(None, "model file model_save/NAME.h5 (also NAME.keras, NAME.best.*, NAME.json); default named after data and model"),
     "preview": Option(False, "write a PNG grid of augmented training images to log/NAME/ and exit", bool),
