@@ -13,7 +13,7 @@ import json
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # before TensorFlow loads: keep stderr for our messages
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")   # before TensorFlow loads: keep stderr for our messages
 
 from utils.errors import UsageError, import_tensorflow_quietly, run_cli
 

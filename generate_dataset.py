@@ -17,9 +17,9 @@ import sys
 ROOT = os.path.dirname(os.path.abspath(__file__))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from utils.errors import UsageError, run_cli  # noqa: E402
+from utils.errors import UsageError, import_tensorflow_quietly, run_cli  # noqa: E402
 
 DEMO_SRC = os.path.join(ROOT, "data", "demo_src")
 DEMO_OUT = os.path.join(ROOT, "data", "demo")
@@ -144,6 +144,7 @@ def run_verify(argv: list[str]) -> int:
     from utils.writer import verify_dataset
 
     a = verify_parser().parse_args(argv)
+    import_tensorflow_quietly()  # verify decodes every image with TF
     problems = verify_dataset(a.data, progress=not a.no_progress)
     if problems:
         print(f"{a.data}: {len(problems)} problem(s):", file=sys.stderr)
