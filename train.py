@@ -25,7 +25,7 @@ import sys
 import warnings
 
 from utils import config as C
-from utils.errors import UsageError, run_cli
+from utils.errors import UsageError, import_tensorflow_quietly, run_cli
 
 
 def resolve_run(cfg: dict, info: dict, spec) -> dict:
@@ -102,6 +102,7 @@ def main(argv=None) -> int:
 
 def train(cfg: dict) -> dict:
     """The whole run for a resolved config; returns model, run state, paths, monitor."""
+    import_tensorflow_quietly()
     import keras
 
     from model import build, heads, losses, metrics, registry

@@ -66,7 +66,7 @@ OPTIONS: dict[str, Option] = {
     # --- data
     "augment": Option("flip", "comma list of train augmentations: flip,rrc,rotate,color,randaugment,mixup,cutmix,erasing (or none); in YAML also {name: {kwargs}}"),
     "fold": Option(None, "K-fold dataset: validate on fold k, train on the others", int),
-    "cache": Option(False, "cache decoded training images in memory (small datasets)", bool),
+    "cache": Option(False, "cache the encoded records in memory after the first epoch (datasets that fit in RAM; decoding still runs each epoch)", bool),
     "shuffle_buffer": Option(2048, "shuffle buffer in records", int),
     # --- run control
     "early_stop": Option(0, "stop after N epochs without validation improvement (0: never)", int),
