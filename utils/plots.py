@@ -122,6 +122,9 @@ def save_history_plot(csv_path: str, path: str) -> str:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+        if _wide_positive_range(cols[name] + cols.get("val_" + name, [])):
+            # an early spike (val loss 110 then 0.6, common from scratch) flattens a linear axis
+            ax.set_yscale("log")
     if lr:
         ax = fig.add_subplot(nrows, ncols, total)
         ax.plot(epochs, lr, "o-", ms=3, color="gray")
@@ -130,6 +133,11 @@ def save_history_plot(csv_path: str, path: str) -> str:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _wide_positive_range(values, ratio: float = 50.0) -> bool:
+    finite = [v for v in values if v == v and v not in (float("inf"), float("-inf"))]
+    return bool(finite) and min(finite) > 0 and max(finite) / min(finite) > ratio
 
 
 def most_confused(cm: np.ndarray, k: int) -> np.ndarray:
