@@ -12,6 +12,7 @@ here are read by tf.data.TFRecordDataset (tested in tests/test_schema.py).
 """
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from typing import BinaryIO, Iterator
@@ -135,9 +136,19 @@ def int64_feature(values) -> list[bytes]:
     return _wrap(3, _wrap(1, [packed]) if packed else [])
 
 
+@functools.lru_cache(maxsize=None)
+def _key_field(key: str) -> bytes:
+    """MapEntry.key (field 1) + the tag of MapEntry.value (field 2): constant per key."""
+    k = key.encode("utf-8")
+    return b"\x0a" + _varint(len(k)) + k + b"\x12"
+
+
 def encode_example(features: dict[str, list[bytes]]) -> bytes:
     """{key: Feature chunks (from bytes_feature/int64_feature)} -> serialized Example."""
     entries: list[bytes] = []
     for k, v in features.items():
-        entries += _wrap(1, _wrap(1, [k.encode("utf-8")]) + _wrap(2, v))
+        key = _key_field(k)
+        size = sum(map(len, v))
+        vlen = _varint(size)
+        entries += (b"\x0a", _varint(len(key) + len(vlen) + size), key, vlen, *v)
     return b"".join(_wrap(1, entries))

@@ -42,6 +42,10 @@ def walk_files(top: str, exclude: frozenset[str] = frozenset()) -> list[str]:
 
     `exclude`: real paths to leave out (a labels CSV kept inside the image folder).
     """
+    # realpath/relpath per file cost ~35 us each: 70% of pass-through writing time
+    # on small JPEGs. Only names that could be an excluded file are resolved, and
+    # os.walk's paths all start with `top` + sep, so the relative key is a slice.
+    exclude_names = {os.path.basename(p) for p in exclude}
     found = []
     for dirpath, dirnames, filenames in os.walk(top):
         dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
@@ -49,13 +53,16 @@ def walk_files(top: str, exclude: frozenset[str] = frozenset()) -> list[str]:
             if is_hidden(name):
                 continue
             path = os.path.join(dirpath, name)
-            if os.path.realpath(path) not in exclude:
-                found.append(path)
-    return sorted(found, key=lambda p: os.path.relpath(p, top).replace(os.sep, "/"))
+            if name in exclude_names and os.path.realpath(path) in exclude:
+                continue
+            found.append(path)
+    return sorted(found, key=lambda p: rel_key(p, top))
 
 
 def rel_key(path: str, root: str) -> str:
-    return os.path.relpath(path, root).replace(os.sep, "/")
+    prefix = os.path.join(root, "")
+    rel = path[len(prefix):] if path.startswith(prefix) else os.path.relpath(path, root)
+    return rel.replace(os.sep, "/") if os.sep != "/" else rel
 
 
 def stem(path: str) -> str:
