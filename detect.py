@@ -20,12 +20,22 @@ from utils.errors import UsageError, import_tensorflow_quietly, run_cli
 MAX_LISTED_SKIPS = 20    # skipped inputs echoed on stderr; the full list is in the CSV
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show a flag's default only when it says something ("default: None" does not)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default in (None, False) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from utils.predict import FORMATS, VIEWS
 
     p = argparse.ArgumentParser(
         prog="detect.py", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_HelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image files, folders (recursive; a parent folder named after a class is the label), "
                         "globs, a URL list (.txt/.csv of `id,url` lines), a .bson file (one prediction per "

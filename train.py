@@ -230,6 +230,11 @@ def train(cfg: dict) -> dict:
         from utils.plots import save_history_plot
 
         save_history_plot(csv_path, os.path.join(log_dir, "curves.png"))
+    from utils.pipeline import decode_failures
+
+    if decode_failures() and chief:
+        print(f"note: {decode_failures()} record(s) could not be decoded and were skipped "
+              f"(check with: python generate_dataset.py verify {cfg['data']})", file=sys.stderr)
     T.remove_dir(resume_dir)
     if not chief:
         T.remove_dir(save_dir)
