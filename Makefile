@@ -26,7 +26,7 @@ demo: install
 	$(BIN)/python generate_dataset.py
 	$(BIN)/python train.py --data data/demo --model densenet121 --weights none --image-size 64 \
 	    --batch-size 16 --epochs 30 --lr 0.002 --optimizer adamw --weight-decay 0.05 \
-	    --warmup-epochs 1 --augment flip,rotate,color --out $(DEMO_MODEL).h5
+	    --lr-warmup-epochs 1 --augment flip,rotate,color --out $(DEMO_MODEL).h5
 	$(BIN)/python detect.py --model $(DEMO_MODEL).best.h5 data/demo --split val --evaluate \
 	    --out log/demo_detect/predictions.csv --no-progress
 

@@ -11,11 +11,10 @@ head), fits under a tf.distribute strategy and writes (NAME = the --out stem):
   model_save/NAME.resume/                    crash-safe state for --resume (removed when done)
 The last stdout line is the validation score, e.g. "val_accuracy 0.873 (best epoch 4)".
 
-Freeze-then-fine-tune: --head-warmup-epochs N trains only the heads for N
-epochs (the issue's "--warmup-epochs N"), then --layers at --finetune-lr-mult
-x --lr, with a fresh optimizer and schedule. --warmup-epochs is the linear LR
-warm-up inside each phase. Settings: utils/config.py (defaults < --config
-YAML < flags).
+Freeze-then-fine-tune: --warmup-epochs N trains only the heads for N epochs,
+then --layers at --finetune-lr-mult x --lr, with a fresh optimizer and
+schedule. --lr-warmup-epochs is the linear LR warm-up inside each phase.
+Settings: utils/config.py (defaults < --config YAML < flags).
 """
 from __future__ import annotations
 
@@ -184,8 +183,8 @@ def train(cfg: dict) -> dict:
     elif os.path.exists(csv_path):
         os.remove(csv_path)
 
-    # phases: [heads for --head-warmup-epochs,] then --layers; each a fresh optimizer + schedule
-    hw = cfg["head_warmup_epochs"]
+    # phases: [heads for --warmup-epochs,] then --layers; each a fresh optimizer + schedule
+    hw = cfg["warmup_epochs"]
     phases = ([("heads", 0, hw, "heads", cfg["lr"])] if hw else []) + \
         [("main", hw, cfg["epochs"], cfg["layers"], cfg["lr"] * (cfg["finetune_lr_mult"] if hw else 1.0))]
     for phase, start, end, layers, peak in phases:

@@ -174,7 +174,7 @@ def test_end_to_end_artefacts_and_reload(tiny, data, capsys, tmp_path):
 def test_head_warmup_then_finetune(tiny, data, capsys):
     import keras
 
-    code, out, err = run_main(quick(data, "--epochs", "2", "--head-warmup-epochs", "1", "--out", "model_save/w.h5",
+    code, out, err = run_main(quick(data, "--epochs", "2", "--warmup-epochs", "1", "--out", "model_save/w.h5",
                                     "--ema", "--accum-steps", "2", "--optimizer", "adamw", "--schedule", "constant",
                                     "--finetune-lr-mult", "0.1"), capsys)
     assert code == 0, err
@@ -297,7 +297,7 @@ def test_kill_9_then_resume(tiny, data, tmp_path, capsys):
     and LR per epoch + the optimizer step count equal an uninterrupted run's."""
     from utils.training import load_state
 
-    argv = quick(data, "--epochs", "5", "--steps-per-epoch", "24", "--lr", "0.05", "--warmup-epochs", "1",
+    argv = quick(data, "--epochs", "5", "--steps-per-epoch", "24", "--lr", "0.05", "--lr-warmup-epochs", "1",
                  "--out", "model_save/r.h5")
     state = tmp_path / "model_save" / "r.resume"
     p = runner(argv, cwd=tmp_path)

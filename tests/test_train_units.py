@@ -52,8 +52,8 @@ def test_yaml_unknown_key_and_bad_values(tmp_path):
     ([], "--data is required"),
     (["--data", "d", "--epochs", "0"], "--epochs must be >= 1"),
     (["--data", "d", "--dropout", "1.5"], "--dropout must be in"),
-    (["--data", "d", "--epochs", "3", "--head-warmup-epochs", "3"], "must be below --epochs"),
-    (["--data", "d", "--head-warmup-epochs", "1", "--layers", "heads"], "needs --layers all"),
+    (["--data", "d", "--epochs", "3", "--warmup-epochs", "3"], "must be below --epochs"),
+    (["--data", "d", "--warmup-epochs", "1", "--layers", "heads"], "needs --layers all"),
     (["--data", "d", "--layers", "conv[("], "not heads, all or a valid regex"),
 ])
 def test_validation_messages(argv, msg):
@@ -183,7 +183,7 @@ def fit_epochs(tmp_path, tag, start, end, total, saved=None, accum=1, schedule="
     from utils import training as T
 
     keras.utils.set_random_seed(1)
-    cfg = dict(C.defaults(), data="d", schedule=schedule, warmup_epochs=1.0, accum_steps=accum,
+    cfg = dict(C.defaults(), data="d", schedule=schedule, lr_warmup_epochs=1.0, accum_steps=accum,
                optimizer="sgd", lr=0.1, plateau_patience=1)
     model = tiny_model()
     scale = keras.Variable(1.0, trainable=False)

@@ -47,13 +47,13 @@ OPTIONS: dict[str, Option] = {
     "weight_decay": Option(None, "decoupled weight decay per step x lr; default 0.004 for adamw, 0 otherwise", float),
     "schedule": Option("cosine", "LR schedule after warm-up: cosine (to 0 at the last epoch), step (x step-gamma every step-epochs), plateau (constant, x plateau-factor when val stalls)",
                        choices=("cosine", "step", "plateau", "constant")),
-    "warmup_epochs": Option(0.0, "linear LR warm-up from 0, in epochs (fractions allowed)", float),
+    "lr_warmup_epochs": Option(0.0, "linear LR warm-up from 0, in epochs (fractions allowed)", float),
     "step_epochs": Option(None, "step schedule: epochs between LR drops; default a third of the epochs", int),
     "step_gamma": Option(0.1, "step schedule: LR multiplier at each drop", float),
     "plateau_patience": Option(2, "plateau schedule: epochs without val improvement before the LR drops", int),
     "plateau_factor": Option(0.2, "plateau schedule: LR multiplier at each drop", float),
-    "head_warmup_epochs": Option(0, "freeze-then-fine-tune: train only the heads for N epochs, then --layers at --finetune-lr-mult x lr (the issue's '--warmup-epochs N')", int),
-    "finetune_lr_mult": Option(0.1, "LR multiplier for the fine-tuning phase after --head-warmup-epochs", float),
+    "warmup_epochs": Option(0, "freeze-then-fine-tune: train only the heads for N epochs, then --layers at --finetune-lr-mult x lr", int),
+    "finetune_lr_mult": Option(0.1, "LR multiplier for the fine-tuning phase after --warmup-epochs", float),
     "accum_steps": Option(1, "gradient accumulation: apply the averaged gradient every N micro-batches", int),
     "ema": Option(False, "keep an exponential moving average of the weights (used for the saved models)", bool),
     "mixed_precision": Option(False, "float16 compute on GPU, bfloat16 on CPU; variables stay float32", bool),
@@ -191,7 +191,7 @@ def validate(cfg: dict) -> None:
     for k in ("lr", "finetune_lr_mult", "step_gamma", "plateau_factor"):
         if not cfg[k] > 0:
             raise UsageError(f"{flag(k)} must be > 0, got {cfg[k]}")
-    for k in ("warmup_epochs", "head_warmup_epochs", "early_stop", "focal_gamma", "momentum"):
+    for k in ("lr_warmup_epochs", "warmup_epochs", "early_stop", "focal_gamma", "momentum"):
         if cfg[k] < 0:
             raise UsageError(f"{flag(k)} must be >= 0, got {cfg[k]}")
     if cfg["weight_decay"] is not None and cfg["weight_decay"] < 0:
@@ -199,10 +199,10 @@ def validate(cfg: dict) -> None:
     for k in ("dropout", "label_smoothing"):
         if not 0 <= cfg[k] < 1:
             raise UsageError(f"{flag(k)} must be in [0, 1), got {cfg[k]}")
-    if cfg["head_warmup_epochs"] >= cfg["epochs"]:
-        raise UsageError(f"--head-warmup-epochs ({cfg['head_warmup_epochs']}) must be below --epochs ({cfg['epochs']})")
-    if cfg["head_warmup_epochs"] and cfg["layers"] == "heads":
-        raise UsageError("--head-warmup-epochs needs --layers all or a REGEX for the fine-tuning phase, not heads")
+    if cfg["warmup_epochs"] >= cfg["epochs"]:
+        raise UsageError(f"--warmup-epochs ({cfg['warmup_epochs']}) must be below --epochs ({cfg['epochs']})")
+    if cfg["warmup_epochs"] and cfg["layers"] == "heads":
+        raise UsageError("--warmup-epochs needs --layers all or a REGEX for the fine-tuning phase, not heads")
     if cfg["fold"] is not None and cfg["fold"] < 0:
         raise UsageError(f"--fold must be >= 0, got {cfg['fold']}")
     if cfg["layers"] not in ("heads", "all"):

@@ -204,7 +204,7 @@ def make_schedule(cfg: dict, peak: float, epochs: int, steps_per_epoch: int, sca
     step_epochs = cfg.get("step_epochs") or max(1, epochs // 3)
     return WarmupSchedule(
         peak, total_steps=epochs * steps_per_epoch,
-        warmup_steps=round(cfg.get("warmup_epochs", 0) * steps_per_epoch),
+        warmup_steps=round(cfg.get("lr_warmup_epochs", 0) * steps_per_epoch),
         kind=cfg["schedule"], step_every=step_epochs * steps_per_epoch,
         step_gamma=cfg.get("step_gamma", 0.1), scale=scale)
 
