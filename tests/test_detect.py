@@ -524,3 +524,22 @@ def test_savedmodel_outputs_in_numeric_order():
     out = {f"output_{i}": tf.fill([2, 1], float(i)) for i in range(12)}
     m = outputs_to_matrix(out, ["c000_a"]).numpy()
     assert m.shape == (2, 12) and m[0].tolist() == [float(i) for i in range(12)]
+
+
+def test_thresholds_file_matched_by_class_name(tmp_path):
+    """A saved NAME.thresholds.json is applied by class name; unknown classes are an error."""
+    from utils.errors import UsageError
+    from utils.predict import load_thresholds, save_thresholds
+
+    path = save_thresholds(str(tmp_path / "m.thresholds.json"), ["blue", "red", "green"], [0.1, 0.2, 0.3], "f1", 0.9)
+    assert load_thresholds(path, CLASSES) == [0.2, 0.3, 0.1]
+    other = save_thresholds(str(tmp_path / "o.thresholds.json"), ["a", "b", "c"], [0.1, 0.2, 0.3], "f1", 0.9)
+    with pytest.raises(UsageError, match="'a' that the model does not know"):
+        load_thresholds(other, CLASSES)
+    extra = tmp_path / "extra.csv"
+    extra.write_text('class,threshold\nred,0.1\ngreen,0.2\nblue,0.3\n"pink, light",0.4\n')
+    with pytest.raises(UsageError, match="'pink, light'"):
+        load_thresholds(str(extra), CLASSES)
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps([0.1, 0.2, 0.3]))
+    assert load_thresholds(str(plain), CLASSES) == [0.1, 0.2, 0.3]

@@ -676,10 +676,22 @@ def load_thresholds(path: str, class_names: list[str]) -> list[float]:
             with open(path) as f:
                 data = json.load(f)
             if isinstance(data, dict) and "thresholds" in data:
+                # our own NAME.thresholds.json names its classes: match by name, not position,
+                # so a file tuned for another model with as many classes is not applied blindly
+                saved_names = data.get("class_names")
                 data = data["thresholds"]
+                if isinstance(saved_names, list) and isinstance(data, list):
+                    if len(saved_names) != len(data):
+                        raise ValueError(f"{len(saved_names)} class_names but {len(data)} thresholds")
+                    data = dict(zip((str(n) for n in saved_names), data))
     except (ValueError, IndexError) as e:
         raise UsageError(f"cannot read thresholds from {path}: {e}") from None
     if isinstance(data, dict):
+        known = set(class_names)
+        unknown = [c for c in data if c not in known]
+        if unknown:
+            raise UsageError(f"{path} has a threshold for class {unknown[0]!r} that the model does not know "
+                             f"({len(unknown)} unknown): is it for another model?")
         missing = [c for c in class_names if c not in data]
         if missing:
             raise UsageError(f"{path} has no threshold for class {missing[0]!r} ({len(missing)} missing)")
