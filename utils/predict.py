@@ -142,22 +142,18 @@ def outputs_to_matrix(out, names: list[str] | None):
     """
     import tensorflow as tf
 
+    from utils.writer import natural_key
+
     if isinstance(out, dict):
         keys = [n for n in (names or []) if n in out]
         if len(keys) != len(out):
             # a SavedModel export names them output_0, output_1, ..., output_10: numeric order
-            keys = sorted(out, key=_natural_key)
+            keys = sorted(out, key=natural_key)
         out = [out[k] for k in keys]
     if isinstance(out, (list, tuple)):
         out = [tf.reshape(tf.cast(o, tf.float32), [tf.shape(o)[0], -1]) for o in out]
         return out[0] if len(out) == 1 else tf.concat(out, axis=-1)
     return tf.cast(out, tf.float32)
-
-
-def _natural_key(name: str):
-    import re
-
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
 def load_member(path: str, *, unsafe: bool = False, weight: float = 1.0) -> Member:
