@@ -190,6 +190,24 @@ def test_val_split_stratified_and_grouped(tmp_path):
     assert not by_split["train"] & by_split["val"], "a product straddles train and val"
 
 
+def test_same_file_name_in_every_class_is_not_one_product():
+    # Caltech-style folders: <class>/image_0001.jpg in every class, so folder items
+    # share source_id (the stem) across classes; the split must still be stratified
+    items, labels = [], []
+    for c, n in enumerate([100, 10]):
+        for j in range(n):
+            items.append(Item(f"{c}/image_{j:04d}.jpg", f"image_{j:04d}", (str(c),), None, 1000))
+            labels.append((c,))
+    index = writer.Index(items, labels, [], ["0", "1"])
+    for seed in range(4):
+        plan = writer.make_plan(index, val_fraction=0.2, seed=seed)
+        val = collections.Counter(labels[i][0] for s in plan if s.split == "val" for i in s.members)
+        assert (val[0], val[1]) == (20, 2), seed
+        plan = writer.make_plan(index, fraction=0.05, seed=seed)
+        kept = collections.Counter(labels[i][0] for s in plan for i in s.members)
+        assert (kept[0], kept[1]) == (5, 1), seed
+
+
 def test_source_splits_kept_and_unlabeled_test(tmp_path):
     tr = make_images(tmp_path / "tr", {"a": 6, "b": 6}, split="train")
     va = make_images(tmp_path / "va", {"a": 2, "b": 2}, split="val", seed=1)

@@ -160,14 +160,17 @@ class ShardPlan:
 
 def _groups_by_stratum(indices: Iterable[int], stratum: Callable[[int], object],
                        group: Callable[[int], str]) -> dict[object, list[list[int]]]:
-    """Members grouped by source_id, groups bucketed by the stratum of their first member."""
-    groups: dict[str, list[int]] = {}
+    """{stratum: [group, ...]}: members grouped by source_id WITHIN their stratum.
+
+    A product's photos share a class, so they still form one group; but equal ids
+    in different classes (Caltech-style `<class>/image_0001.jpg` in every class
+    folder: folder items' source_id is the file stem) are different images, and
+    grouping them across classes would put every class but one in no stratum.
+    """
+    out: dict[object, dict[str, list[int]]] = {}
     for i in indices:
-        groups.setdefault(group(i), []).append(i)
-    out: dict[object, list[list[int]]] = {}
-    for members in groups.values():
-        out.setdefault(stratum(members[0]), []).append(members)
-    return out
+        out.setdefault(stratum(i), {}).setdefault(group(i), []).append(i)
+    return {s: list(groups.values()) for s, groups in out.items()}
 
 
 def pick_stratified(indices: Iterable[int], frac: float, stratum, group, rng: random.Random,
