@@ -543,3 +543,16 @@ def test_thresholds_file_matched_by_class_name(tmp_path):
     plain = tmp_path / "plain.json"
     plain.write_text(json.dumps([0.1, 0.2, 0.3]))
     assert load_thresholds(str(plain), CLASSES) == [0.1, 0.2, 0.3]
+
+
+def test_url_list_read_as_the_writer_reads_it(tmp_path):
+    """A byte-order mark (Excel's CSV export) does not become part of the first id; labels columns are ignored."""
+    from utils.errors import UsageError
+    from utils.predict import _read_url_list
+
+    lst = tmp_path / "l.csv"
+    lst.write_bytes("1,http://x/a.jpg,0,1\n\n2, http://x/b.jpg ,1,0\n".encode("utf-8-sig"))
+    assert _read_url_list(str(lst)) == [("1", "http://x/a.jpg"), ("2", "http://x/b.jpg")]
+    lst.write_text("id,url\n1,http://x/a.jpg\nbroken line\n")
+    with pytest.raises(UsageError, match=":3: expected `id,url`"):
+        _read_url_list(str(lst))

@@ -331,21 +331,16 @@ def _walk_folder(root: str) -> list[tuple[str, str]]:
 
 
 def _read_url_list(path: str) -> list[tuple[str, str]]:
-    """`id,url` lines (a header line and blank lines allowed; tabs or commas)."""
+    """`id,url[,labels...]` lines, read as generate_dataset.py reads them (a header line allowed)."""
+    from utils.sources.urls import _read_lines
+
     pairs = []
-    with open(path, newline="", encoding="utf-8") as f:
-        sample = f.read(4096)
-        f.seek(0)
-        delim = "\t" if "\t" in sample.split("\n", 1)[0] else ","
-        for n, row in enumerate(csv.reader(f, delimiter=delim), 1):
-            row = [c.strip() for c in row]
-            if not row or not any(row):
-                continue
-            if len(row) < 2 or "://" not in row[1]:
-                if n == 1 and pairs == []:
-                    continue        # header
-                raise UsageError(f"{path}:{n}: expected `id,url`, got {','.join(row)[:80]!r}")
-            pairs.append((row[0], row[1]))
+    for n, row in _read_lines(path):
+        if len(row) < 2 or "://" not in row[1]:
+            if not pairs and n == 1:
+                continue        # header
+            raise UsageError(f"{path}:{n}: expected `id,url`, got {','.join(row)[:80]!r}")
+        pairs.append((row[0], row[1]))
     if not pairs:
         raise UsageError(f"{path}: no `id,url` lines")
     return pairs
