@@ -160,6 +160,14 @@ def test_each_outcome_has_its_reason(http_server, tmp_path):
         os.path.basename(res[k]) for k in ("good", "flaky"))
 
 
+def test_malformed_urls_are_failures_not_crashes(tmp_path):
+    # one bad line of a URL list must not abort the other downloads
+    items = [("ipv6", "http://[bad/x.jpg"), ("labels", "http://a..b/x.jpg"),
+             ("long", "http://" + "a" * 300 + ".invalid/x.jpg")]
+    res = fetch_all(items, str(tmp_path), **FAST)
+    assert all(isinstance(v, DownloadError) and str(v).startswith("invalid URL") for v in res.values()), res
+
+
 def test_rerun_requests_nothing_already_cached(http_server, tmp_path):
     b = http_server.base
     items = [(f"k{i}", f"{b}/img/{i}.jpg") for i in range(5)] + [("f", f"{b}/flaky/x"),

@@ -50,7 +50,10 @@ def cache_path(cache_dir: str, key: str, url: str) -> str:
 
 
 def check_url(url: str) -> None:
-    scheme = urlsplit(url).scheme.lower()
+    try:
+        scheme = urlsplit(url).scheme.lower()
+    except ValueError:          # "http://[bad": an unclosed IPv6 bracket
+        raise DownloadError("invalid URL") from None
     if scheme not in ("http", "https"):
         raise DownloadError(f"unsupported URL scheme: {scheme or '(none)'}")
 
@@ -109,6 +112,8 @@ def _get_once(session, url: str, timeout: float, max_bytes: int) -> bytes:
         raise DownloadError(f"invalid URL: {type(e).__name__}") from None
     except requests.exceptions.RequestException as e:
         raise DownloadError(f"request failed: {type(e).__name__}") from None
+    except ValueError as e:     # urllib3's LocationParseError ("http://a..b/") is not wrapped by requests
+        raise DownloadError(f"invalid URL: {type(e).__name__}") from None
 
 
 def _write_atomic(path: str, data: bytes) -> None:
