@@ -543,6 +543,10 @@ def test_thresholds_file_matched_by_class_name(tmp_path):
     plain = tmp_path / "plain.json"
     plain.write_text(json.dumps([0.1, 0.2, 0.3]))
     assert load_thresholds(str(plain), CLASSES) == [0.1, 0.2, 0.3]
+    for bad in ({"red": 0.1, "green": "high", "blue": 0.3}, [0.1, None, 0.3]):
+        plain.write_text(json.dumps(bad))
+        with pytest.raises(UsageError, match="is not a number"):
+            load_thresholds(str(plain), CLASSES)
 
 
 def test_url_list_read_as_the_writer_reads_it(tmp_path):

@@ -686,14 +686,18 @@ def load_thresholds(path: str, class_names: list[str]) -> list[float]:
         missing = [c for c in class_names if c not in data]
         if missing:
             raise UsageError(f"{path} has no threshold for class {missing[0]!r} ({len(missing)} missing)")
-        out = [float(data[c]) for c in class_names]
+        values = [data[c] for c in class_names]
     elif isinstance(data, list):
         if len(data) != len(class_names):
             raise UsageError(f"{path} has {len(data)} thresholds for {len(class_names)} classes")
-        out = [float(t) for t in data]
+        values = data
     else:
         raise UsageError(f"{path}: expected a list or a class -> threshold mapping")
-    return out
+    try:
+        return [float(t) for t in values]
+    except (TypeError, ValueError):
+        bad = next(t for t in values if not isinstance(t, (int, float)) and not _is_number(str(t)))
+        raise UsageError(f"{path}: threshold {bad!r} is not a number") from None
 
 
 def _is_number(s: str) -> bool:
