@@ -97,6 +97,21 @@ def test_bad_arguments(tmp_path):
         UrlListSource(empty, str(tmp_path / "c"))
 
 
+def test_windows_list_and_unreadable_lists(http_server, tmp_path):  # noqa: F811
+    b = http_server.base
+    p = tmp_path / "win.csv"   # saved by Excel on Windows: BOM + CRLF
+    p.write_bytes(f"\ufeffw1,{b}/img/w1.jpg,1,0\r\nw2,{b}/img/w2.jpg,0,1\r\n".encode("utf-8"))
+    items, skips, _ = run(UrlListSource(str(p), str(tmp_path / "c"), **FAST))
+    assert not skips and items["w1"].labels == ("l0",) and items["w2"].labels == ("l1",)
+    # unreadable lists are one SourceError line, not a traceback
+    latin1 = tmp_path / "latin1.csv"
+    latin1.write_bytes("caf\xe9,http://x/a.jpg,1\n".encode("latin-1"))
+    with pytest.raises(SourceError, match="not a UTF-8"):
+        UrlListSource(str(latin1), str(tmp_path / "c"))
+    with pytest.raises(SourceError, match="not a UTF-8"):
+        read_label_names(str(latin1))
+
+
 def test_construction_downloads_nothing(http_server, tmp_path):  # noqa: F811
     path = write_list(tmp_path, [f"a,{http_server.base}/img/a.jpg,1"])
     UrlListSource(path, str(tmp_path / "c"))

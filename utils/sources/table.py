@@ -27,18 +27,24 @@ from utils.sources.folder import IMAGE_EXTENSIONS, extension_problem, rel_key, r
 MULTI_LABEL_COLUMNS = ("attribute_ids", "labels", "tags")
 
 
-def _read_rows(path: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    """(header, [(line number, fields)]) of a CSV, blank lines dropped."""
+def read_csv_rows(path: str) -> list[tuple[int, list[str]]]:
+    """[(line number, stripped fields)] of a CSV, blank lines dropped; a BOM and
+    CRLF line ends are fine, anything unreadable is one SourceError line."""
     if not os.path.isfile(path):
         raise SourceError(f"input not found: {path}")
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
-            rows = [(reader.line_num, [x.strip() for x in r]) for r in reader if any(x.strip() for x in r)]
+            return [(reader.line_num, [x.strip() for x in r]) for r in reader if any(x.strip() for x in r)]
     except UnicodeDecodeError:
         raise SourceError(f"{path}: not a UTF-8 text CSV") from None
     except csv.Error as e:
         raise SourceError(f"{path}: bad CSV: {e}") from None
+
+
+def _read_rows(path: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """(header, [(line number, fields)]) of a CSV, blank lines dropped."""
+    rows = read_csv_rows(path)
     if not rows:
         raise SourceError(f"{path}: empty CSV (expected a header and rows)")
     return rows[0][1], rows[1:]

@@ -15,12 +15,12 @@ that read the cached files; failed downloads become Skips with the reason.
 """
 from __future__ import annotations
 
-import csv
 import os
 from collections import Counter
 from typing import Iterator, NamedTuple
 
 from utils.sources.base import Item, Skip, Source, SourceError, file_loader
+from utils.sources.table import read_csv_rows
 
 
 class Row(NamedTuple):
@@ -35,8 +35,11 @@ def read_label_names(value: str) -> list[str]:
     """`--label-names` value: a file (one name per line, or one comma-separated
     line) when such a file exists, else the names separated by commas."""
     if os.path.isfile(value):
-        with open(value, encoding="utf-8-sig") as f:
-            lines = [ln.strip() for ln in f if ln.strip()]
+        try:
+            with open(value, encoding="utf-8-sig") as f:
+                lines = [ln.strip() for ln in f if ln.strip()]
+        except UnicodeDecodeError:
+            raise SourceError(f"--label-names {value}: not a UTF-8 text file") from None
         if len(lines) == 1:
             lines = lines[0].split(",")
     else:
@@ -47,16 +50,6 @@ def read_label_names(value: str) -> list[str]:
     if len(set(names)) != len(names):
         raise SourceError(f"--label-names: duplicate names in {value!r}")
     return names
-
-
-def _read_lines(list_path: str) -> list[tuple[int, list[str]]]:
-    """(1-based line number, fields) for every non-blank line."""
-    out = []
-    with open(list_path, newline="", encoding="utf-8-sig") as f:
-        for n, fields in enumerate(csv.reader(f), start=1):
-            if fields and any(x.strip() for x in fields):
-                out.append((n, [x.strip() for x in fields]))
-    return out
 
 
 def _parse(lines, k: int, names: list[str]) -> list[Row | Skip]:
@@ -104,7 +97,7 @@ class UrlListSource(Source):
         self.fetch_opts = dict(concurrency=concurrency, timeout=timeout, retries=retries,
                                max_bytes=max_bytes)
         self.multi_label = True
-        lines = _read_lines(list_path)
+        lines = read_csv_rows(list_path)
         if not lines:
             raise SourceError(f"{list_path}: empty URL list")
         # K from the most common column count (ties: the larger), so a stray
