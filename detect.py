@@ -103,12 +103,16 @@ def write_rows(path: str, header: list[str], fmt_row, rows) -> int:
 
     tmp = path + ".tmp"
     n = 0
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        for r in rows:
-            w.writerow([r.id] + fmt_row(r.probs))
-            n += 1
+    try:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            for r in rows:
+                w.writerow([r.id] + fmt_row(r.probs))
+                n += 1
+    except BaseException:    # a failed or interrupted run leaves no half-written .tmp behind
+        os.remove(tmp)
+        raise
     os.replace(tmp, path)
     return n
 

@@ -560,3 +560,21 @@ def test_url_list_read_as_the_writer_reads_it(tmp_path):
     lst.write_text("id,url\n1,http://x/a.jpg\nbroken line\n")
     with pytest.raises(UsageError, match=":3: expected `id,url`"):
         _read_url_list(str(lst))
+
+
+def test_write_rows_escapes_and_leaves_nothing_half_written(tmp_path):
+    from utils.predict import Row, header_and_formatter
+
+    names = ['a,b', 'say "hi"', "plain"]
+    header, fmt_row = header_and_formatter("probs", names)
+    out = str(tmp_path / "p.csv")
+    rows = [Row('id,1 "x"', np.array([0.2, 0.3, 0.5], np.float32), None, None)]
+    assert detect.write_rows(out, header, fmt_row, iter(rows)) == 1
+    assert read_csv(out) == [["id"] + names, ['id,1 "x"', "0.2", "0.3", "0.5"]]
+
+    def failing():
+        yield rows[0]
+        raise RuntimeError("input died")
+    with pytest.raises(RuntimeError):
+        detect.write_rows(out, header, fmt_row, failing())
+    assert os.listdir(tmp_path) == ["p.csv"] and read_csv(out)[1][0] == 'id,1 "x"'
