@@ -180,6 +180,10 @@ def main(argv=None) -> int:
         raise UsageError("SOURCE is missing (give it on the command line or as 'source:' in --config)")
     if a.workers is not None and a.workers < 1:
         raise UsageError(f"--workers must be at least 1, got {a.workers}")
+    if a.concurrency is not None and a.concurrency < 1:
+        raise UsageError(f"--concurrency must be at least 1, got {a.concurrency}")
+    if a.timeout is not None and not a.timeout > 0:   # requests refuses 0 for every URL
+        raise UsageError(f"--timeout must be a positive number of seconds, got {a.timeout}")
 
     from utils.sources import open_source
     from utils.writer import write_dataset

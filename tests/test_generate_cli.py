@@ -200,6 +200,14 @@ def test_argparse_errors_are_one_line(tmp_path):
     assert "--shard-mb" in r.stderr
 
 
+@pytest.mark.parametrize("flag,value", [("--workers", "0"), ("--concurrency", "0"), ("--timeout", "0"),
+                                        ("--timeout", "-1"), ("--timeout", "nan")])
+def test_run_knobs_out_of_range_are_usage_errors(tmp_path, flag, value):
+    with pytest.raises(UsageError, match=flag):
+        cli.main([str(tmp_path), "--out", str(tmp_path / "out"), flag, value])
+    assert not (tmp_path / "out").exists()
+
+
 def test_open_source_builds_each_kind(tmp_path):
     import argparse
 
