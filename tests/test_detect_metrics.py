@@ -68,3 +68,14 @@ def test_report_csv(tmp_path):
     lines = path.read_text().splitlines()
     assert lines[0].startswith("class,precision,recall,f1") and len(lines) == 3
     assert "accuracy" in ev.summary_table(m)
+
+
+def test_evaluate_macro_scores_equal_macro_fbeta():
+    rng = np.random.default_rng(1)
+    y = (rng.random((50, 7)) > 0.6).astype(np.float32)
+    p = rng.random((50, 7)).astype(np.float32)
+    for multi in (True, False):
+        m = ev.evaluate(y, p, list("abcdefg"), multi_label=multi, thresholds=0.4)
+        y_pred = ev.predict_labels(p, multi, 0.4)
+        assert m["macro_f1"] == pytest.approx(ev.macro_fbeta(y, y_pred, 1.0), abs=1e-12)
+        assert m["macro_f2"] == pytest.approx(ev.macro_fbeta(y, y_pred, 2.0), abs=1e-12)
