@@ -35,17 +35,28 @@ def _as_list(w):
     return None if w is None else [float(v) for v in np.asarray(w, np.float64).reshape(-1)]
 
 
+class _WeightedLoss(keras.losses.Loss):
+    """What both weighted losses share: label smoothing, the focal switch, their config."""
+
+    def __init__(self, label_smoothing: float, focal: bool, focal_gamma: float, **kwargs):
+        super().__init__(**kwargs)
+        self.label_smoothing = float(label_smoothing)
+        self.focal = bool(focal)
+        self.focal_gamma = float(focal_gamma)
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing, "focal": self.focal,
+                "focal_gamma": self.focal_gamma}
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class WeightedCategoricalCrossentropy(keras.losses.Loss):
+class WeightedCategoricalCrossentropy(_WeightedLoss):
     """Softmax-probability cross-entropy weighted by the true class's weight."""
 
     def __init__(self, class_weights=None, label_smoothing: float = 0.0, focal: bool = False,
                  focal_gamma: float = 2.0, name: str = "weighted_categorical_crossentropy", **kwargs):
-        super().__init__(name=name, **kwargs)
+        super().__init__(label_smoothing, focal, focal_gamma, name=name, **kwargs)
         self.class_weights = _as_list(class_weights)
-        self.label_smoothing = float(label_smoothing)
-        self.focal = bool(focal)
-        self.focal_gamma = float(focal_gamma)
 
     def call(self, y_true, y_pred):
         y_true = ops.cast(y_true, y_pred.dtype)
@@ -62,21 +73,17 @@ class WeightedCategoricalCrossentropy(keras.losses.Loss):
         return per
 
     def get_config(self):
-        return {**super().get_config(), "class_weights": self.class_weights,
-                "label_smoothing": self.label_smoothing, "focal": self.focal, "focal_gamma": self.focal_gamma}
+        return {**super().get_config(), "class_weights": self.class_weights}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class WeightedBinaryCrossentropy(keras.losses.Loss):
+class WeightedBinaryCrossentropy(_WeightedLoss):
     """Per-class binary cross-entropy with positive weights, mean over classes."""
 
     def __init__(self, pos_weights=None, label_smoothing: float = 0.0, focal: bool = False,
                  focal_gamma: float = 2.0, name: str = "weighted_binary_crossentropy", **kwargs):
-        super().__init__(name=name, **kwargs)
+        super().__init__(label_smoothing, focal, focal_gamma, name=name, **kwargs)
         self.pos_weights = _as_list(pos_weights)
-        self.label_smoothing = float(label_smoothing)
-        self.focal = bool(focal)
-        self.focal_gamma = float(focal_gamma)
 
     def call(self, y_true, y_pred):
         y_true = ops.cast(y_true, y_pred.dtype)
@@ -96,8 +103,7 @@ class WeightedBinaryCrossentropy(keras.losses.Loss):
         return ops.mean(per, axis=-1)
 
     def get_config(self):
-        return {**super().get_config(), "pos_weights": self.pos_weights,
-                "label_smoothing": self.label_smoothing, "focal": self.focal, "focal_gamma": self.focal_gamma}
+        return {**super().get_config(), "pos_weights": self.pos_weights}
 
 
 # ---------------------------------------------------------------- class weights
