@@ -176,6 +176,27 @@ def test_bad_input_reasons():
             prepare_planes([data])
 
 
+def test_damaged_tiff_and_ico_print_no_warnings():
+    # Pillow warns once per bad tag; in a writer run those lines cut through the progress bar
+    import random
+    import warnings
+
+    r = random.Random(0)
+    samples = [pil_bytes(Image.fromarray(noise(40, 50)), fmt) for fmt in ("TIFF", "ICO")]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for data in samples:
+            for trial in range(150):
+                d = bytearray(data[: r.randrange(8, len(data))] if trial % 2 else data)
+                d[r.randrange(min(len(d), 200))] = r.randrange(256)
+                for max_side in (None, 16):
+                    try:
+                        prepare_planes([bytes(d)], max_side=max_side)
+                    except BadImage:
+                        pass
+    assert not caught, sorted({str(w.message) for w in caught})[:5]
+
+
 def test_tolerated_tails():
     jpg = cv(".jpg", noise())
     png = cv(".png", noise())

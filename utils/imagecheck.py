@@ -28,6 +28,7 @@ expand_animations=False)` returns for the bytes that end up in the record
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
 import warnings
@@ -94,8 +95,7 @@ def _open(data: bytes, plugin: str | None) -> Image.Image:
     Pillow's limit, in which case we open without Pillow's check.
     """
     formats = [plugin] if plugin else None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    with _quiet():
         try:
             return Image.open(io.BytesIO(data), formats=formats)
         except Image.DecompressionBombError:
@@ -114,6 +114,16 @@ def _open_unchecked(data: bytes, formats: list[str] | None) -> Image.Image:
             except (SyntaxError, IndexError, TypeError, struct.error):
                 continue
     raise Image.UnidentifiedImageError("cannot identify image")
+
+
+@contextlib.contextmanager
+def _quiet():
+    """No Pillow warnings: a damaged TIFF / ICO warns once per bad tag ("Tag data
+    larger than file", "Corrupt EXIF data"), lines that would run through the
+    progress bar for an image that then either works or is skipped with a reason."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def _pil_fmt(im: Image.Image) -> str:
@@ -390,8 +400,9 @@ def _inspect_pil(data: bytes, plugin: str | None, max_pixels: int) -> _Inspected
     if fmt in _STRUCTURE:
         _STRUCTURE[fmt](data)
     try:
-        frames = int(getattr(im, "n_frames", 1))
-        im.seek(0)
+        with _quiet():     # counting frames reads every TIFF IFD
+            frames = int(getattr(im, "n_frames", 1))
+            im.seek(0)
     except Exception:
         raise BadImage("truncated image") from None
     passthrough = fmt in TF_FORMATS and _pil_passthrough_ok(fmt, im, data)
@@ -457,8 +468,7 @@ def _reencode(data: bytes, seen: _Inspected, max_side: int | None) -> tuple[byte
         # The request is in stored (un-rotated) orientation, as is `im.size`.
         im.draft(im.mode if im.mode in ("L", "RGB", "CMYK") else None, _target_size(*im.size, max_side))
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with _quiet():
             im.load()
             ImageOps.exif_transpose(im, in_place=True)   # no-op (and no copy) without the tag
     except Image.DecompressionBombError:
