@@ -165,7 +165,9 @@ def class_weights(counts, mode: str, num_samples: int | None = None, *,
     mode "balanced": n / (K * count_k) (sklearn's "balanced"; n = num_samples or
       sum(counts)), so the weighted class frequencies are equal. With
       multi_label=True the weights are positive weights for the binary losses:
-      (n - count_k) / count_k, the negatives-to-positives ratio of each class.
+      (n - count_k) / count_k, the negatives-to-positives ratio of each class;
+      num_samples is then required (multi-label counts sum to the number of
+      positive labels, not of samples).
       A class with no examples gets 1 (it never appears as a true label anyway).
     otherwise: a file path, see _read_weights_file.
     """
@@ -174,6 +176,8 @@ def class_weights(counts, mode: str, num_samples: int | None = None, *,
     if mode in (None, "none", ""):
         return None
     if mode == "balanced":
+        if multi_label and num_samples is None:
+            raise ValueError("class_weights: multi-label 'balanced' needs num_samples")
         n = float(num_samples) if num_samples is not None else float(counts.sum())
         w = np.ones(k, np.float64)
         seen = counts > 0

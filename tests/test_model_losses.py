@@ -28,6 +28,9 @@ def test_class_weights_none_and_balanced():
     np.testing.assert_allclose(w, [10 / 24, 10 / 12, 1.0, 10 / 4])
     w = class_weights([2, 8], "balanced", num_samples=10, multi_label=True)
     np.testing.assert_allclose(w, [8 / 2, 2 / 8])  # negatives / positives
+    # multi-label counts sum to the positive labels, not the samples: no silent guess
+    with pytest.raises(ValueError, match="num_samples"):
+        class_weights([2, 8], "balanced", multi_label=True)
 
 
 def test_class_weights_from_files(tmp_path):
