@@ -193,6 +193,11 @@ def test_stale_partial_files_are_removed(http_server, tmp_path):
         f.write(b"\xff\xd8half")
     res = fetch_all([("p", url)], str(tmp_path), **FAST)
     assert res["p"] == final and not os.path.exists(stale)
+    # a key that merely contains ".part-" is a cached file, not a stale part
+    items = [("shoe.part-2", f"{http_server.base}/img/shoe.jpg")]
+    first = fetch_all(items, str(tmp_path), **FAST)["shoe.part-2"]
+    assert fetch_all(items, str(tmp_path), **FAST)["shoe.part-2"] == first and os.path.isfile(first)
+    assert http_server.counts["/img/shoe.jpg"] == 1
 
 
 def test_requests_run_concurrently(http_server, tmp_path):

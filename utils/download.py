@@ -27,6 +27,9 @@ CHUNK = 64 * 1024
 # which are 4xx codes in name only. Every other 4xx is final (404 stays 404).
 RETRY_STATUS = frozenset({408, 429}) | frozenset(range(500, 600))
 TMP_MARK = ".part-"
+# A half-written file: cache name (ends in the URL digest) + TMP_MARK + pid-thread.
+# Matching all of it keeps a cached file whose KEY holds ".part-" from being deleted.
+_TMP_RE = re.compile(r"-[0-9a-f]{16}" + re.escape(TMP_MARK) + r"\d+-\d+$")
 
 
 class DownloadError(Exception):
@@ -147,7 +150,7 @@ def _fetch_one(session, url: str, path: str, *, timeout: float, retries: int,
 def _remove_stale_parts(cache_dir: str) -> None:
     """Drop half-written files a killed run left behind (one run per cache at a time)."""
     for name in os.listdir(cache_dir):
-        if TMP_MARK in name:
+        if _TMP_RE.search(name):
             try:
                 os.remove(os.path.join(cache_dir, name))
             except OSError:
