@@ -332,10 +332,10 @@ def _walk_folder(root: str) -> list[tuple[str, str]]:
 
 def _read_url_list(path: str) -> list[tuple[str, str]]:
     """`id,url[,labels...]` lines, read as generate_dataset.py reads them (a header line allowed)."""
-    from utils.sources.urls import _read_lines
+    from utils.sources.table import read_csv_rows
 
     pairs = []
-    for n, row in _read_lines(path):
+    for n, row in read_csv_rows(path):
         if len(row) < 2 or "://" not in row[1]:
             if not pairs and n == 1:
                 continue        # header
