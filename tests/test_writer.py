@@ -124,6 +124,12 @@ def test_natural_sort_numeric_ids():
     assert sorted(names, key=writer.natural_key) == ["2", "10", "1000012", "b", "c2", "c10"]
 
 
+def test_skip_reason_is_the_first_nonblank_line():
+    assert writer._one_line(ValueError("\n  broken header\ndetails")) == "broken header"
+    assert writer._one_line(OSError()) == "OSError"
+    assert writer._one_line(ValueError(" \n ")) == "ValueError"
+
+
 def test_records_plus_skipped_equals_inputs(tmp_path):
     entries = make_images(tmp_path / "img", {"cat": 6, "dog": 5, "emu": 4})
     bad = tmp_path / "img" / "junk.png"

@@ -87,8 +87,9 @@ def file_sha256(path: str, chunk: int = 4 << 20) -> str:
 
 
 def _one_line(e: BaseException, limit: int = 200) -> str:
-    msg = (str(e) or e.__class__.__name__).splitlines()[0] if (str(e) or "").strip() else e.__class__.__name__
-    return msg[:limit]
+    """The first non-blank line of an error (a skipped.csv reason), else its class name."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return (lines[0] if lines else e.__class__.__name__)[:limit]
 
 
 def _bar(progress: bool, **kw):
