@@ -60,16 +60,11 @@ def _features(x, dropout: float, head_bn: bool):
     return x
 
 
-def softmax_head(x, num_classes: int, *, dropout: float = 0.2, head_bn: bool = False):
+def dense_head(x, num_classes: int, activation: str, *, dropout: float = 0.2, head_bn: bool = False):
+    """Softmax or sigmoid over one Dense(K): the single-output heads differ only in activation."""
     x = _features(x, dropout, head_bn)
     x = keras.layers.Dense(num_classes, name="head_logits")(x)
-    return keras.layers.Activation("softmax", dtype="float32", name="probs")(x)
-
-
-def sigmoid_head(x, num_classes: int, *, dropout: float = 0.2, head_bn: bool = False):
-    x = _features(x, dropout, head_bn)
-    x = keras.layers.Dense(num_classes, name="head_logits")(x)
-    return keras.layers.Activation("sigmoid", dtype="float32", name="probs")(x)
+    return keras.layers.Activation(activation, dtype="float32", name="probs")(x)
 
 
 def per_class_head(x, names: list[str], *, dropout: float = 0.2, head_bn: bool = False, units: int = 64):
@@ -91,9 +86,7 @@ def build_head(x, head: str, num_classes: int, *, dropout: float = 0.2, head_bn:
     check_head(head)
     if not 0.0 <= dropout < 1.0:
         raise UsageError(f"dropout must be in [0, 1), not {dropout}")
-    if head == "softmax":
-        return softmax_head(x, num_classes, dropout=dropout, head_bn=head_bn)
-    if head == "sigmoid":
-        return sigmoid_head(x, num_classes, dropout=dropout, head_bn=head_bn)
+    if head != "per-class":
+        return dense_head(x, num_classes, head, dropout=dropout, head_bn=head_bn)  # head name = activation
     names = output_names(head, num_classes, class_names)
     return per_class_head(x, names, dropout=dropout, head_bn=head_bn, units=units)
