@@ -157,23 +157,21 @@ def eval_image(planes: tf.Tensor, size: tuple[int, int], channels: int = 3, num_
 def train_crop_image(planes: tf.Tensor, size, channels: int = 3, num_planes: int = 1,
                      scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), seed=None) -> tf.Tensor:
     """Training decode with random resized crop at full resolution -> float32 [h, w, C]."""
-    from utils.augment import rrc_window
+    from utils.augment import random_resized_crop, rrc_window
 
     def generic():
-        img = decode_planes(planes, channels, num_planes)
-        win = rrc_window(tf.shape(img), scale, ratio, seed)
-        return tf.image.crop_to_bounding_box(img, win[0], win[1], win[2], win[3])
+        return random_resized_crop(decode_planes(planes, channels, num_planes), size, scale, ratio, seed)
 
     if num_planes != 1:
-        return resize_image(generic(), size)
+        return generic()
 
     def jpeg():
         # decode only the crop window: most of a 0.08-area crop is never decoded
         win = rrc_window(tf.io.extract_jpeg_shape(planes[0]), scale, ratio, seed)
-        return tf.io.decode_and_crop_jpeg(planes[0], win, channels=channels)
+        return resize_image(tf.io.decode_and_crop_jpeg(planes[0], win, channels=channels), size)
 
     is_jpeg = tf.equal(tf.strings.substr(planes[0], 0, 3), JPEG_MAGIC)
-    return resize_image(tf.cond(is_jpeg, jpeg, generic), size)
+    return tf.cond(is_jpeg, jpeg, generic)
 
 
 # --------------------------------------------------------------- decode-failure counter
@@ -441,7 +439,7 @@ def make_dataset(data_dir: str, split: str, *, image_size, batch_size: int, trai
 def dataset_info(data_dir: str) -> dict:
     """What train/detect need to know about a dataset, without reading a record."""
     manifest = load_manifest(data_dir)
-    planes = int(manifest.get("planes") or 1)
+    channels, planes = _resolve_channels(manifest, None)
     try:
         class_names = load_labels(data_dir)
     except FileNotFoundError:
@@ -450,7 +448,7 @@ def dataset_info(data_dir: str) -> dict:
     return {
         "num_classes": int(manifest["num_classes"]),
         "multi_label": bool(manifest.get("multi_label", False)),
-        "channels": int(manifest.get("channels") or (planes if planes > 1 else 3)),
+        "channels": channels,
         "planes": planes,
         "class_names": class_names,
         "readable_names": manifest.get("readable_names"),
