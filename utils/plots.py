@@ -94,7 +94,7 @@ def history_panels(columns, max_panels: int = 8) -> list[str]:
     """
     skip = {"epoch", "lr", "learning_rate"}
     names = [c for c in columns if c not in skip and not c.startswith("val_")]
-    names.sort(key=lambda c: (c != "loss", c.endswith("_loss"), 0))
+    names.sort(key=lambda c: (c != "loss", c.endswith("_loss")))  # stable: CSV order otherwise
     return names[:max_panels]
 
 
