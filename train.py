@@ -136,9 +136,9 @@ def train(cfg: dict) -> dict:
     saved = T.load_state(resume_dir) if cfg["resume"] else None
     if cfg["resume"] and saved is None:
         print(f"note: no resume state in {resume_dir}; starting from epoch 1", file=sys.stderr)
-    if saved and C.resume_mismatch(saved["run"]["config"], cfg):
-        diff = ", ".join(C.resume_mismatch(saved["run"]["config"], cfg))
-        raise UsageError(f"--resume with different settings ({diff}): use the interrupted run's flags")
+    changed = C.resume_mismatch(saved["run"]["config"], cfg) if saved else []
+    if changed:
+        raise UsageError(f"--resume with different settings ({', '.join(changed)}): use the interrupted run's flags")
 
     # data: fixed steps per epoch over a repeated train set, so the schedule knows its length
     size, gbs = (cfg["image_size"], cfg["image_size"]), cfg["batch_size"]
