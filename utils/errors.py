@@ -12,7 +12,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from utils.manifest import DatasetError
     from utils.sources.base import SourceError
 
-    return (UsageError, SourceError, DatasetError, FileNotFoundError, NotADirectoryError, PermissionError)
+    # OSError: a missing file, a full disk, a permission problem is the user's to fix, not a bug
+    return (UsageError, SourceError, DatasetError, OSError)
 
 
 def run_cli(main, argv=None) -> int:

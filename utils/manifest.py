@@ -15,7 +15,8 @@ manifest.json (schema version 1):
                                # 3 for ordinary photos (grayscale/alpha are made 3 by the pipeline)
   "folds": 0,                  # K when written with --folds K, else 0
   "seed": 0,
-  "inputs": 1234,              # everything the source offered
+  "inputs": 1234,              # everything the source offered (with --fraction: the selected
+                               # items plus the source's skips; unselected items are not listed)
   "splits": {
     "train": {"count": N, "class_counts": [..num_classes..],
               "shards": [{"file": "train-00000-of-00002.tfrecord", "count": n, "bytes": b,
