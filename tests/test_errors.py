@@ -1,4 +1,5 @@
 """utils/errors.py: user errors become one stderr line."""
+
 def test_run_cli_turns_os_errors_into_one_line(capsys):
     import errno
 
