@@ -15,7 +15,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")   # before TensorFlow loads: keep stderr for our messages
 
-from utils.errors import UsageError, import_tensorflow_quietly, run_cli
+from utils.errors import OneLineParser, UsageError, import_tensorflow_quietly, run_cli
 
 MAX_LISTED_SKIPS = 20    # skipped inputs echoed on stderr; the full list is in the CSV
 
@@ -33,7 +33,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def build_parser() -> argparse.ArgumentParser:
     from utils.predict import FORMATS, VIEWS
 
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="detect.py", description=__doc__.split("\n\n")[0],
         formatter_class=_HelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT",

@@ -19,7 +19,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from utils.errors import UsageError, import_tensorflow_quietly, run_cli  # noqa: E402
+from utils.errors import OneLineParser, UsageError, import_tensorflow_quietly, run_cli  # noqa: E402
 
 DEMO_SRC = os.path.join(ROOT, "data", "demo_src")
 DEMO_OUT = os.path.join(ROOT, "data", "demo")
@@ -47,15 +47,8 @@ stopped when rerun with the same arguments.
 """
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse that reports a bad flag as ONE line (via UsageError), not usage + error."""
-
-    def error(self, message):
-        raise UsageError(f"{message} (see {self.prog} --help)")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(
+    p = OneLineParser(
         prog="generate_dataset.py", description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="With no arguments: draws a small demo image set into data/demo_src and builds data/demo.")
@@ -101,9 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def verify_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="generate_dataset.py verify",
-                                description="Re-read every shard of a dataset: sha256 and byte size, record and "
-                                            "per-class counts, labels in range, and decode every image.")
+    p = OneLineParser(prog="generate_dataset.py verify",
+                      description="Re-read every shard of a dataset: sha256 and byte size, record and "
+                                  "per-class counts, labels in range, and decode every image.")
     p.add_argument("data", metavar="DIR", help="dataset folder (with manifest.json)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -116,19 +109,10 @@ def apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> None:
     known, _ = pre.parse_known_args(argv)
     if not known.config:
         return
-    import yaml
+    from utils.config import read_yaml_mapping
 
-    if not os.path.isfile(known.config):
-        raise UsageError(f"--config: no such file: {known.config}")
-    with open(known.config) as f:
-        try:
-            conf = yaml.safe_load(f) or {}
-        except yaml.YAMLError as e:
-            raise UsageError(f"--config {known.config}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(conf, dict):
-        raise UsageError(f"--config {known.config}: expected a mapping of flag names to values")
+    conf = read_yaml_mapping(known.config)
     valid = {a.dest for a in parser._actions}
-    conf = {str(k).replace("-", "_"): v for k, v in conf.items()}
     unknown = sorted(set(conf) - valid - {"help"})
     if unknown:
         raise UsageError(f"--config {known.config}: unknown keys {', '.join(unknown)}")

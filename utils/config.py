@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from utils.errors import UsageError
+from utils.errors import OneLineParser, UsageError
 
 
 @dataclass(frozen=True)
@@ -92,20 +92,13 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose errors are our one-line UsageError (no usage dump, exit 2 via run_cli)."""
-
-    def error(self, message):
-        raise UsageError(message)
-
-
 def build_parser(description: str) -> argparse.ArgumentParser:
     """argparse parser with one flag per OPTIONS entry, all defaulting to None.
 
     None means "not given on the command line", so YAML values are only
     overridden by flags the user actually typed.
     """
-    p = _Parser(description=description)
+    p = OneLineParser(prog="train.py", description=description)
     p.add_argument("--config", metavar="YAML", help="YAML file of defaults (keys as the flags, '-' or '_'); flags override it")
     for name, o in OPTIONS.items():
         help_ = o.help + (f" [default: {o.default}]" if o.default not in (None, False) else "")
@@ -118,7 +111,8 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
-def load_yaml(path: str) -> dict:
+def read_yaml_mapping(path: str) -> dict:
+    """A --config file -> {option_name: value}, keys with '-' read as '_' (every CLI)."""
     import yaml
 
     if not os.path.isfile(path):
@@ -130,11 +124,14 @@ def load_yaml(path: str) -> dict:
         raise UsageError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(raw, dict):
         raise UsageError(f"{path} must be a mapping of option: value")
+    return {str(key).replace("-", "_"): value for key, value in raw.items()}
+
+
+def load_yaml(path: str) -> dict:
     out = {}
-    for key, value in raw.items():
-        name = str(key).replace("-", "_")
+    for name, value in read_yaml_mapping(path).items():
         if name not in OPTIONS:
-            raise UsageError(f"unknown key '{key}' in {path} (valid: {', '.join(OPTIONS)})")
+            raise UsageError(f"unknown key '{name}' in {path} (valid: {', '.join(OPTIONS)})")
         out[name] = coerce(name, value, path)
     return out
 

@@ -1,11 +1,19 @@
 """User-facing errors and the one place CLIs turn them into a single line."""
 from __future__ import annotations
 
+import argparse
 import sys
 
 
 class UsageError(ValueError):
     """A bad flag value or argument; printed as one line, exit code 2."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as ONE line (a UsageError), not usage + error."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
