@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-names", metavar="FILE|a,b,c",
                    help="readable class names: a file (csv: labels.csv of iMet; urls: one name per line) "
                         "or a comma-separated list (URL lists)")
+    p.add_argument("--label-mode", choices=("auto", "single", "multi"), default="auto",
+                   help="how to read the --labels column: auto (multi-label when the column is attribute_ids/"
+                        "labels/tags or a value holds spaces), single (one label per row, spaces allowed in "
+                        "class names), multi (space-separated labels)")
     p.add_argument("--channels", metavar="S1,S2,...",
                    help="multi-channel: file-name suffixes of the planes, in order, e.g. w1,w2,w3,w4,w5,w6")
     p.add_argument("--categories", metavar="CSV",

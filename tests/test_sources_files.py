@@ -359,3 +359,44 @@ def test_demo_refuses_foreign_folder(tmp_path):
     with pytest.raises(SourceError, match="not overwriting"):
         draw_demo(str(tmp_path), per_class=2)
     assert (tmp_path / "images" / "holiday" / "me.jpg").exists()
+
+
+def test_label_mode_single_keeps_class_names_with_spaces(tmp_path):
+    """Auto-detection reads "golden retriever" as two labels; --label-mode single does not."""
+    imgs = tmp_path / "imgs"
+    for i in range(3):
+        write_image(imgs / f"{i}.png")
+    csv = tmp_path / "train.csv"
+    write_text(csv, "id,breed\n0,golden retriever\n1,pug\n2,golden retriever\n")
+
+    auto = TableSource(str(imgs), str(csv))
+    assert auto.multi_label and auto.table["0"] == ("golden", "retriever")
+
+    single = TableSource(str(imgs), str(csv), multi_label=False)
+    assert not single.multi_label and single.args["multi_label"] is False
+    _, items, skips = collect(single)
+    assert sorted(it.labels for it in items.values()) == [("golden retriever",), ("golden retriever",), ("pug",)]
+    assert skips == {}
+
+    forced = read_label_table(str(csv), multi_label=True)[0]
+    assert forced["1"] == ("pug",) and forced["0"] == ("golden", "retriever")
+
+
+def test_label_mode_flag_end_to_end(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    imgs = tmp_path / "imgs"
+    for i in range(4):
+        write_image(imgs / f"{i}.png")
+    csv = tmp_path / "train.csv"
+    write_text(csv, "id,breed\n0,golden retriever\n1,pug\n2,golden retriever\n3,pug\n")
+    out = tmp_path / "ds"
+    r = subprocess.run([sys.executable, os.path.join(root, "generate_dataset.py"), str(imgs), "--labels", str(csv),
+                        "--label-mode", "single", "--out", str(out), "--no-progress"],
+                       capture_output=True, text=True, cwd=root)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "labels.json").read_text()) == ["golden retriever", "pug"]
+    assert json.loads((out / "manifest.json").read_text())["multi_label"] is False

@@ -74,7 +74,7 @@ def open_source(kind: str | None, path: str, args=None):
             raise UsageError("--kind csv needs --labels CSV (id,label or id,attribute_ids)")
         from utils.sources.table import TableSource
 
-        return TableSource(path, labels, label_names)
+        return TableSource(path, labels, label_names, multi_label=_multi_label(args))
     if kind == "multichannel":
         if isinstance(channels, str):
             channels = [c.strip() for c in channels.split(",") if c.strip()]
@@ -82,7 +82,7 @@ def open_source(kind: str | None, path: str, args=None):
             raise UsageError("--kind multichannel needs --channels w1,w2,... (file-name suffixes, in order)")
         from utils.sources.multichannel import MultiChannelSource
 
-        return MultiChannelSource(path, list(channels), labels, label_names)
+        return MultiChannelSource(path, list(channels), labels, label_names, multi_label=_multi_label(args))
     if kind == "bson":
         from utils.sources.bsondump import BsonSource
 
@@ -98,3 +98,11 @@ def open_source(kind: str | None, path: str, args=None):
     if _opt(args, "timeout") is not None:
         kw["timeout"] = float(args.timeout)
     return UrlListSource(path, os.path.join(out, "cache"), names, **kw)
+
+
+def _multi_label(args) -> bool | None:
+    """--label-mode auto|single|multi -> None (detect) / False / True."""
+    mode = _opt(args, "label_mode") or "auto"
+    if mode not in ("auto", "single", "multi"):
+        raise UsageError(f"--label-mode must be auto, single or multi, got {mode!r}")
+    return None if mode == "auto" else mode == "multi"

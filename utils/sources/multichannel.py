@@ -32,7 +32,7 @@ class MultiChannelSource(Source):
     kind = "multichannel"
 
     def __init__(self, root: str, channels: list[str], labels_csv: str | None = None,
-                 label_names: str | None = None) -> None:
+                 label_names: str | None = None, multi_label: bool | None = None) -> None:
         super().__init__()
         require_dir(root)
         channels = [c.strip() for c in channels]
@@ -45,10 +45,11 @@ class MultiChannelSource(Source):
         self.table = None
         self.mapping = None
         if labels_csv:
-            self.table, self.multi_label = read_label_table(labels_csv)
+            self.table, self.multi_label = read_label_table(labels_csv, multi_label)
         if label_names:
             self.classes, self.mapping = read_label_map(label_names)
-        self.args = {"root": root, "channels": channels, "labels": labels_csv, "label_names": label_names}
+        self.args = {"root": root, "channels": channels, "labels": labels_csv, "label_names": label_names,
+                     "multi_label": self.multi_label}
         self._exclude = frozenset(os.path.realpath(p) for p in (labels_csv, label_names) if p)
 
     def items(self) -> Iterator[Item | Skip]:

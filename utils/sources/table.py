@@ -50,11 +50,13 @@ def _read_rows(path: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
     return rows[0][1], rows[1:]
 
 
-def read_label_table(path: str) -> tuple[dict[str, tuple[str, ...]], bool]:
+def read_label_table(path: str, multi_label: bool | None = None) -> tuple[dict[str, tuple[str, ...]], bool]:
     """Labels CSV -> ({id: labels}, multi_label).
 
-    multi_label is True when column 2 is named attribute_ids / labels / tags or
-    any value holds several space-separated labels.
+    multi_label None (--label-mode auto): True when column 2 is named
+    attribute_ids / labels / tags or any value holds several space-separated
+    labels. A single-label CSV whose class names contain spaces ("golden
+    retriever") needs multi_label=False (--label-mode single) to be read right.
     """
     header, rows = _read_rows(path)
     if len(header) < 2:
@@ -68,10 +70,12 @@ def read_label_table(path: str) -> tuple[dict[str, tuple[str, ...]], bool]:
         if fields[0] in raw:
             raise SourceError(f"{path}:{line}: id {fields[0]!r} appears twice")
         raw[fields[0]] = fields[1]
-    multi = header[1].lower() in MULTI_LABEL_COLUMNS or any(len(v.split()) > 1 for v in raw.values())
+    multi = multi_label
+    if multi is None:
+        multi = header[1].lower() in MULTI_LABEL_COLUMNS or any(len(v.split()) > 1 for v in raw.values())
     if multi:
         return {k: tuple(v.split()) for k, v in raw.items()}, True
-    return {k: ((v,) if v else ()) for k, v in raw.items()}, False
+    return {k: ((v.strip(),) if v.strip() else ()) for k, v in raw.items()}, False
 
 
 def read_label_map(path: str) -> tuple[list[str], dict[str, str]]:
@@ -145,16 +149,18 @@ def _has_image_extension(sid: str) -> bool:
 class TableSource(Source):
     kind = "csv"
 
-    def __init__(self, images_dir: str, labels_csv: str, label_names: str | None = None) -> None:
+    def __init__(self, images_dir: str, labels_csv: str, label_names: str | None = None,
+                 multi_label: bool | None = None) -> None:
         super().__init__()
         require_dir(images_dir)
         self.images_dir = images_dir
         self.labels_csv = labels_csv
-        self.table, self.multi_label = read_label_table(labels_csv)
+        self.table, self.multi_label = read_label_table(labels_csv, multi_label)
         self.mapping = None
         if label_names:
             self.classes, self.mapping = read_label_map(label_names)
-        self.args = {"images": images_dir, "labels": labels_csv, "label_names": label_names}
+        self.args = {"images": images_dir, "labels": labels_csv, "label_names": label_names,
+                     "multi_label": self.multi_label}
         self._exclude = frozenset(os.path.realpath(p) for p in (labels_csv, label_names) if p)
 
     def items(self) -> Iterator[Item | Skip]:
