@@ -208,6 +208,8 @@ def main(argv=None) -> int:
     skipped: list = []
     rows = pr.group_rows(pr.predict_stream(members, specs, tta=a.tta, batch_size=a.batch_size,
                                            skipped=skipped, progress=not a.no_progress))
+    if fmt == "cdiscount":  # every product must have a row, even one whose photos all failed
+        rows = pr.fill_missing_products(rows, skipped)
     fmt_kw = dict(k=a.k, ids=a.ids, at_least_one=a.at_least_one)
     if not (a.evaluate or a.tune_thresholds):
         header, fmt_row = pr.header_and_formatter(fmt, names, thresholds=thresholds, **fmt_kw)

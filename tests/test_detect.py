@@ -251,6 +251,34 @@ def test_ensemble_of_two_architectures_and_sizes(h5_model, images, tmp_path, cap
 
 # ----------------------------------------------------------------------------- BSON products
 
+def test_cdiscount_submission_keeps_a_product_whose_photos_all_fail(tmp_path, capsys):
+    """Kaggle rejects a submission missing a product: it gets the mean prediction of the others."""
+    bson = pytest.importorskip("bson")
+    cats = ["1000010653", "1000010654", "1000010655"]
+    model = tiny_model(tmp_path / "cd.h5", class_names=cats)
+    path = tmp_path / "test.bson"
+    with open(path, "wb") as f:
+        f.write(bson.encode({"_id": 1, "imgs": [{"picture": image_bytes(COLORS["red"], "JPEG")}]}))
+        f.write(bson.encode({"_id": 2, "imgs": [{"picture": b"not a jpeg"}, {"picture": b"\xff\xd8 cut"}]}))
+        f.write(bson.encode({"_id": 3, "imgs": [{"picture": image_bytes(COLORS["blue"], "JPEG")}]}))
+    out = str(tmp_path / "sub.csv")
+    code, _, err = run(["--model", model, str(path), "--out", out, "--format", "cdiscount"], capsys)
+    assert code == 0, err
+    rows = read_csv(out)[1:]
+    assert sorted(r[0] for r in rows) == ["1", "2", "3"] and all(r[1] in cats for r in rows)
+    assert "no readable photo" in err
+    skipped = {r[0] for r in read_csv(tmp_path / "sub.skipped.csv")[1:]}
+    assert skipped == {"2#0", "2#1"}
+    # the fallback is the mean of the other products' probabilities
+    from utils import predict as pr
+
+    rows_in = [pr.Row("1", np.array([0.8, 0.2, 0.0], np.float32), None, "1"),
+               pr.Row("3", np.array([0.2, 0.6, 0.2], np.float32), None, "3")]
+    filled = list(pr.fill_missing_products(iter(rows_in), [("2#0", "not an image"), ("2#1", "truncated image")]))
+    assert [r.id for r in filled] == ["1", "3", "2"]
+    np.testing.assert_allclose(filled[2].probs, [0.5, 0.4, 0.1], atol=1e-6)
+
+
 def test_bson_product_level_average(h5_model, tmp_path, capsys):
     bson = pytest.importorskip("bson")
     photos = {101: [image_bytes(COLORS["red"], "JPEG", seed=s) for s in range(3)],
