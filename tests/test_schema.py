@@ -35,15 +35,9 @@ def test_parse_numpy_matches():
 
 def test_plain_tf_reader_with_documented_keys_only():
     """Another tool, knowing only the documented keys, can read a record."""
-    spec = {
-        "image/encoded": tf.io.VarLenFeature(tf.string),
-        "image/format": tf.io.FixedLenFeature([], tf.string),
-        "image/height": tf.io.FixedLenFeature([], tf.int64),
-        "image/width": tf.io.FixedLenFeature([], tf.int64),
-        "image/channels": tf.io.FixedLenFeature([], tf.int64),
-        "image/class/label": tf.io.VarLenFeature(tf.int64),
-        "image/source_id": tf.io.FixedLenFeature([], tf.string),
-    }
+    from tests.documented_keys import documented_spec
+
+    spec = documented_spec()
     ex = tf.io.parse_single_example(_example(), spec)
     assert tf.sparse.to_dense(ex["image/class/label"]).numpy().tolist() == [3, 7]
 

@@ -371,15 +371,9 @@ def test_plain_tf_data_reads_the_documented_keys(tmp_path):
 
     entries = make_images(tmp_path / "img", {"a": 3, "b": 2})
     man = build(FakeSource(entries), tmp_path / "out")
-    spec = {
-        "image/encoded": tf.io.VarLenFeature(tf.string),
-        "image/format": tf.io.FixedLenFeature([], tf.string),
-        "image/height": tf.io.FixedLenFeature([], tf.int64),
-        "image/width": tf.io.FixedLenFeature([], tf.int64),
-        "image/channels": tf.io.FixedLenFeature([], tf.int64),
-        "image/class/label": tf.io.VarLenFeature(tf.int64),
-        "image/source_id": tf.io.FixedLenFeature([], tf.string),
-    }
+    from tests.documented_keys import documented_spec
+
+    spec = documented_spec()
     files = [str(tmp_path / "out" / s["file"]) for s in man["splits"]["train"]["shards"]]
     ds = tf.data.TFRecordDataset(files).map(lambda s: tf.io.parse_single_example(s, spec))
     n = 0
