@@ -449,6 +449,7 @@ def test_help_text_for_every_flag(capsys):
     out = capsys.readouterr().out
     for action in detect.build_parser()._actions:
         assert action.help, action.dest
+        assert all(flag in out for flag in action.option_strings), action.dest
 
 
 # ----------------------------------------------------------------------------- URL list

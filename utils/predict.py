@@ -20,7 +20,6 @@ from __future__ import annotations
 import collections
 import csv
 import glob
-import io
 import json
 import os
 import sys
