@@ -61,22 +61,19 @@ def test_hand_encoded_example_equals_tensorflow_encoding():
     assert big.features.feature[schema.HEIGHT].int64_list.value[0] == 70000
 
 
-def test_record_writer_is_read_by_tf_data(tmp_path):
+def test_framed_records_are_read_by_tf_data_and_checksums_hold(tmp_path):
+    import pytest
+
     from utils import tfrecord
 
     path = str(tmp_path / "x.tfrecord")
     recs = [schema.serialize([bytes([i]) * (i * 100)], "png", i, i, 3, [i], f"id{i}") for i in range(1, 6)]
-    with tfrecord.RecordWriter(path) as w:
-        for r in recs:
-            w.write(r)
+    with open(path, "wb") as f:
+        f.write(b"".join(tfrecord.frame(r) for r in recs))
     assert [r.numpy() for r in tf.data.TFRecordDataset(path)] == recs
-    assert list(tfrecord.read_records(path)) == recs
-    # a flipped byte is caught by our reader's checksum
+    # TensorFlow checks our crc32c: a flipped byte is a DataLossError, not a silent change
     data = bytearray(open(path, "rb").read())
     data[40] ^= 0xFF
     open(path, "wb").write(bytes(data))
-    import pytest
-
-    with pytest.raises(tfrecord.CorruptRecord):
-        list(tfrecord.read_records(path))
-
+    with pytest.raises(tf.errors.DataLossError):
+        list(tf.data.TFRecordDataset(path))

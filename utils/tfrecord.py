@@ -7,15 +7,14 @@ generate_dataset.py start. The format is small and stable:
 
   record := uint64 length | uint32 masked_crc32c(length) | data | uint32 masked_crc32c(data)
 
-and a tf.train.Example is a protobuf of three message types. Files written
-here are read by tf.data.TFRecordDataset (tested in tests/test_schema.py).
+and a tf.train.Example is a protobuf of three message types. Records framed
+here (utils/writer.py writes them) are read, checksums included, by
+tf.data.TFRecordDataset (tested in tests/test_schema.py).
 """
 from __future__ import annotations
 
 import functools
-import os
 import struct
-from typing import BinaryIO, Iterator
 
 import google_crc32c
 
@@ -31,62 +30,6 @@ def frame(data: bytes) -> bytes:
     """One serialized record -> its TFRecord bytes (header + data + footer)."""
     length = struct.pack("<Q", len(data))
     return b"".join((length, struct.pack("<I", masked_crc(length)), data, struct.pack("<I", masked_crc(data))))
-
-
-class RecordWriter:
-    """Drop-in for tf.io.TFRecordWriter (uncompressed): write(), flush(), close(), context manager."""
-
-    def __init__(self, path: str, buffer_bytes: int = 4 << 20) -> None:
-        self.path = path
-        self._f: BinaryIO = open(path, "wb", buffering=buffer_bytes)
-
-    def write(self, data: bytes) -> None:
-        self._f.write(frame(data))
-
-    def flush(self) -> None:
-        self._f.flush()
-
-    def fsync(self) -> None:
-        self._f.flush()
-        os.fsync(self._f.fileno())
-
-    def close(self) -> None:
-        if not self._f.closed:
-            self._f.close()
-
-    def __enter__(self) -> "RecordWriter":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-class CorruptRecord(Exception):
-    pass
-
-
-def read_records(path: str, check_crc: bool = True) -> Iterator[bytes]:
-    """Yield the serialized records of a TFRecord file; CorruptRecord on bad framing."""
-    with open(path, "rb") as f:
-        offset = 0
-        while True:
-            header = f.read(12)
-            if not header:
-                return
-            if len(header) < 12:
-                raise CorruptRecord(f"{path}: truncated record header at byte {offset}")
-            length_bytes, (length_crc,) = header[:8], struct.unpack("<I", header[8:])
-            if check_crc and masked_crc(length_bytes) != length_crc:
-                raise CorruptRecord(f"{path}: bad length checksum at byte {offset}")
-            (length,) = struct.unpack("<Q", length_bytes)
-            data = f.read(length)
-            footer = f.read(4)
-            if len(data) < length or len(footer) < 4:
-                raise CorruptRecord(f"{path}: truncated record at byte {offset}")
-            if check_crc and masked_crc(data) != struct.unpack("<I", footer)[0]:
-                raise CorruptRecord(f"{path}: bad data checksum at byte {offset}")
-            offset += 16 + length
-            yield data
 
 
 # --- tf.train.Example protobuf encoding --------------------------------------
