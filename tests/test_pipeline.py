@@ -307,6 +307,15 @@ def test_resize_shrinks_2x_by_area_else_bilinear():
     assert up[0] < up[1] < up[2] < up[3]
 
 
+@pytest.mark.parametrize("size", [(10, 7), (40, 30), (70, 90)])  # area (>= 2x), bilinear, upscale
+def test_resize_of_float_input_equals_uint8_input_and_stays_in_range(size):
+    img = tf.constant(np.random.default_rng(0).integers(0, 256, (48, 40, 3), dtype=np.uint8))
+    out = pipeline.resize_image(img, size).numpy()
+    method = "area" if min(48 / size[0], 40 / size[1]) >= 2 else "bilinear"
+    np.testing.assert_allclose(out, tf.image.resize(img, size, method=method).numpy(), atol=1e-3)
+    assert out.dtype == np.float32 and out.min() >= 0.0 and out.max() <= 255.0
+
+
 def test_corrupted_shard_fails_loudly_instead_of_losing_its_tail(tmp_path):
     d = write_dataset(tmp_path / "d", {"train": [([record(i) for i in range(6)], None)]})
     path = os.path.join(d, "train-00000-of-00001.tfrecord")
