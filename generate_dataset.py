@@ -36,7 +36,10 @@ SOURCE kinds (detected unless --kind says):
                 into OUT/cache (a rerun requests nothing it already has)
 
 Original image bytes are copied untouched after a validity check unless
---max-side asks for a resize (aspect kept, EXIF orientation honoured, re-encoded).
+--max-side or --short-side asks for a resize (aspect kept, EXIF orientation
+honoured, re-encoded). Training at 224 px? --short-side 224 (or a little more
+for random crops) stores every pixel the model can use, and each epoch then
+decodes 2-3x fewer pixels than from the originals (bench/pipeline.py).
 Animated images (GIF, WebP, APNG) keep their first frame only. Corrupt, truncated,
 empty, non-image and oversized inputs are skipped and listed in OUT/skipped.csv
 with the reason; records + skipped == inputs. A killed run resumes where it
@@ -78,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-mb", type=float, default=150, metavar="MB", help="target shard size in MB (default 150)")
     p.add_argument("--max-side", type=int, metavar="N",
                    help="resize so the longer side is at most N pixels and re-encode (default: bytes untouched)")
+    p.add_argument("--short-side", type=int, metavar="N",
+                   help="resize so the shorter side is at most N pixels and re-encode: the smallest copy that "
+                        "still fills an N x N model input (default: bytes untouched; with --max-side both hold)")
     p.add_argument("--max-pixels", type=int, default=100_000_000, metavar="N",
                    help="refuse images whose header claims more pixels than this (default 100,000,000)")
     p.add_argument("--dedupe", action="store_true",
@@ -86,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop at the first input the source cannot use (label not in the list, CSV row without "
                         "image, image without row, malformed URL line, ...); unreadable images are still skipped")
     p.add_argument("--seed", type=int, default=0, help="seed for splits, folds, fraction and shuffling (default 0)")
-    p.add_argument("--workers", type=int, metavar="N", help="processes for --max-side resizing (default: CPU count); pass-through runs in one process, which measured faster")
+    p.add_argument("--workers", type=int, metavar="N", help="processes for --max-side/--short-side resizing (default: CPU count); pass-through runs in one process, which measured faster")
     p.add_argument("--concurrency", type=int, metavar="N", help="URL lists: parallel downloads (default 16)")
     p.add_argument("--timeout", type=float, metavar="S", help="URL lists: per-request timeout in seconds (default 10)")
     p.add_argument("--overwrite", action="store_true",
@@ -179,8 +185,8 @@ def main(argv=None) -> int:
     source = open_source(a.kind, a.source, a)
     name = os.path.basename(os.path.normpath(a.out))
     write_dataset(source, a.out, name=name, val_fraction=a.val_fraction, folds=a.folds, fraction=a.fraction,
-                  shard_mb=a.shard_mb, max_side=a.max_side, max_pixels=a.max_pixels, dedupe=a.dedupe,
-                  strict=a.strict, seed=a.seed, workers=a.workers, progress=not a.no_progress,
+                  shard_mb=a.shard_mb, max_side=a.max_side, short_side=a.short_side, max_pixels=a.max_pixels,
+                  dedupe=a.dedupe, strict=a.strict, seed=a.seed, workers=a.workers, progress=not a.no_progress,
                   overwrite=a.overwrite)
     return 0
 

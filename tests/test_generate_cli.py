@@ -17,6 +17,7 @@ import pytest
 
 import generate_dataset as cli
 from tests.test_writer import FakeSource, build, make_images, records
+from utils import schema
 from utils.errors import UsageError
 from utils.sources import detect_kind
 from utils.sources.base import SourceError
@@ -237,3 +238,20 @@ def test_open_source_builds_each_kind(tmp_path):
     assert u.cache_dir == os.path.join(str(tmp_path / "out"), "cache")
     with pytest.raises(UsageError):
         open_source("csv", folder, ns())
+
+
+def test_short_side_stores_the_smallest_copy_that_fills_the_input(tmp_path):
+    needs_real_sources()
+    src = folder_dataset(tmp_path / "src", size=64)
+    with pytest.raises(UsageError, match="--short-side"):
+        cli.main([src, "--out", str(tmp_path / "bad"), "--short-side", "0", "--no-progress"])
+    out = tmp_path / "out"
+    assert cli.main([src, "--out", str(out), "--short-side", "40", "--no-progress"]) == 0
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["source"]["args"]["short_side"] == 40
+    import tensorflow as tf
+
+    shards = [str(out / s["file"]) for s in man["splits"]["train"]["shards"]]
+    sides = [(r[schema.HEIGHT], r[schema.WIDTH])
+             for r in map(schema.parse_numpy, tf.data.TFRecordDataset(shards).as_numpy_iterator())]
+    assert sides == [(40, 40)] * 6

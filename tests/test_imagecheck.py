@@ -296,6 +296,21 @@ def test_resize_keeps_aspect_never_upscales_and_keeps_format():
     assert info == ImageInfo("jpeg", 16, 32, 3, 1) and tf_decode(out[0]).shape == (16, 32, 3)
 
 
+def test_short_side_limit_keeps_aspect_and_combines_with_max_side():
+    jpg = cv(".jpg", noise(150, 400))                      # 400 wide, 150 high
+    out, info = prepare_planes([jpg], short_side=60)
+    assert (info.height, info.width) == (60, 160) and tf_decode(out[0]).shape == (60, 160, 3)
+    out, info = prepare_planes([jpg], short_side=60, max_side=120)   # both limits hold
+    assert (info.height, info.width) == (45, 120)
+    same, info = prepare_planes([jpg], short_side=150)    # shorter side already <= N: untouched
+    assert same[0] is jpg
+    # the exact N even where the scale factor is not a round number (300 * 224/300)
+    out, info = prepare_planes([cv(".jpg", noise(300, 457))], short_side=224)
+    assert min(info.height, info.width) == 224 and min(tf_decode(out[0]).shape[:2]) == 224
+    with pytest.raises(ValueError, match="short_side"):
+        prepare_planes([jpg], short_side=0)
+
+
 def test_16bit_scaled_like_tensorflow():
     arr = np.full((40, 40), 0x8040, np.uint16)
     png16 = cv(".png", arr)

@@ -32,7 +32,7 @@ class Info(NamedTuple):
     frames: int = 1
 
 
-def fake_prepare(planes, *, max_side, max_pixels):
+def fake_prepare(planes, *, max_side, short_side=None, max_pixels):
     """A tiny stand-in for utils.imagecheck.prepare_planes."""
     out, info = [], None
     for p in planes:
@@ -40,8 +40,9 @@ def fake_prepare(planes, *, max_side, max_pixels):
         if img is None:
             raise ValueError("not an image")
         fmt = "png" if p[:4] == b"\x89PNG" else "jpeg"
-        if max_side and max(img.shape[:2]) > max_side:
-            s = max_side / max(img.shape[:2])
+        s = min(max_side / max(img.shape[:2]) if max_side else 1.0,
+                short_side / min(img.shape[:2]) if short_side else 1.0)
+        if s < 1.0:
             img = cv2.resize(img, (max(1, round(img.shape[1] * s)), max(1, round(img.shape[0] * s))))
             p = cv2.imencode(".png", img)[1].tobytes()
             fmt = "png"
@@ -333,11 +334,11 @@ class Interrupt(BaseException):
 _calls = {"n": 0, "limit": 10**9}
 
 
-def dying_prepare(planes, *, max_side, max_pixels):
+def dying_prepare(planes, *, max_side, short_side=None, max_pixels):
     _calls["n"] += 1
     if _calls["n"] > _calls["limit"]:
         raise Interrupt()   # like Ctrl-C in the middle of a shard
-    return fake_prepare(planes, max_side=max_side, max_pixels=max_pixels)
+    return fake_prepare(planes, max_side=max_side, short_side=short_side, max_pixels=max_pixels)
 
 
 def test_interrupted_run_resumes_to_the_clean_result(tmp_path):
@@ -386,16 +387,28 @@ def test_plain_tf_data_reads_the_documented_keys(tmp_path):
     assert n == 5
 
 
-def test_max_side_resizes_in_worker_processes(tmp_path):
+@pytest.mark.parametrize("limit, side", [({"max_side": 20}, max), ({"short_side": 20}, min)])
+def test_resize_limits_apply_in_worker_processes(tmp_path, limit, side):
     entries = make_images(tmp_path / "img", {"a": 4, "b": 4}, size=64)
     prepare = None if has_imagecheck() else fake_prepare
-    man = build(FakeSource(entries), tmp_path / "out", max_side=20, workers=2, prepare=prepare)
+    man = build(FakeSource(entries), tmp_path / "out", workers=2, prepare=prepare, **limit)
     assert man["splits"]["train"]["count"] == 8
+    n = 0
     for raw in __import__("tensorflow").data.TFRecordDataset(
             str(tmp_path / "out" / man["splits"]["train"]["shards"][0]["file"])).as_numpy_iterator():
         r = schema.parse_numpy(raw)
-        assert max(r[schema.HEIGHT], r[schema.WIDTH]) == 20
+        assert side(r[schema.HEIGHT], r[schema.WIDTH]) == 20
+        n += 1
+    assert n == 8
     assert writer.verify_dataset(str(tmp_path / "out"), progress=False) == []
+
+
+def test_resize_estimate_keeps_shards_full_when_only_the_short_side_is_limited():
+    item = writer.Item(key="k", source_id="k", labels=(), load=None, size=3_000_000)  # a 12 MP camera JPEG
+    plain = writer.estimate_bytes(item, None)
+    short = writer.estimate_bytes(item, None, 224)
+    assert plain > 3_000_000 and short < plain / 20  # not counted at its original size
+    assert writer.estimate_bytes(item, 256, 224) <= writer.estimate_bytes(item, 256)
 
 
 def test_real_imagecheck_skips_bad_images_and_keeps_channels(tmp_path):

@@ -446,15 +446,22 @@ def _to_mode(im: Image.Image, mode: str) -> Image.Image:
     return im if im.mode == mode else im.convert(mode)
 
 
-def _target_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
-    """Longer side -> max_side keeping aspect; never upscale."""
-    if not max_side or max(width, height) <= max_side:
+def _target_size(width: int, height: int, max_side: int | None,
+                 short_side: int | None = None) -> tuple[int, int]:
+    """Shrink, keeping aspect, until the longer side is <= max_side and the
+    shorter side <= short_side (each limit only when given); never enlarge."""
+    scale = 1.0
+    if max_side:
+        scale = min(scale, max_side / max(width, height))
+    if short_side:
+        scale = min(scale, short_side / min(width, height))
+    if scale >= 1.0:
         return width, height
-    scale = max_side / max(width, height)
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def _reencode(data: bytes, seen: _Inspected, max_side: int | None) -> tuple[bytes, ImageInfo]:
+def _reencode(data: bytes, seen: _Inspected, max_side: int | None,
+              short_side: int | None = None) -> tuple[bytes, ImageInfo]:
     """Decode with Pillow (first frame, EXIF orientation applied), resize, encode."""
     info = seen.info
     try:
@@ -462,11 +469,13 @@ def _reencode(data: bytes, seen: _Inspected, max_side: int | None) -> tuple[byte
     except Exception:
         raise BadImage("corrupt image") from None
     mode = _converted_mode(im)
-    if info.fmt == "jpeg" and max_side:
+    if info.fmt == "jpeg" and (max_side or short_side):
         # Let libjpeg decode at 1/2, 1/4 or 1/8 scale (DCT scaling): most of the
         # resize then costs nothing. draft() keeps the size >= the request.
-        # The request is in stored (un-rotated) orientation, as is `im.size`.
-        im.draft(im.mode if im.mode in ("L", "RGB", "CMYK") else None, _target_size(*im.size, max_side))
+        # The request is in stored (un-rotated) orientation, as is `im.size`
+        # (a rotation swaps the sides, not which one is shorter).
+        im.draft(im.mode if im.mode in ("L", "RGB", "CMYK") else None,
+                 _target_size(*im.size, max_side, short_side))
     try:
         with _quiet():
             im.load()
@@ -477,7 +486,7 @@ def _reencode(data: bytes, seen: _Inspected, max_side: int | None) -> tuple[byte
         raise BadImage("truncated image" if "truncat" in str(e).lower() else "corrupt image") from None
 
     im = _to_mode(im, mode)
-    size = _target_size(im.width, im.height, max_side)
+    size = _target_size(im.width, im.height, max_side, short_side)
     if size != im.size:
         # Pillow's BILINEAR widens its kernel with the scale factor, so it is
         # properly anti-aliased when shrinking, at a third of LANCZOS's cost.
@@ -494,9 +503,13 @@ def _reencode(data: bytes, seen: _Inspected, max_side: int | None) -> tuple[byte
 
 
 def prepare_planes(
-    planes: list[bytes], *, max_side: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+    planes: list[bytes], *, max_side: int | None = None, short_side: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> tuple[list[bytes], ImageInfo]:
     """Check every plane; pass the bytes through, or resize / convert them.
+
+    max_side / short_side: shrink (aspect kept, never enlarged) until the
+    longer side is at most max_side and the shorter at most short_side.
 
     Returns the planes to store and the info of the first one (the record's
     format, size and per-plane channel count). Raises BadImage(reason).
@@ -504,14 +517,15 @@ def prepare_planes(
     """
     if not planes:
         raise BadImage("empty file")
-    if max_side is not None and max_side < 1:
-        raise ValueError(f"max_side must be >= 1, got {max_side}")
+    for what, limit in (("max_side", max_side), ("short_side", short_side)):
+        if limit is not None and limit < 1:
+            raise ValueError(f"{what} must be >= 1, got {limit}")
     seen = [_inspect(p, max_pixels) for p in planes]
     if len({(s.info.height, s.info.width) for s in seen}) > 1:
         raise BadImage("planes differ in size")
 
     first = seen[0].info
-    resize = _target_size(first.width, first.height, max_side) != (first.width, first.height)
+    resize = _target_size(first.width, first.height, max_side, short_side) != (first.width, first.height)
     if not resize and all(s.passthrough for s in seen):
         return list(planes), first            # the fast path: bytes untouched
 
@@ -522,7 +536,7 @@ def prepare_planes(
             out.append(data)
             infos.append(s.info)
         else:
-            encoded, info = _reencode(data, s, max_side if resize else None)
+            encoded, info = _reencode(data, s, *((max_side, short_side) if resize else (None, None)))
             out.append(encoded)
             infos.append(info)
     # EXIF rotation can swap one plane's sides; the stack must still line up

@@ -224,10 +224,14 @@ def assign_folds(indices: Iterable[int], k: int, stratum, group, rng: random.Ran
     return fold_of
 
 
-def estimate_bytes(item: Item, max_side: int | None) -> int:
+def estimate_bytes(item: Item, max_side: int | None, short_side: int | None = None) -> int:
     b = item.size or DEFAULT_ITEM_BYTES
-    if max_side:
-        b = min(b, int(max_side * max_side * RESIZED_BYTES_PER_PIXEL) + 1)
+    if max_side or short_side:
+        # the resized area: at most max_side^2; a short-side limit alone leaves
+        # the long side open, so assume a 3:2 photo
+        area = min(max_side ** 2 if max_side else float("inf"),
+                   1.5 * short_side ** 2 if short_side else float("inf"))
+        b = min(b, int(area * RESIZED_BYTES_PER_PIXEL) + 1)
     return b + 64  # Example framing
 
 
@@ -247,6 +251,7 @@ def cut_by_size(order: list[int], sizes: Callable[[int], int], shard_bytes: int)
 
 def make_plan(index: Index, *, val_fraction: float | None = None, folds: int = 0,
               fraction: float | None = None, shard_mb: float = 150, max_side: int | None = None,
+              short_side: int | None = None,
               seed: int = 0) -> list[ShardPlan]:
     """Deterministic for (index, arguments, seed). Each phase has its own RNG so that,
     e.g., adding --folds does not change the val split."""
@@ -296,7 +301,8 @@ def make_plan(index: Index, *, val_fraction: float | None = None, folds: int = 0
         chunks: list[tuple[int | None, list[int]]] = []
         for f, ms in bins:
             random.Random(f"{seed}/shuffle/{split}/{f}").shuffle(ms)  # mix classes within shards
-            chunks += [(f, c) for c in cut_by_size(ms, lambda i: estimate_bytes(items[i], max_side), shard_bytes)]
+            size_of = lambda i: estimate_bytes(items[i], max_side, short_side)  # noqa: E731
+            chunks += [(f, c) for c in cut_by_size(ms, size_of, shard_bytes)]
         n = len(chunks)
         plan += [ShardPlan(shard_name(split, j, n), split, f, c) for j, (f, c) in enumerate(chunks)]
     return plan
@@ -315,15 +321,16 @@ def plan_hash(signature: dict, index: Index, plan: list[ShardPlan]) -> str:
 
 # ----------------------------------------------------------------------------- WRITE (workers)
 
-def default_prepare(planes, *, max_side, max_pixels):
+def default_prepare(planes, *, max_side, short_side, max_pixels):
     from utils.imagecheck import prepare_planes
 
-    return prepare_planes(planes, max_side=max_side, max_pixels=max_pixels)
+    return prepare_planes(planes, max_side=max_side, short_side=short_side, max_pixels=max_pixels)
 
 
-def prepare_item(load, max_side, max_pixels, want_hash, prepare=None):
+def prepare_item(load, resize: dict, max_pixels, want_hash, prepare=None):
     """Runs in a worker: load + check/resize one sample. Never raises for bad input.
 
+    resize: {"max_side": N|None, "short_side": N|None}, passed on to prepare.
     -> ("ok", planes, (fmt, h, w, c), sha1-of-input-or-None) | ("skip", reason)
     """
     try:
@@ -339,7 +346,7 @@ def prepare_item(load, max_side, max_pixels, want_hash, prepare=None):
             h.update(hashlib.sha1(p).digest())
         digest = h.hexdigest()
     try:
-        out, info = (prepare or default_prepare)(planes, max_side=max_side, max_pixels=max_pixels)
+        out, info = (prepare or default_prepare)(planes, **resize, max_pixels=max_pixels)
     except MemoryError:
         return ("skip", "image too large to decode")
     except Exception as e:  # BadImage's text is the reason; any decoder error is a bad image too
@@ -362,13 +369,13 @@ def _ordered_results(fn, args: Iterator[tuple], executor, window: int):
         yield pending.popleft().result()
 
 
-def _make_executor(max_side, workers: int):
+def _make_executor(resizing: bool, workers: int):
     """Resizing is CPU-bound: a process pool (forkserver/spawn, never a fork of a
     process that may hold TensorFlow). Pass-through runs inline: a read plus a
     header check is cheap and GIL-bound, and the sink thread already overlaps
     hashing and writing with it. Measured on 2,000 JPEGs (bench/generate.py,
     medians of 3 rounds): inline 0.61x of a plain copy, a 2-thread pool 0.35x."""
-    if workers <= 1 or not max_side:
+    if workers <= 1 or not resizing:
         return None, 1
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
@@ -447,7 +454,7 @@ def _load_done(out_dir: str, plan: list[ShardPlan], dedupe: bool) -> dict[str, d
     return done
 
 
-def _write_shards(index: Index, plan: list[ShardPlan], out_dir: str, *, max_side, max_pixels,
+def _write_shards(index: Index, plan: list[ShardPlan], out_dir: str, *, resize: dict, max_pixels,
                   dedupe: bool, workers: int, progress: bool, prepare=None) -> dict[str, dict]:
     done = _load_done(out_dir, plan, dedupe)
     for s in plan:  # a shard without an intact sidecar is rewritten from scratch
@@ -464,8 +471,8 @@ def _write_shards(index: Index, plan: list[ShardPlan], out_dir: str, *, max_side
     num_classes = len(index.classes)
     items, labels = index.items, index.labels
 
-    executor, window = _make_executor(max_side, workers)
-    tasks = ((items[i].load, max_side, max_pixels, dedupe, prepare) for s in todo for i in s.members)
+    executor, window = _make_executor(any(resize.values()), workers)
+    tasks = ((items[i].load, resize, max_pixels, dedupe, prepare) for s in todo for i in s.members)
     results = _ordered_results(prepare_item, tasks, executor, window)
     mb = 0.0
     try:
@@ -670,13 +677,15 @@ def _check_out_dir(out_dir: str, sig: dict, overwrite: bool) -> str:
 
 def write_dataset(source: Source, out_dir: str, *, name: str, val_fraction: float | None = None,
                   folds: int = 0, fraction: float | None = None, shard_mb: float = 150,
-                  max_side: int | None = None, max_pixels: int = 100_000_000, dedupe: bool = False,
+                  max_side: int | None = None, short_side: int | None = None,
+                  max_pixels: int = 100_000_000, dedupe: bool = False,
                   strict: bool = False, seed: int = 0, workers: int | None = None, progress: bool = True,
                   overwrite: bool = False, prepare: Callable | None = None, log=None) -> dict:
     """Convert `source` into a finished dataset folder; returns the manifest.
 
-    `prepare(planes, max_side=, max_pixels=) -> (planes, info)` replaces
-    utils.imagecheck.prepare_planes (tests); it must be picklable for --max-side.
+    `prepare(planes, max_side=, short_side=, max_pixels=) -> (planes, info)`
+    replaces utils.imagecheck.prepare_planes (tests); it must be picklable when
+    resizing (a process pool).
     """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     if val_fraction is not None and not 0 <= val_fraction < 1:
@@ -687,8 +696,9 @@ def write_dataset(source: Source, out_dir: str, *, name: str, val_fraction: floa
         raise UsageError(f"--folds must be 0 (none) or at least 2, got {folds}")
     if shard_mb <= 0:
         raise UsageError(f"--shard-mb must be positive, got {shard_mb}")
-    if max_side is not None and max_side < 1:
-        raise UsageError(f"--max-side must be a positive number of pixels, got {max_side}")
+    for flag, limit in (("--max-side", max_side), ("--short-side", short_side)):
+        if limit is not None and limit < 1:
+            raise UsageError(f"{flag} must be a positive number of pixels, got {limit}")
     if max_pixels < 1:
         raise UsageError(f"--max-pixels must be positive, got {max_pixels}")
     workers = int(workers or os.cpu_count() or 1)
@@ -698,6 +708,8 @@ def write_dataset(source: Source, out_dir: str, *, name: str, val_fraction: floa
 
     opts = {"val_fraction": val_fraction, "folds": folds, "fraction": fraction, "shard_mb": shard_mb,
             "max_side": max_side, "max_pixels": max_pixels, "dedupe": dedupe, "strict": strict, "seed": seed}
+    if short_side is not None:  # absent when unset: datasets built before the flag keep their signature
+        opts["short_side"] = short_side
     sig = _signature(source, name, opts)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise SourceError(f"--out {out_dir} is a file, not a folder")
@@ -714,7 +726,7 @@ def write_dataset(source: Source, out_dir: str, *, name: str, val_fraction: floa
         raise SourceError(f"no usable samples in {sig['source']['path']}"
                           + (f" ({len(index.skips)} inputs skipped, e.g. {index.skips[0][1]})" if index.skips else ""))
     plan = make_plan(index, val_fraction=val_fraction, folds=folds, fraction=fraction,
-                     shard_mb=shard_mb, max_side=max_side, seed=seed)
+                     shard_mb=shard_mb, max_side=max_side, short_side=short_side, seed=seed)
     phash = plan_hash(sig, index, plan)
 
     work = os.path.join(out_dir, WORK)
@@ -730,7 +742,8 @@ def write_dataset(source: Source, out_dir: str, *, name: str, val_fraction: floa
     os.makedirs(work, exist_ok=True)
     _atomic_write_json(state_path, {"signature": sig, "plan_hash": phash})
 
-    done = _write_shards(index, plan, out_dir, max_side=max_side, max_pixels=max_pixels, dedupe=dedupe,
+    resize = {"max_side": max_side, "short_side": short_side}
+    done = _write_shards(index, plan, out_dir, resize=resize, max_pixels=max_pixels, dedupe=dedupe,
                          workers=workers, progress=progress, prepare=prepare)
     manifest, skipped = build_manifest(name, sig, index, plan, done, source=source, folds=folds, seed=seed)
 
