@@ -40,7 +40,6 @@ test-fast: install
 bench: install
 	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/bson_stream.py
-	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/detect.py
 

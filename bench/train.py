@@ -6,6 +6,10 @@ Same process, same compiled model, same train step: only the input differs.
 The two are timed alternately (--rounds times, median round each) so machine
 load hits both alike. Target: the pipeline at most 10% slower (ratio >= 0.90).
 
+Then, in a fresh process, the issue's second ratio: the read pipeline alone vs
+keras.utils.image_dataset_from_directory on the same images at the same size
+(bench/pipeline.py, its own options there; --no-read-bench skips it).
+
     .venv/bin/python bench/train.py [--data data/demo] [--model densenet121] [--image-size 64]
 """
 from __future__ import annotations
@@ -37,6 +41,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=16, help="train steps per timed round")
     p.add_argument("--rounds", type=int, default=5, help="alternating timed rounds per input")
     p.add_argument("--augment", default="flip", help="train augmentations for the pipeline (as train.py --augment)")
+    p.add_argument("--no-read-bench", action="store_true",
+                   help="skip the read-pipeline vs image_dataset_from_directory benchmark (bench/pipeline.py)")
     args = p.parse_args(argv)
 
     if not os.path.isdir(args.data) and args.data == os.path.join(ROOT, "data", "demo"):
@@ -79,6 +85,9 @@ def main(argv=None) -> int:
     print(f"pipeline {med['pipeline']:.1f} images/s, in-memory {med['in-memory']:.1f} images/s (medians)")
     print(f"ratio pipeline/in-memory {ratio:.3f} (target >= {TARGET:.2f}, i.e. at most 10% slower: "
           f"{'met' if ratio >= TARGET else 'NOT met'})")
+    if not args.no_read_bench:
+        print("\nread pipeline alone vs keras.utils.image_dataset_from_directory (bench/pipeline.py):", flush=True)
+        subprocess.run([sys.executable, os.path.join(ROOT, "bench", "pipeline.py")], check=True, cwd=ROOT)
     return 0
 
 
