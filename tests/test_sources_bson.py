@@ -173,3 +173,13 @@ def test_iter_products_test_file_has_no_category(tmp_path):
     path = tmp_path / "test.bson"
     write_bson(path, [product(9, None, [pic("q")])])
     assert list(iter_products(str(path))) == [("9", None, [pic("q")])]
+
+
+def test_a_repeated_product_id_is_skipped_not_written_twice(tmp_path):
+    from utils.writer import build_index
+
+    path = tmp_path / "dup.bson"
+    write_bson(path, [product(7, 11, [pic("a"), pic("b")]), product(7, 12, [pic("c")]), product(8, 11, [pic("d")])])
+    index = build_index(BsonSource(str(path)), progress=False)
+    assert [(i.key, i.labels) for i in index.items] == [("7/0", ("11",)), ("7/1", ("11",)), ("8/0", ("11",))]
+    assert index.skips == [("7/0", "duplicate input key")]
