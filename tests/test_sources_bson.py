@@ -183,3 +183,23 @@ def test_a_repeated_product_id_is_skipped_not_written_twice(tmp_path):
     index = build_index(BsonSource(str(path)), progress=False)
     assert [(i.key, i.labels) for i in index.items] == [("7/0", ("11",)), ("7/1", ("11",)), ("8/0", ("11",))]
     assert index.skips == [("7/0", "duplicate input key")]
+
+
+def test_the_writer_index_holds_about_300_bytes_per_photo(tmp_path):
+    """The full Cdiscount train dump has 12.4M photos, all in the writer's index:
+    at ~500 bytes each (a functools.partial per photo) that was 6 GB; now ~4 GB."""
+    import tracemalloc
+
+    from utils.writer import build_index
+
+    path = tmp_path / "many.bson"
+    write_bson(path, [product(10**6 + p, 1000010000 + p % 50, [pic("a")] * 2) for p in range(3000)])
+    build_index(BsonSource(str(path)), progress=False)  # imports and caches first: count only the index
+    tracemalloc.start()
+    try:
+        index = build_index(BsonSource(str(path)), progress=False)
+        per_photo = tracemalloc.get_traced_memory()[0] / len(index.items)
+    finally:
+        tracemalloc.stop()
+    assert len(index.items) == 6000
+    assert per_photo < 380, f"{per_photo:.0f} bytes per photo"  # 279 now, 425 with functools.partial

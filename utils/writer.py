@@ -139,13 +139,15 @@ def build_index(source: Source, *, strict: bool = False, progress: bool = True) 
     pos = {c: i for i, c in enumerate(classes)}
 
     kept, labels = [], []
+    shared: dict[tuple[int, ...], tuple[int, ...]] = {}  # one tuple per distinct label set, not per item
     for it in items:
         unknown = [lab for lab in it.labels if lab not in pos]
         if unknown:
             skip(it.key, f"label not in label list: {unknown[0]}")
             continue
         kept.append(it)
-        labels.append(tuple(dict.fromkeys(pos[lab] for lab in it.labels)))  # dedupe, keep order
+        ids = tuple(dict.fromkeys(pos[lab] for lab in it.labels))  # dedupe, keep order
+        labels.append(shared.setdefault(ids, ids))
     return Index(kept, labels, skips, classes)
 
 
