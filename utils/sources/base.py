@@ -5,7 +5,9 @@ stream of `Item`s (one per sample) and `Skip`s (inputs that cannot become a
 sample, with a reason). Items are light: they carry a `load` callable, not the
 bytes, so the writer can index millions of samples, plan splits and shards,
 and only then read bytes shard by shard (possibly in worker processes, hence
-`load` must be picklable: a `functools.partial` of a module-level function).
+`load` must be picklable: a `functools.partial` of a module-level function,
+or a small slotted callable like bsondump.PictureLoader where millions of
+items make the partial's ~220 bytes count).
 
 Sources do NOT decode or validate images; the writer does that once for all.
 """
