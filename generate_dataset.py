@@ -108,6 +108,13 @@ def verify_parser() -> argparse.ArgumentParser:
                       description="Re-read every shard of a dataset: sha256 and byte size, record and "
                                   "per-class counts, labels in range, and decode every image.")
     p.add_argument("data", metavar="DIR", help="dataset folder (with manifest.json)")
+    p.add_argument("--near-duplicates", metavar="CSV",
+                   help="also list pairs of near-identical images (64-bit dHash; resized, re-encoded or "
+                        "re-exposed copies, not crops or flips) in CSV, flagging pairs across splits "
+                        "(leakage) and with different labels; a product's own photos are left out")
+    p.add_argument("--max-distance", type=int, default=4, metavar="BITS",
+                   help="--near-duplicates: most differing hash bits for a pair (0 = exact pixel copies "
+                        "at hash resolution; default 4)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -138,8 +145,18 @@ def run_verify(argv: list[str]) -> int:
     from utils.writer import verify_dataset
 
     a = verify_parser().parse_args(argv)
+    if not 0 <= a.max_distance <= 31:
+        raise UsageError(f"--max-distance must be in 0..31 bits, got {a.max_distance}")
     import_tensorflow_quietly()  # verify decodes every image with TF
-    problems = verify_dataset(a.data, progress=not a.no_progress)
+    hashes = [] if a.near_duplicates else None
+    problems = verify_dataset(a.data, progress=not a.no_progress, hashes=hashes)
+    if a.near_duplicates:
+        from utils.manifest import load_labels
+        from utils.neardup import report
+
+        n = report(hashes, load_labels(a.data), a.near_duplicates, a.max_distance)
+        print(f"near-duplicates: {n['pairs']} pair(s) within {a.max_distance} bits, {n['cross_split']} across "
+              f"splits, {n['label_conflicts']} with different labels -> {a.near_duplicates}")
     if problems:
         print(f"{a.data}: {len(problems)} problem(s):", file=sys.stderr)
         for line in problems[:200]:

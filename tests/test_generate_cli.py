@@ -255,3 +255,33 @@ def test_short_side_stores_the_smallest_copy_that_fills_the_input(tmp_path):
     sides = [(r[schema.HEIGHT], r[schema.WIDTH])
              for r in map(schema.parse_numpy, tf.data.TFRecordDataset(shards).as_numpy_iterator())]
     assert sides == [(40, 40)] * 6
+
+
+def test_verify_lists_near_duplicates_across_splits_and_labels(tmp_path):
+    needs_real_sources()
+    import csv
+
+    from tests.test_neardup import photo
+
+    src = tmp_path / "src"
+    for split, cls, name, img in [
+        ("train", "cat", "a", photo(1)), ("train", "cat", "b", photo(2)), ("train", "dog", "c", photo(3)),
+        ("train", "dog", "d", photo(4)), ("val", "cat", "e", photo(5)),
+        ("train", "cat", "a_copy", photo(1)),                                      # same picture, same class
+        ("val", "cat", "c_small", cv2.resize(photo(3), (100, 75), interpolation=cv2.INTER_AREA)),  # leak + conflict
+    ]:
+        os.makedirs(src / split / cls, exist_ok=True)
+        cv2.imwrite(str(src / split / cls / f"{name}.png"), img)
+    out = tmp_path / "out"
+    assert cli.main([str(src), "--out", str(out), "--no-progress"]) == 0
+    report = tmp_path / "near.csv"
+    r = run("verify", out, "--near-duplicates", report, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "near-duplicates: 2 pair(s) within 4 bits, 1 across splits, 1 with different labels" in r.stdout
+    rows = list(csv.DictReader(open(report, newline="")))
+    got = sorted(sorted([(x["split_a"], x["source_id_a"], x["labels_a"]), (x["split_b"], x["source_id_b"], x["labels_b"])])
+                 for x in rows)
+    assert got == [[("train", "a", "cat"), ("train", "a_copy", "cat")], [("train", "c", "dog"), ("val", "c_small", "cat")]]
+    assert rows[0]["distance"] == "0"
+    r = run("verify", out, "--near-duplicates", report, "--max-distance", "40")
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == ["error: --max-distance must be in 0..31 bits, got 40"]

@@ -776,9 +776,16 @@ def write_dataset(source: Source, out_dir: str, *, name: str, val_fraction: floa
 
 # ----------------------------------------------------------------------------- verify
 
-def _check_records(path: str, shard: dict, num_classes: int, planes: int, progress_bar) -> list[str]:
-    """Parse and decode every record of one shard; returns problems."""
+def _check_records(path: str, shard: dict, num_classes: int, planes: int, progress_bar,
+                   hashes: list | None = None, split: str = "") -> list[str]:
+    """Parse and decode every record of one shard; returns problems.
+
+    hashes: when a list, gets (split, shard file, record number, source_id,
+    labels, dHash of the first plane) for every record that decodes."""
     import tensorflow as tf
+
+    if hashes is not None:
+        from utils.neardup import dhash
 
     problems = []
     counts = [0] * num_classes
@@ -798,12 +805,15 @@ def _check_records(path: str, shard: dict, num_classes: int, planes: int, progre
                 problems.append(f"{shard['file']}: record {sid} has {len(ex[schema.ENCODED])} planes, "
                                 f"manifest says {planes}")
                 continue
-            for p in ex[schema.ENCODED]:
+            for plane, p in enumerate(ex[schema.ENCODED]):
                 try:
-                    shape = tuple(tf.io.decode_image(p, channels=0, expand_animations=False).shape)
+                    img = tf.io.decode_image(p, channels=0, expand_animations=False)
+                    shape = tuple(img.shape)
                 except (tf.errors.InvalidArgumentError, ValueError) as e:
                     problems.append(f"{shard['file']}: record {sid} does not decode: {_one_line(e, 120)}")
                     continue
+                if hashes is not None and plane == 0:
+                    hashes.append((split, shard["file"], n - 1, sid, tuple(ex[schema.LABEL]), dhash(img.numpy())))
                 want = (ex[schema.HEIGHT], ex[schema.WIDTH], ex[schema.CHANNELS])
                 if shape != want:
                     problems.append(f"{shard['file']}: record {sid} decodes to {shape}, record says {want}")
@@ -816,8 +826,11 @@ def _check_records(path: str, shard: dict, num_classes: int, planes: int, progre
     return problems
 
 
-def verify_dataset(out_dir: str, *, progress: bool = True) -> list[str]:
-    """Re-read everything; [] when the dataset is intact."""
+def verify_dataset(out_dir: str, *, progress: bool = True, hashes: list | None = None) -> list[str]:
+    """Re-read everything; [] when the dataset is intact.
+
+    hashes: a list to receive every record's dHash (see _check_records), for
+    utils.neardup.report; costs a grayscale 9x8 resize per decoded image."""
     man = mf.load_manifest(out_dir)
     problems: list[str] = []
     k = int(man["num_classes"])
@@ -857,5 +870,5 @@ def verify_dataset(out_dir: str, *, progress: bool = True) -> list[str]:
                     problems.append(f"{s['file']}: {os.path.getsize(path)} bytes, manifest says {s['bytes']}")
                 if file_sha256(path) != s["sha256"]:
                     problems.append(f"{s['file']}: sha256 differs from the manifest")
-                problems += _check_records(path, s, k, int(man.get("planes", 1)), bar)
+                problems += _check_records(path, s, k, int(man.get("planes", 1)), bar, hashes, split)
     return problems
