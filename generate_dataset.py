@@ -145,8 +145,10 @@ def run_verify(argv: list[str]) -> int:
     from utils.writer import verify_dataset
 
     a = verify_parser().parse_args(argv)
-    if not 0 <= a.max_distance <= 31:
-        raise UsageError(f"--max-distance must be in 0..31 bits, got {a.max_distance}")
+    from utils.neardup import MAX_DISTANCE_LIMIT
+
+    if not 0 <= a.max_distance <= MAX_DISTANCE_LIMIT:
+        raise UsageError(f"--max-distance must be in 0..{MAX_DISTANCE_LIMIT} bits, got {a.max_distance}")
     import_tensorflow_quietly()  # verify decodes every image with TF
     hashes = [] if a.near_duplicates else None
     problems = verify_dataset(a.data, progress=not a.no_progress, hashes=hashes)

@@ -26,6 +26,7 @@ import numpy as np
 
 HASH_BITS = 64
 DEFAULT_MAX_DISTANCE = 4
+MAX_DISTANCE_LIMIT = HASH_BITS // 2 - 1   # half the bits or more: unrelated pictures would match
 
 
 def dhash(image: np.ndarray) -> int:
@@ -60,8 +61,8 @@ def near_pairs(hashes, max_distance: int = DEFAULT_MAX_DISTANCE) -> Iterator[tup
     every pair of such first positions within max_distance bits. So N copies
     of a picture are N - 1 pairs, and its other copies reach a near neighbour
     through the first one."""
-    if not 0 <= max_distance < HASH_BITS // 2:
-        raise ValueError(f"max_distance must be in 0..{HASH_BITS // 2 - 1}, got {max_distance}")
+    if not 0 <= max_distance <= MAX_DISTANCE_LIMIT:
+        raise ValueError(f"max_distance must be in 0..{MAX_DISTANCE_LIMIT}, got {max_distance}")
     h = np.asarray(hashes, dtype=np.uint64)
     if h.size == 0:
         return

@@ -727,6 +727,7 @@ def write_dataset(source: Source, out_dir: str, *, name: str, val_fraction: floa
             "max_side": max_side, "max_pixels": max_pixels, "dedupe": dedupe, "strict": strict, "seed": seed}
     if short_side is not None:  # absent when unset: datasets built before the flag keep their signature
         opts["short_side"] = short_side
+    resize = {"max_side": max_side, "short_side": short_side}   # one spelling for the plan and the workers
     sig = _signature(source, name, opts)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise SourceError(f"--out {out_dir} is a file, not a folder")
@@ -743,7 +744,7 @@ def write_dataset(source: Source, out_dir: str, *, name: str, val_fraction: floa
         raise SourceError(f"no usable samples in {sig['source']['path']}"
                           + (f" ({len(index.skips)} inputs skipped, e.g. {index.skips[0][1]})" if index.skips else ""))
     plan = make_plan(index, val_fraction=val_fraction, folds=folds, fraction=fraction,
-                     shard_mb=shard_mb, max_side=max_side, short_side=short_side, seed=seed)
+                     shard_mb=shard_mb, **resize, seed=seed)
     phash = plan_hash(sig, index, plan)
 
     work = os.path.join(out_dir, WORK)
@@ -759,7 +760,6 @@ def write_dataset(source: Source, out_dir: str, *, name: str, val_fraction: floa
     os.makedirs(work, exist_ok=True)
     _atomic_write_json(state_path, {"signature": sig, "plan_hash": phash})
 
-    resize = {"max_side": max_side, "short_side": short_side}
     done = _write_shards(index, plan, out_dir, resize=resize, max_pixels=max_pixels, dedupe=dedupe,
                          workers=workers, progress=progress, prepare=prepare)
     manifest, skipped = build_manifest(name, sig, index, plan, done, source=source, folds=folds, seed=seed)
