@@ -31,7 +31,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from utils.predict import FORMATS, VIEWS
+    from utils.detect.predict import FORMATS, VIEWS
 
     p = OneLineParser(
         prog="detect.py", description=__doc__.split("\n\n")[0],
@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_args(a) -> None:
-    from utils.predict import VIEWS
+    from utils.detect.predict import VIEWS
 
     if not 1 <= a.tta <= len(VIEWS):
         raise UsageError(f"--tta must be between 1 and {len(VIEWS)}, got {a.tta}")
@@ -99,26 +99,13 @@ def check_args(a) -> None:
 
 def write_rows(path: str, header: list[str], fmt_row, rows) -> int:
     """Stream rows into the CSV (atomically: a half-written submission never replaces a good one)."""
-    import csv
+    from utils.files import atomic_write_csv
 
-    tmp = path + ".tmp"
-    n = 0
-    try:
-        with open(tmp, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(header)
-            for r in rows:
-                w.writerow([r.id] + fmt_row(r.probs))
-                n += 1
-    except BaseException:    # a failed or interrupted run leaves no half-written .tmp behind
-        os.remove(tmp)
-        raise
-    os.replace(tmp, path)
-    return n
+    return atomic_write_csv(path, header, ([r.id] + fmt_row(r.probs) for r in rows))
 
 
 def report_skipped(out: str, skipped: list) -> None:
-    from utils.predict import sidecar, write_skipped
+    from utils.detect.predict import sidecar, write_skipped
 
     path = sidecar(out, ".skipped.csv")
     if not skipped:
@@ -135,8 +122,8 @@ def report_skipped(out: str, skipped: list) -> None:
 def tune(a, members, y_true, probs) -> list[float]:
     """Per-class thresholds on this labelled input; saved beside the model (or beside --out for an ensemble)."""
     from model.meta import save_meta
-    from utils.evaluate import tune_thresholds
-    from utils.predict import save_thresholds, sidecar, thresholds_path
+    from utils.detect.evaluate import tune_thresholds
+    from utils.detect.predict import save_thresholds, sidecar, thresholds_path
 
     beta = 2.0 if a.tune_metric == "f2" else 1.0
     thresholds, scores = tune_thresholds(y_true, probs, beta=beta)
@@ -156,8 +143,8 @@ def tune(a, members, y_true, probs) -> list[float]:
 def evaluate(a, members, y_true, probs, thresholds, unit: str) -> None:
     import numpy as np
 
-    from utils import evaluate as ev
-    from utils.predict import sidecar
+    from utils.detect import evaluate as ev
+    from utils.detect.predict import sidecar
 
     names = members[0].class_names
     multi = members[0].multi_label
@@ -188,7 +175,7 @@ def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     check_args(a)
     import_tensorflow_quietly()
-    from utils import predict as pr
+    from utils.detect import predict as pr
 
     pr.check_paths(a.model, a.inputs)
     members = pr.load_ensemble(a.model, weights=a.model_weights, unsafe=a.unsafe)

@@ -126,7 +126,7 @@ def apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> None:
     known, _ = pre.parse_known_args(argv)
     if not known.config:
         return
-    from utils.config import read_yaml_mapping
+    from utils.train.config import read_yaml_mapping
 
     conf = read_yaml_mapping(known.config)
     valid = {a.dest for a in parser._actions}
@@ -142,10 +142,10 @@ def apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> None:
 
 
 def run_verify(argv: list[str]) -> int:
-    from utils.writer import verify_dataset
+    from utils.generate.writer import verify_dataset
 
     a = verify_parser().parse_args(argv)
-    from utils.neardup import MAX_DISTANCE_LIMIT
+    from utils.generate.neardup import MAX_DISTANCE_LIMIT
 
     if not 0 <= a.max_distance <= MAX_DISTANCE_LIMIT:
         raise UsageError(f"--max-distance must be in 0..{MAX_DISTANCE_LIMIT} bits, got {a.max_distance}")
@@ -153,8 +153,8 @@ def run_verify(argv: list[str]) -> int:
     hashes = [] if a.near_duplicates else None
     problems = verify_dataset(a.data, progress=not a.no_progress, hashes=hashes)
     if a.near_duplicates:
-        from utils.manifest import load_labels
-        from utils.neardup import report
+        from utils.dataset.manifest import load_labels
+        from utils.generate.neardup import report
 
         n = report(hashes, load_labels(a.data), a.near_duplicates, a.max_distance)
         print(f"near-duplicates: {n['pairs']} pair(s) within {a.max_distance} bits, {n['cross_split']} across "
@@ -173,7 +173,7 @@ def run_verify(argv: list[str]) -> int:
 def run_demo() -> int:
     from utils.sources.demo import draw_demo
     from utils.sources.folder import FolderSource
-    from utils.writer import write_dataset
+    from utils.generate.writer import write_dataset
 
     src = draw_demo(DEMO_SRC)
     write_dataset(FolderSource(src), DEMO_OUT, name="demo", val_fraction=0.2, shard_mb=1)
@@ -199,7 +199,7 @@ def main(argv=None) -> int:
         raise UsageError(f"--timeout must be a positive number of seconds, got {a.timeout}")
 
     from utils.sources import open_source
-    from utils.writer import write_dataset
+    from utils.generate.writer import write_dataset
 
     source = open_source(a.kind, a.source, a)
     name = os.path.basename(os.path.normpath(a.out))

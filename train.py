@@ -23,7 +23,7 @@ import os
 import sys
 import warnings
 
-from utils import config as C
+from utils.train import config as C
 from utils.errors import UsageError, import_tensorflow_quietly, run_cli
 
 
@@ -49,7 +49,7 @@ def resolve_run(cfg: dict, info: dict, spec) -> dict:
 
 def split_sizes(cfg: dict, info: dict) -> tuple[int, int, list[int]]:
     """(train count, val count, train class counts); a missing/empty split is an error."""
-    from utils.manifest import DatasetError, class_counts, load_manifest, select_shards, split_count
+    from utils.dataset.manifest import DatasetError, class_counts, load_manifest, select_shards, split_count
 
     manifest = load_manifest(cfg["data"])
     counts = []
@@ -69,7 +69,7 @@ def preview(cfg: dict, info: dict, log_dir: str) -> str:
     """One augmented training batch as a PNG grid (labels as titles)."""
     import numpy as np
 
-    from utils.pipeline import make_dataset
+    from utils.input.pipeline import make_dataset
     from utils.plots import save_image_grid
 
     ds = make_dataset(cfg["data"], "train", image_size=(cfg["image_size"],) * 2, batch_size=16, training=True,
@@ -106,8 +106,8 @@ def train(cfg: dict) -> dict:
 
     from model import build, heads, losses, metrics, registry
     from model.meta import save_meta
-    from utils import training as T
-    from utils.pipeline import dataset_info, make_dataset
+    from utils.train import training as T
+    from utils.input.pipeline import dataset_info, make_dataset
 
     spec = registry.get(cfg["model"])
     strategy = T.make_strategy(cfg["strategy"])  # first: MultiWorker must exist before other TF work
@@ -229,7 +229,7 @@ def train(cfg: dict) -> dict:
         from utils.plots import save_history_plot
 
         save_history_plot(csv_path, os.path.join(log_dir, "curves.png"))
-    from utils.pipeline import decode_failures
+    from utils.input.pipeline import decode_failures
 
     if decode_failures() and chief:
         print(f"note: {decode_failures()} record(s) could not be decoded and were skipped "

@@ -3,7 +3,7 @@
 Both sides use the same saved model and the same images in the same run:
   baseline  every image decoded + resized up front (eval_image), stacked in memory,
             then timed: model.predict(x, batch_size=B) -- the model's own ceiling.
-  detect    timed: utils.predict.predict_stream over the JPEG files on disk (read,
+  detect    timed: utils.detect.predict.predict_stream over the JPEG files on disk (read,
             decode, resize, batch, prefetch, model call, ensemble average) -- what
             detect.py does per image, minus writing the CSV.
   cli       the whole `detect.py --model M folder --out x.csv`, model loading excluded
@@ -76,8 +76,8 @@ def main() -> int:
 
     import detect
     from utils.errors import run_cli
-    from utils.pipeline import eval_image
-    from utils.predict import load_member, plan_inputs, predict_stream
+    from utils.input.pipeline import eval_image
+    from utils.detect.predict import load_member, plan_inputs, predict_stream
 
     tmp = tempfile.mkdtemp(prefix="bench_detect_")
     imgs = os.path.join(tmp, "imgs")

@@ -79,7 +79,7 @@ def one_process_resize(files: list[str], side: int) -> float:
 
 def ours(out: str, workers: int, **kw) -> float:
     from utils.sources.folder import FolderSource
-    from utils.writer import write_dataset
+    from utils.generate.writer import write_dataset
 
     shutil.rmtree(out, ignore_errors=True)
     t = time.perf_counter()

@@ -180,7 +180,7 @@ def main(argv=None) -> int:
     import keras
     import tensorflow as tf
 
-    from utils.pipeline import make_dataset
+    from utils.input.pipeline import make_dataset
 
     work = args.workdir or tempfile.mkdtemp(prefix="bench-pipeline-")
     try:

@@ -1,7 +1,7 @@
 """Benchmark: training images/s through our tf.data pipeline vs the same model fed from memory.
 
 Same process, same compiled model, same train step: only the input differs.
-  pipeline   utils.pipeline.make_dataset(training=True, repeat=True, augment) as train.py uses it
+  pipeline   utils.input.pipeline.make_dataset(training=True, repeat=True, augment) as train.py uses it
   in-memory  one batch of the same images held as a tensor, repeated (input costs ~nothing)
 The two are timed alternately (--rounds times, median round each) so machine
 load hits both alike. Target: the pipeline at most 10% slower (ratio >= 0.90).
@@ -52,8 +52,8 @@ def main(argv=None) -> int:
     import tensorflow as tf
 
     from model import build, heads, losses, metrics
-    from utils.config import augment_list
-    from utils.pipeline import dataset_info, make_dataset
+    from utils.train.config import augment_list
+    from utils.input.pipeline import dataset_info, make_dataset
 
     info = dataset_info(args.data)
     head = "sigmoid" if info["multi_label"] else "softmax"

@@ -32,7 +32,7 @@ import keras
 from model import registry
 from model.heads import build_head, check_head
 from model.layers import ChannelAdapter, Preprocess
-from utils.errors import UsageError
+from utils.errors import UsageError, first_line
 
 BACKBONE = "backbone"
 
@@ -75,11 +75,6 @@ def _is_download_error(e: BaseException) -> bool:
     return isinstance(e, (OSError, urllib.error.URLError)) or "URL fetch failure" in msg or "corrupted file" in msg
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip() or e.__class__.__name__
-    return text.splitlines()[0][:300].rstrip(" :")
-
-
 def build_backbone(arch: str, input_size=None, weights: str | None = "none") -> keras.Model:
     """The no-top, average-pooled keras.applications model for `arch`, named "backbone"."""
     backbone = _construct(registry.get(arch), input_size, weights)
@@ -110,7 +105,7 @@ def _construct(spec: registry.ModelSpec, input_size, weights) -> keras.Model:
         with _weights_file_as_download(path):
             return spec.constructor(weights="imagenet", **kwargs)
     except Exception as e:  # noqa: BLE001 - any failure here means "not this model's weights"
-        raise UsageError(f"{path} is not a no-top {spec.name} weights file: {_first_line(e)}") from None
+        raise UsageError(f"{path} is not a no-top {spec.name} weights file: {first_line(e, 300).rstrip(' :')}") from None
 
 
 def build_model(arch: str, num_classes: int, *, input_size=None, channels: int = 3, weights: str = "none",

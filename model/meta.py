@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+from utils.files import atomic_write_json
 
 FORMAT_VERSION = 1
 
@@ -43,10 +44,7 @@ def meta_path(model_path: str) -> str:
 def save_meta(model_path: str, meta: dict) -> str:
     path = meta_path(model_path)
     meta = dict(meta, format_version=FORMAT_VERSION)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(meta, f, indent=2, sort_keys=False)
-    os.replace(tmp, path)
+    atomic_write_json(path, meta, indent=2)
     return path
 
 

@@ -1,5 +1,5 @@
 """The TFRecord keys as DESIGN.md documents them, written out literally (not taken
-from utils.schema): what another tool, knowing only the documentation, would use."""
+from utils.dataset.schema): what another tool, knowing only the documentation, would use."""
 
 
 def documented_spec():

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from utils import augment
+from utils.input import augment
 from utils.errors import UsageError
 
 SIZE = (16, 16)

@@ -19,7 +19,7 @@ from PIL import Image
 
 import detect
 from model.meta import load_meta, save_meta
-from utils import schema
+from utils.dataset import schema
 from utils.errors import run_cli
 
 keras = pytest.importorskip("keras")
@@ -203,7 +203,7 @@ def test_keras_savedmodel_and_per_class_head(images, tmp_path, capsys):
         # the same numbers as calling the model on eval_image's output
         if path.suffix == ".keras":
             import tensorflow as tf
-            from utils.pipeline import eval_image
+            from utils.input.pipeline import eval_image
 
             m = keras.models.load_model(model, compile=False)
             x = eval_image(tf.constant([open(single, "rb").read()]), (32, 32))[None]
@@ -270,7 +270,7 @@ def test_cdiscount_submission_keeps_a_product_whose_photos_all_fail(tmp_path, ca
     skipped = {r[0] for r in read_csv(tmp_path / "sub.skipped.csv")[1:]}
     assert skipped == {"2#0", "2#1"}
     # the fallback is the mean of the other products' probabilities
-    from utils import predict as pr
+    from utils.detect import predict as pr
 
     rows_in = [pr.Row("1", np.array([0.8, 0.2, 0.0], np.float32), None, "1"),
                pr.Row("3", np.array([0.2, 0.6, 0.2], np.float32), None, "3")]
@@ -339,7 +339,7 @@ def test_tune_thresholds_multilabel_dataset(tmp_path, capsys):
     tuned = load_meta(model)["thresholds"]
     side = json.loads((tmp_path / "ml.thresholds.json").read_text())
     assert side["thresholds"] == tuned and side["metric"] == "f2" and len(tuned) == 3
-    from utils.evaluate import macro_fbeta, predict_labels
+    from utils.detect.evaluate import macro_fbeta, predict_labels
 
     f_tuned = macro_fbeta(y, predict_labels(probs, True, tuned), 2.0)
     f_half = macro_fbeta(y, predict_labels(probs, True, 0.5), 2.0)
@@ -405,7 +405,7 @@ def test_unreadable_image_is_skipped_and_run_goes_on(h5_model, tmp_path, capsys)
     assert [r[0] for r in read_csv(out)[1:]] == ["a", "d"]
     skipped = {r[0]: r[1] for r in read_csv(tmp_path / "mixed.skipped.csv")[1:]}
     assert set(skipped) == {"b_bad", "c", "notes"}
-    # the same reasons the writer gives in skipped.csv (utils.imagecheck)
+    # the same reasons the writer gives in skipped.csv (utils.image.prepare)
     assert skipped["b_bad"] == "not an image" and skipped["c"] == "truncated image"
     assert "unsupported file type" in skipped["notes"]
     assert "skipped b_bad" in err and "Traceback" not in err
@@ -460,7 +460,7 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 def test_url_list(h5_model, images, tmp_path, capsys):
-    pytest.importorskip("utils.download")
+    pytest.importorskip("utils.sources.download")
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
                                              functools.partial(_QuietHandler, directory=str(images)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -485,7 +485,7 @@ def test_prediction_streams_without_reading_all_input(h5_model):
     """Rows come out while the input is still being read: an endless input yields its first rows."""
     import itertools
 
-    from utils import predict as pr
+    from utils.detect import predict as pr
 
     data = image_bytes(COLORS["red"])
     read = []
@@ -548,7 +548,7 @@ def test_multi_plane_dataset(tmp_path, capsys):
 def test_savedmodel_outputs_in_numeric_order():
     import tensorflow as tf
 
-    from utils.predict import outputs_to_matrix
+    from utils.detect.predict import outputs_to_matrix
 
     out = {f"output_{i}": tf.fill([2, 1], float(i)) for i in range(12)}
     m = outputs_to_matrix(out, ["c000_a"]).numpy()
@@ -558,7 +558,7 @@ def test_savedmodel_outputs_in_numeric_order():
 def test_thresholds_file_matched_by_class_name(tmp_path):
     """A saved NAME.thresholds.json is applied by class name; unknown classes are an error."""
     from utils.errors import UsageError
-    from utils.predict import load_thresholds, save_thresholds
+    from utils.detect.predict import load_thresholds, save_thresholds
 
     path = save_thresholds(str(tmp_path / "m.thresholds.json"), ["blue", "red", "green"], [0.1, 0.2, 0.3], "f1", 0.9)
     assert load_thresholds(path, CLASSES) == [0.2, 0.3, 0.1]
@@ -581,7 +581,7 @@ def test_thresholds_file_matched_by_class_name(tmp_path):
 def test_url_list_read_as_the_writer_reads_it(tmp_path):
     """A byte-order mark (Excel's CSV export) does not become part of the first id; labels columns are ignored."""
     from utils.errors import UsageError
-    from utils.predict import _read_url_list
+    from utils.detect.predict import _read_url_list
 
     lst = tmp_path / "l.csv"
     lst.write_bytes("1,http://x/a.jpg,0,1\n\n2, http://x/b.jpg ,1,0\n".encode("utf-8-sig"))
@@ -592,7 +592,7 @@ def test_url_list_read_as_the_writer_reads_it(tmp_path):
 
 
 def test_write_rows_escapes_and_leaves_nothing_half_written(tmp_path):
-    from utils.predict import Row, header_and_formatter
+    from utils.detect.predict import Row, header_and_formatter
 
     names = ['a,b', 'say "hi"', "plain"]
     header, fmt_row = header_and_formatter("probs", names)

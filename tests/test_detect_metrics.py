@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from utils import evaluate as ev
+from utils.detect import evaluate as ev
 
 
 def test_fbeta_counts_and_zero_division():

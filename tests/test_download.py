@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from utils.download import DownloadError, cache_path, fetch_all
+from utils.sources.download import DownloadError, cache_path, fetch_all
 
 SLOW_S = 1.5          # the slow route sleeps this long; tests use timeouts of ~0.4 s
 WAIT_S = 0.3          # the concurrency route holds each request this long

@@ -18,7 +18,7 @@ def test_every_cli_parser_reports_a_bad_flag_as_one_usage_error():
 
     import detect
     import generate_dataset
-    from utils import config
+    from utils.train import config
     from utils.errors import UsageError
 
     parsers = [detect.build_parser(), generate_dataset.build_parser(), config.build_parser("train")]
@@ -33,7 +33,7 @@ def test_every_cli_parser_reports_a_bad_flag_as_one_usage_error():
 def test_yaml_config_keys_accept_dashes(tmp_path):
     import pytest
 
-    from utils.config import read_yaml_mapping
+    from utils.train.config import read_yaml_mapping
     from utils.errors import UsageError
 
     f = tmp_path / "c.yaml"

@@ -17,7 +17,7 @@ import pytest
 
 import generate_dataset as cli
 from tests.test_writer import FakeSource, build, make_images, records
-from utils import schema
+from utils.dataset import schema
 from utils.errors import UsageError
 from utils.sources import detect_kind
 from utils.sources.base import SourceError
@@ -34,7 +34,7 @@ def run(*args, timeout=300):
 
 def needs_real_sources():
     pytest.importorskip("utils.sources.folder")
-    pytest.importorskip("utils.imagecheck")
+    pytest.importorskip("utils.image.prepare")
 
 
 def folder_dataset(root, n_per_class=(3, 3), size=32, seed=0):

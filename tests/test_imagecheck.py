@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from utils.imagecheck import BadImage, ImageInfo, check_image, prepare_planes
+from utils.image.prepare import BadImage, ImageInfo, check_image, prepare_planes
 
 RNG = np.random.default_rng(0)
 
@@ -355,6 +355,6 @@ def test_exif_orientation_applied_when_resizing_only():
 
 
 def test_no_tensorflow_import():
-    code = "import sys, utils.imagecheck; sys.exit('tensorflow' in sys.modules)"
+    code = "import sys, utils.image.prepare; sys.exit('tensorflow' in sys.modules)"
     root = __file__.rsplit("/tests/", 1)[0]
     assert subprocess.run([sys.executable, "-c", code], cwd=root).returncode == 0

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from utils import neardup
+from utils.generate import neardup
 
 
 def photo(seed: int, h: int = 120, w: int = 160) -> np.ndarray:

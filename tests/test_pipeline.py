@@ -11,9 +11,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from utils import pipeline, schema
+from utils.input import pipeline
+from utils.dataset import schema
 from utils.errors import UsageError
-from utils.manifest import DatasetError
+from utils.dataset.manifest import DatasetError
 
 K = 4
 

@@ -1,7 +1,7 @@
 import numpy as np
 import tensorflow as tf
 
-from utils import schema
+from utils.dataset import schema
 
 
 def _example():
@@ -64,7 +64,7 @@ def test_hand_encoded_example_equals_tensorflow_encoding():
 def test_framed_records_are_read_by_tf_data_and_checksums_hold(tmp_path):
     import pytest
 
-    from utils import tfrecord
+    from utils.dataset import tfrecord
 
     path = str(tmp_path / "x.tfrecord")
     recs = [schema.serialize([bytes([i]) * (i * 100)], "png", i, i, 3, [i], f"id{i}") for i in range(1, 6)]

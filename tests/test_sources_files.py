@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from utils.imagecheck import check_image, prepare_planes
+from utils.image.prepare import check_image, prepare_planes
 from utils.sources.base import Item, Skip, SourceError
 from utils.sources.demo import SHAPES, attribute_names, draw_demo
 from utils.sources.folder import FolderSource

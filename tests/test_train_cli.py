@@ -57,7 +57,7 @@ def png(colour, rng, size=32) -> bytes:
 
 def write_dataset(root, *, n_train=30, n_val=12, folds=0, val=True, seed=0) -> str:
     """A folder in the generate_dataset.py layout: shards + manifest.json + labels.json."""
-    from utils import schema
+    from utils.dataset import schema
 
     rng = np.random.default_rng(seed)
     os.makedirs(root, exist_ok=True)
@@ -137,7 +137,7 @@ def test_end_to_end_artefacts_and_reload(tiny, data, capsys, tmp_path):
     import model  # noqa: F401 - registers our layers for load_model
     import train
     from model.meta import load_meta
-    from utils import config as C
+    from utils.train import config as C
 
     y = tmp_path / "run.yaml"
     y.write_text("epochs: 2\nlr: 0.01\noptimizer: sgd\n")
@@ -295,7 +295,7 @@ def csv_rows(path):
 def test_kill_9_then_resume(tiny, data, tmp_path, capsys):
     """kill -9 after epoch 1's checkpoint; --resume finishes with each epoch logged once,
     and LR per epoch + the optimizer step count equal an uninterrupted run's."""
-    from utils.training import load_state
+    from utils.train.training import load_state
 
     argv = quick(data, "--epochs", "5", "--steps-per-epoch", "24", "--lr", "0.05", "--lr-warmup-epochs", "1",
                  "--out", "model_save/r.h5")

@@ -11,7 +11,7 @@ import os
 import numpy as np
 import pytest
 
-from utils import config as C
+from utils.train import config as C
 from utils.errors import UsageError
 
 
@@ -84,7 +84,7 @@ def test_save_yaml_roundtrip(tmp_path):
 def test_schedule_warmup_cosine_step_plateau():
     import keras
 
-    from utils.training import WarmupSchedule
+    from utils.train.training import WarmupSchedule
 
     def lr(s, step):
         return float(keras.ops.convert_to_numpy(s(step)))
@@ -102,7 +102,7 @@ def test_schedule_warmup_cosine_step_plateau():
 
 
 def test_optimizer_options():
-    from utils.training import make_optimizer
+    from utils.train.training import make_optimizer
 
     base = C.defaults()
     opt = make_optimizer(dict(base, optimizer="sgd", momentum=0.8, accum_steps=4, ema=True), 0.1)
@@ -116,7 +116,7 @@ def test_optimizer_options():
 def test_strategy_and_chief(monkeypatch):
     import tensorflow as tf
 
-    from utils import training as T
+    from utils.train import training as T
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
     assert T.is_chief() and not T.is_distributed(T.make_strategy("auto"))
@@ -130,7 +130,7 @@ def test_strategy_and_chief(monkeypatch):
 
 
 def test_csv_rows_exactly_once(tmp_path):
-    from utils.training import read_csv_rows, rows_up_to, write_csv_rows
+    from utils.train.training import read_csv_rows, rows_up_to, write_csv_rows
 
     path = str(tmp_path / "e.csv")
     rows = [{"epoch": 0, "loss": 1.0}, {"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": 0.4}]
@@ -144,7 +144,7 @@ def test_csv_rows_exactly_once(tmp_path):
 
 
 def test_monitor_choice():
-    from utils.training import improved, metric_names, pick_monitor
+    from utils.train.training import improved, metric_names, pick_monitor
 
     assert pick_monitor(metric_names(["accuracy", "top5"]), "softmax") == ("val_accuracy", "max")
     assert pick_monitor(metric_names({"c0": ["auc"]}), "per-class") == ("val_loss", "min")
@@ -180,7 +180,7 @@ def fit_epochs(tmp_path, tag, start, end, total, saved=None, accum=1, schedule="
     """Fit epochs start..end of a `total`-epoch run; returns (model, run, rows)."""
     import keras
 
-    from utils import training as T
+    from utils.train import training as T
 
     keras.utils.set_random_seed(1)
     cfg = dict(C.defaults(), data="d", schedule=schedule, lr_warmup_epochs=1.0, accum_steps=accum,
@@ -210,7 +210,7 @@ def fit_epochs(tmp_path, tag, start, end, total, saved=None, accum=1, schedule="
 
 @pytest.mark.parametrize("accum, schedule", [(1, "cosine"), (2, "plateau")])
 def test_resume_matches_uninterrupted_run(tmp_path, accum, schedule):
-    from utils import training as T
+    from utils.train import training as T
 
     full, run_full, rows_full = fit_epochs(tmp_path, "full", 0, 4, 4, accum=accum, schedule=schedule)
     fit_epochs(tmp_path, "cut", 0, 2, 4, accum=accum, schedule=schedule)
@@ -237,7 +237,7 @@ def test_resume_matches_uninterrupted_run(tmp_path, accum, schedule):
 def test_resume_state_mismatch_is_a_usage_error(tmp_path):
     import keras
 
-    from utils import training as T
+    from utils.train import training as T
 
     m = tiny_model()
     opt = keras.optimizers.SGD(0.1)
@@ -252,7 +252,7 @@ def test_resume_state_mismatch_is_a_usage_error(tmp_path):
 def test_saved_files_load_and_predict_the_same(tmp_path):
     import keras
 
-    from utils import training as T
+    from utils.train import training as T
 
     m = tiny_model()
     m.compile(optimizer="adam", loss="categorical_crossentropy")

@@ -18,10 +18,10 @@ import cv2
 import numpy as np
 import pytest
 
-from utils import manifest as mf
-from utils import schema
+from utils.dataset import manifest as mf
+from utils.dataset import schema
 from utils.sources.base import Item, Skip, Source, SourceError, file_loader
-from utils import writer
+from utils.generate import writer
 
 
 class Info(NamedTuple):
@@ -33,7 +33,7 @@ class Info(NamedTuple):
 
 
 def fake_prepare(planes, *, max_side, short_side=None, max_pixels):
-    """A tiny stand-in for utils.imagecheck.prepare_planes."""
+    """A tiny stand-in for utils.image.prepare.prepare_planes."""
     out, info = [], None
     for p in planes:
         img = cv2.imdecode(np.frombuffer(p, np.uint8), cv2.IMREAD_UNCHANGED)
@@ -53,7 +53,7 @@ def fake_prepare(planes, *, max_side, short_side=None, max_pixels):
 
 def has_imagecheck() -> bool:
     try:
-        import utils.imagecheck  # noqa: F401
+        import utils.image.prepare  # noqa: F401
         return True
     except ImportError:
         return False
@@ -119,17 +119,6 @@ def shard_hashes(man):
 
 
 # ----------------------------------------------------------------------------- tests
-
-def test_natural_sort_numeric_ids():
-    names = ["1000012", "10", "2", "c10", "c2", "b"]
-    assert sorted(names, key=writer.natural_key) == ["2", "10", "1000012", "b", "c2", "c10"]
-
-
-def test_skip_reason_is_the_first_nonblank_line():
-    assert writer._one_line(ValueError("\n  broken header\ndetails")) == "broken header"
-    assert writer._one_line(OSError()) == "OSError"
-    assert writer._one_line(ValueError(" \n ")) == "ValueError"
-
 
 def test_records_plus_skipped_equals_inputs(tmp_path):
     entries = make_images(tmp_path / "img", {"cat": 6, "dog": 5, "emu": 4})
@@ -412,7 +401,7 @@ def test_resize_estimate_keeps_shards_full_when_only_the_short_side_is_limited()
 
 
 def test_real_imagecheck_skips_bad_images_and_keeps_channels(tmp_path):
-    pytest.importorskip("utils.imagecheck")
+    pytest.importorskip("utils.image.prepare")
     import struct
     import zlib
 
@@ -451,7 +440,7 @@ def test_real_imagecheck_skips_bad_images_and_keeps_channels(tmp_path):
 
 @pytest.mark.parametrize("writev", ["whole", "short", "absent"])
 def test_shard_sink_writes_framed_records_whatever_writev_does(tmp_path, monkeypatch, writev):
-    from utils import tfrecord
+    from utils.dataset import tfrecord
 
     real = os.writev
     if writev == "short":   # the kernel may write less than asked: the rest must still follow

@@ -9,6 +9,17 @@ class UsageError(ValueError):
     """A bad flag value or argument; printed as one line, exit code 2."""
 
 
+class SourceError(Exception):
+    """Bad input that stops the whole run (missing input, truncated BSON, ...).
+
+    The CLI prints `str(err)` as one line on stderr and exits non-zero.
+    """
+
+
+class DatasetError(Exception):
+    """A dataset folder that cannot be used; the CLI prints it as one line."""
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse that reports a bad flag as ONE line (a UsageError), not usage + error."""
 
@@ -16,10 +27,20 @@ class OneLineParser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    from utils.manifest import DatasetError
-    from utils.sources.base import SourceError
+def first_line(e: BaseException | str, limit: int | None = None) -> str:
+    """The first non-blank line of an error's text, else its class name.
 
+    Args:
+        e: an exception (or a message).
+        limit: cut the line to this many characters.
+    """
+    text = str(e)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    line = lines[0] if lines else (e.__class__.__name__ if isinstance(e, BaseException) else "")
+    return line[:limit] if limit else line
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
     # OSError: a missing file, a full disk, a permission problem is the user's to fix, not a bug
     return (UsageError, SourceError, DatasetError, OSError)
 
@@ -38,7 +59,7 @@ def run_cli(main, argv=None) -> int:
         msg = str(e) or e.__class__.__name__
         if isinstance(e, OSError) and e.filename and str(e.filename) not in msg:
             msg = f"{msg}: {e.filename}"
-        print(f"error: {msg.splitlines()[0]}", file=sys.stderr)
+        print(f"error: {first_line(msg)}", file=sys.stderr)
         return 2
 
 

@@ -16,6 +16,7 @@ import os
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from utils.files import atomic_path
 
 DPI = 100
 
@@ -23,9 +24,8 @@ DPI = 100
 def _save(fig: Figure, path: str) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     FigureCanvasAgg(fig)
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=DPI)
-    os.replace(tmp, path)
+    with atomic_path(path, tmp_suffix=".tmp.png") as tmp:
+        fig.savefig(tmp, dpi=DPI)
     return path
 
 

@@ -34,13 +34,11 @@ from __future__ import annotations
 import json
 import os
 
+from utils.errors import DatasetError  # noqa: F401  (re-exported: readers raise it)
+
 MANIFEST = "manifest.json"
 LABELS = "labels.json"
 SKIPPED = "skipped.csv"
-
-
-class DatasetError(Exception):
-    """A dataset folder that cannot be used; the CLI prints it as one line."""
 
 
 def load_manifest(data_dir: str) -> dict:

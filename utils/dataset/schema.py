@@ -61,7 +61,7 @@ def serialize(
     Encoded without TensorFlow (utils/tfrecord.py) so the writer stays light;
     the bytes parse with tf.io.parse_single_example (tested).
     """
-    from utils import tfrecord
+    from utils.dataset import tfrecord
 
     if not planes:
         raise ValueError("a record needs at least one encoded plane")

@@ -30,6 +30,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from utils.errors import UsageError
+from utils.files import atomic_write_json
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 LIST_EXTS = {".txt", ".csv", ".tsv", ".lst"}
@@ -142,7 +143,7 @@ def outputs_to_matrix(out, names: list[str] | None):
     """
     import tensorflow as tf
 
-    from utils.writer import natural_key
+    from utils.files import natural_key
 
     if isinstance(out, dict):
         keys = [n for n in (names or []) if n in out]
@@ -269,7 +270,7 @@ def _read_file(path: str) -> list[bytes]:
     converts what TF cannot decode (TIFF) or would crash on (animated WebP) to PNG;
     a bad file raises BadImage whose text is the skipped.csv reason.
     """
-    from utils.imagecheck import prepare_planes
+    from utils.image.prepare import prepare_planes
 
     with open(path, "rb") as f:
         data = f.read()
@@ -347,7 +348,7 @@ def _read_url_list(path: str) -> list[tuple[str, str]]:
 
 
 def _url_spec(path: str, cache_dir: str) -> InputSpec:
-    from utils.download import fetch_all
+    from utils.sources.download import fetch_all
 
     pairs = _read_url_list(path)
     got = fetch_all(pairs, cache_dir)
@@ -390,7 +391,7 @@ def _raiser(reason: str):
 
 def _dataset_spec(data_dir: str, split: str | None, class_names: list[str], planes: int) -> InputSpec:
     """A data/NAME folder: the records of one split, labels mapped to the model's classes by name."""
-    from utils.manifest import DatasetError, load_labels, load_manifest, select_shards, split_count
+    from utils.dataset.manifest import DatasetError, load_labels, load_manifest, select_shards, split_count
 
     manifest = load_manifest(data_dir)
     splits = manifest.get("splits", {})
@@ -408,7 +409,7 @@ def _dataset_spec(data_dir: str, split: str | None, class_names: list[str], plan
     def samples():
         import tensorflow as tf
 
-        from utils import schema
+        from utils.dataset import schema
 
         ds = tf.data.TFRecordDataset([s["path"] for s in shards]).map(schema.parse)
         for n, ex in enumerate(ds.as_numpy_iterator()):
@@ -535,7 +536,7 @@ def predict_stream(members: list[Member], specs: list[InputSpec], *, tta: int = 
     import tensorflow as tf
     from tqdm import tqdm
 
-    from utils.pipeline import eval_image
+    from utils.input.pipeline import eval_image
 
     skipped = skipped if skipped is not None else []
     for s in specs:
@@ -754,10 +755,7 @@ def thresholds_path(model_path: str) -> str:
 
 def save_thresholds(path: str, class_names: list[str], thresholds: list[float], metric: str, score: float) -> str:
     data = {"metric": metric, "score": score, "class_names": class_names, "thresholds": thresholds}
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
+    atomic_write_json(path, data)
     return path
 
 

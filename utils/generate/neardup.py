@@ -23,6 +23,7 @@ import os
 from typing import Iterator
 
 import numpy as np
+from utils.files import atomic_write_csv
 
 HASH_BITS = 64
 DEFAULT_MAX_DISTANCE = 4
@@ -120,14 +121,9 @@ def report(rows: list[tuple], class_names: list[str], path: str,
             continue
         pairs.append((d, i, j))
     pairs.sort()
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(REPORT_COLUMNS)
-        for d, i, j in pairs:
-            a, b = rows[i], rows[j]
-            w.writerow([d, a[0], a[3], names(a[4]), a[1], a[2], b[0], b[3], names(b[4]), b[1], b[2]])
-    os.replace(tmp, path)
+    atomic_write_csv(path, REPORT_COLUMNS,
+                     ([d, a[0], a[3], names(a[4]), a[1], a[2], b[0], b[3], names(b[4]), b[1], b[2]]
+                      for d, a, b in ((d, rows[i], rows[j]) for d, i, j in pairs)))
     return {"pairs": len(pairs),
             "cross_split": sum(rows[i][0] != rows[j][0] for _, i, j in pairs),
             "label_conflicts": sum(rows[i][4] != rows[j][4] for _, i, j in pairs)}

@@ -9,7 +9,7 @@ memory and a killed run can resume:
           (stratified by class, grouped by source_id), --folds, shuffle, and the
           cut into shards by estimated size. Its hash names the run.
   WRITE   shard by shard, in plan order: load bytes, validity check / resize
-          (utils.imagecheck.prepare_planes, in threads or processes), serialize,
+          (utils.image.prepare.prepare_planes, in threads or processes), serialize,
           frame (utils/tfrecord.py, no TensorFlow), write to `<shard>.tmp`, rename.
           A sidecar in `.work/` is written AFTER
           the rename, so "shard done" == "sidecar exists" (and its sha256 holds).
@@ -41,9 +41,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
-from utils import manifest as mf
-from utils import schema
-from utils.errors import UsageError
+from utils.dataset import manifest as mf
+from utils.dataset import schema
+from utils.errors import UsageError, first_line
+from utils.files import atomic_write_csv, atomic_write_json, atomic_write_text, file_sha256, natural_key
 from utils.sources.base import Item, Skip, Source, SourceError
 
 WORK = ".work"                       # hidden work folder inside out_dir (removed when finished)
@@ -56,40 +57,8 @@ SHARD_RE = re.compile(r"^(train|val|test)-\d{5}-of-\d{5}\.tfrecord(\.tmp)?$")
 
 # ----------------------------------------------------------------------------- small helpers
 
-def natural_key(name: str):
-    """'c2' < 'c10'; all-digit names (Cdiscount / iMet ids) sort numerically."""
-    return [(0, int(t), t) if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name) if t]
-
-
 def shard_name(split: str, i: int, n: int) -> str:
     return f"{split}-{i:05d}-of-{n:05d}.tfrecord"
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def _atomic_write_json(path: str, obj) -> None:
-    _atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=False) + "\n")
-
-
-def file_sha256(path: str, chunk: int = 4 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                return h.hexdigest()
-            h.update(b)
-
-
-def _one_line(e: BaseException, limit: int = 200) -> str:
-    """The first non-blank line of an error (a skipped.csv reason), else its class name."""
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return (lines[0] if lines else e.__class__.__name__)[:limit]
 
 
 def _bar(progress: bool, **kw):
@@ -324,7 +293,7 @@ def plan_hash(signature: dict, index: Index, plan: list[ShardPlan]) -> str:
 # ----------------------------------------------------------------------------- WRITE (workers)
 
 def default_prepare(planes, *, max_side, short_side, max_pixels):
-    from utils.imagecheck import prepare_planes
+    from utils.image.prepare import prepare_planes
 
     return prepare_planes(planes, max_side=max_side, short_side=short_side, max_pixels=max_pixels)
 
@@ -338,7 +307,7 @@ def prepare_item(load, resize: dict, max_pixels, want_hash, prepare=None):
     try:
         planes = load()
     except Exception as e:  # a vanished file, a failed download, ...
-        return ("skip", f"cannot read input: {_one_line(e)}")
+        return ("skip", f"cannot read input: {first_line(e, 200)}")
     if not planes or any(not p for p in planes):
         return ("skip", "empty file")
     digest = None
@@ -352,7 +321,7 @@ def prepare_item(load, resize: dict, max_pixels, want_hash, prepare=None):
     except MemoryError:
         return ("skip", "image too large to decode")
     except Exception as e:  # BadImage's text is the reason; any decoder error is a bad image too
-        return ("skip", _one_line(e))
+        return ("skip", first_line(e, 200))
     return ("ok", out, (info.fmt, int(info.height), int(info.width), int(info.channels)), digest)
 
 
@@ -412,7 +381,7 @@ class _ShardSink:
         self._t.start()
 
     def _run(self) -> None:
-        from utils import tfrecord
+        from utils.dataset import tfrecord
 
         try:
             # Header, record and footer go to the file in one writev, straight
@@ -529,7 +498,7 @@ def _write_shards(index: Index, plan: list[ShardPlan], out_dir: str, *, resize: 
                 finally:
                     meta["bytes"], meta["sha256"] = sink.close()
                 os.replace(tmp, os.path.join(out_dir, s.file))
-                _atomic_write_json(_sidecar_path(out_dir, s.file), meta)   # AFTER the shard: "done"
+                atomic_write_json(_sidecar_path(out_dir, s.file), meta)   # AFTER the shard: "done"
                 done[s.file] = meta
     finally:
         if executor is not None:
@@ -593,12 +562,7 @@ def _reason_kind(reason: str) -> str:
 
 
 def _write_skipped_csv(path: str, skipped: list[tuple[str, str]]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["key", "reason"])
-        w.writerows(skipped)
-    os.replace(tmp, path)
+    atomic_write_csv(path, ["key", "reason"], skipped)
 
 
 def summary(manifest: dict, seconds: float, mb: float) -> str:
@@ -701,7 +665,7 @@ def write_dataset(source: Source, out_dir: str, *, name: str, val_fraction: floa
     """Convert `source` into a finished dataset folder; returns the manifest.
 
     `prepare(planes, max_side=, short_side=, max_pixels=) -> (planes, info)`
-    replaces utils.imagecheck.prepare_planes (tests); it must be picklable when
+    replaces utils.image.prepare.prepare_planes (tests); it must be picklable when
     resizing (a process pool).
     """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -720,7 +684,7 @@ def write_dataset(source: Source, out_dir: str, *, name: str, val_fraction: floa
         raise UsageError(f"--max-pixels must be positive, got {max_pixels}")
     workers = int(workers or os.cpu_count() or 1)
     if prepare is None:
-        import utils.imagecheck  # noqa: F401  (fail loudly here, not as one skip per image)
+        import utils.image.prepare  # noqa: F401  (fail loudly here, not as one skip per image)
     t0 = time.time()
 
     opts = {"val_fraction": val_fraction, "folds": folds, "fraction": fraction, "shard_mb": shard_mb,
@@ -758,16 +722,16 @@ def write_dataset(source: Source, out_dir: str, *, name: str, val_fraction: floa
                 log(f"resuming the unfinished run in {out_dir}")
     _clean_temps(out_dir)
     os.makedirs(work, exist_ok=True)
-    _atomic_write_json(state_path, {"signature": sig, "plan_hash": phash})
+    atomic_write_json(state_path, {"signature": sig, "plan_hash": phash})
 
     done = _write_shards(index, plan, out_dir, resize=resize, max_pixels=max_pixels, dedupe=dedupe,
                          workers=workers, progress=progress, prepare=prepare)
     manifest, skipped = build_manifest(name, sig, index, plan, done, source=source, folds=folds, seed=seed)
 
     # labels and skipped first; manifest.json LAST: its presence means "finished"
-    _atomic_write_json(os.path.join(out_dir, mf.LABELS), index.classes)
+    atomic_write_json(os.path.join(out_dir, mf.LABELS), index.classes)
     _write_skipped_csv(os.path.join(out_dir, mf.SKIPPED), skipped)
-    _atomic_write_json(os.path.join(out_dir, mf.MANIFEST), manifest)
+    atomic_write_json(os.path.join(out_dir, mf.MANIFEST), manifest)
     shutil.rmtree(work, ignore_errors=True)
     mb = sum(s["bytes"] for v in manifest["splits"].values() for s in v["shards"]) / 1e6
     log(summary(manifest, time.time() - t0, mb))
@@ -785,7 +749,7 @@ def _check_records(path: str, shard: dict, num_classes: int, planes: int, progre
     import tensorflow as tf
 
     if hashes is not None:
-        from utils.neardup import dhash
+        from utils.generate.neardup import dhash
 
     problems = []
     counts = [0] * num_classes
@@ -810,7 +774,7 @@ def _check_records(path: str, shard: dict, num_classes: int, planes: int, progre
                     img = tf.io.decode_image(p, channels=0, expand_animations=False)
                     shape = tuple(img.shape)
                 except (tf.errors.InvalidArgumentError, ValueError) as e:
-                    problems.append(f"{shard['file']}: record {sid} does not decode: {_one_line(e, 120)}")
+                    problems.append(f"{shard['file']}: record {sid} does not decode: {first_line(e, 120)}")
                     continue
                 if hashes is not None and plane == 0:
                     hashes.append((split, shard["file"], n - 1, sid, tuple(ex[schema.LABEL]), dhash(img.numpy())))
@@ -818,7 +782,7 @@ def _check_records(path: str, shard: dict, num_classes: int, planes: int, progre
                 if shape != want:
                     problems.append(f"{shard['file']}: record {sid} decodes to {shape}, record says {want}")
     except tf.errors.DataLossError as e:
-        problems.append(f"{shard['file']}: corrupt TFRecord after {n} records: {_one_line(e, 120)}")
+        problems.append(f"{shard['file']}: corrupt TFRecord after {n} records: {first_line(e, 120)}")
     if n != shard["count"]:
         problems.append(f"{shard['file']}: {n} records, manifest says {shard['count']}")
     if shard.get("class_counts") is not None and counts != list(shard["class_counts"]):
@@ -830,7 +794,7 @@ def verify_dataset(out_dir: str, *, progress: bool = True, hashes: list | None =
     """Re-read everything; [] when the dataset is intact.
 
     hashes: a list to receive every record's dHash (see _check_records), for
-    utils.neardup.report; costs a grayscale 9x8 resize per decoded image."""
+    utils.generate.neardup.report; costs a grayscale 9x8 resize per decoded image."""
     man = mf.load_manifest(out_dir)
     problems: list[str] = []
     k = int(man["num_classes"])
@@ -839,14 +803,14 @@ def verify_dataset(out_dir: str, *, progress: bool = True, hashes: list | None =
         if len(labels) != k:
             problems.append(f"labels.json has {len(labels)} names, manifest says {k} classes")
     except (OSError, ValueError) as e:
-        problems.append(f"labels.json unreadable: {_one_line(e)}")
+        problems.append(f"labels.json unreadable: {first_line(e, 200)}")
     try:
         with open(os.path.join(out_dir, mf.SKIPPED), newline="", encoding="utf-8") as f:
             n_skipped = sum(1 for _ in csv.reader(f)) - 1
         if n_skipped != man["skipped"]["count"]:
             problems.append(f"skipped.csv has {n_skipped} rows, manifest says {man['skipped']['count']}")
     except OSError as e:
-        problems.append(f"skipped.csv unreadable: {_one_line(e)}")
+        problems.append(f"skipped.csv unreadable: {first_line(e, 200)}")
     records = sum(int(v["count"]) for v in man["splits"].values())
     if records + int(man["skipped"]["count"]) != int(man["inputs"]):
         problems.append(f"records ({records}) + skipped ({man['skipped']['count']}) != inputs ({man['inputs']})")

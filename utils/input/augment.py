@@ -36,7 +36,7 @@ from typing import Callable
 
 import tensorflow as tf
 
-from utils.errors import UsageError
+from utils.errors import UsageError, first_line
 
 # name -> default kwargs; the order here is the order of application
 DEFAULTS: dict[str, dict] = {
@@ -109,7 +109,7 @@ def random_resized_crop(image: tf.Tensor, size, scale=(0.08, 1.0), ratio=(3 / 4,
     """One image [H, W, C] (any dtype) -> float32 [h, w, C] in the input's value range."""
     win = rrc_window(tf.shape(image), scale, ratio, seed)
     crop = tf.image.crop_to_bounding_box(image, win[0], win[1], win[2], win[3])
-    from utils.pipeline import resize_image  # lazy: pipeline imports this module
+    from utils.input.pipeline import resize_image  # lazy: pipeline imports this module
 
     return resize_image(crop, tuple(int(s) for s in size))
 
@@ -230,7 +230,7 @@ def build_augmenter(names, image_size, seed=None, *, channels: int = 3, skip=())
         except TypeError as e:  # a misspelt option in the config
             raise UsageError(f"augmentation {name!r}: {e}") from None
         except ValueError as e:  # Keras' own range checks (factor > 1, ...)
-            raise UsageError(f"augmentation {name!r}: {str(e).splitlines()[0]}") from None
+            raise UsageError(f"augmentation {name!r}: {first_line(e)}") from None
         (mixers if name in MIXERS else ops).append(op)
     if len(mixers) == 2:
         ops.append(_one_of(mixers[0], mixers[1], _seed(seed, 99)))

@@ -50,9 +50,9 @@ import os
 
 import tensorflow as tf
 
-from utils import schema
+from utils.dataset import schema
 from utils.errors import UsageError
-from utils.manifest import DatasetError, load_labels, load_manifest, select_shards, split_count
+from utils.dataset.manifest import DatasetError, load_labels, load_manifest, select_shards, split_count
 
 AUTOTUNE = tf.data.AUTOTUNE
 HEADS = ("softmax", "sigmoid", "per-class")
@@ -162,7 +162,7 @@ def eval_image(planes: tf.Tensor, size: tuple[int, int], channels: int = 3, num_
 def train_crop_image(planes: tf.Tensor, size, channels: int = 3, num_planes: int = 1,
                      scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), seed=None) -> tf.Tensor:
     """Training decode with random resized crop at full resolution -> float32 [h, w, C]."""
-    from utils.augment import random_resized_crop, rrc_window
+    from utils.input.augment import random_resized_crop, rrc_window
 
     def generic():
         return random_resized_crop(decode_planes(planes, channels, num_planes), size, scale, ratio, seed)
@@ -372,7 +372,7 @@ def make_dataset(data_dir: str, split: str, *, image_size, batch_size: int, trai
     with input_context pass input_context.get_per_replica_batch_size(global).
     augment is ignored unless training (validation is never augmented).
     """
-    from utils import augment as aug
+    from utils.input import augment as aug
 
     if head not in HEADS:
         raise UsageError(f"unknown head {head!r}; valid: {', '.join(HEADS)}")

@@ -17,6 +17,8 @@ import functools
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
+from utils.errors import SourceError  # noqa: F401  (re-exported: sources raise it)
+
 SPLITS = ("train", "val", "test")
 
 
@@ -47,13 +49,6 @@ def read_files(paths: Sequence[str]) -> list[bytes]:
 
 def file_loader(*paths: str) -> Callable[[], list[bytes]]:
     return functools.partial(read_files, tuple(paths))
-
-
-class SourceError(Exception):
-    """Bad input that stops the whole run (missing input, truncated BSON, ...).
-
-    The CLI prints `str(err)` as one line on stderr and exits non-zero.
-    """
 
 
 class Source:

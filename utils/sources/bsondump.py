@@ -17,6 +17,7 @@ import csv
 import os
 from typing import Iterator, NamedTuple
 
+from utils.errors import first_line
 from utils.sources.base import Item, Skip, Source, SourceError
 
 # BSON caps documents at 16 MiB; anything far above that is a corrupt length
@@ -69,7 +70,7 @@ def _decode(data: bytes) -> dict | str:
     try:
         return bson.decode(data)
     except (BSONError, ValueError, TypeError) as e:
-        return f"invalid BSON document: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        return f"invalid BSON document: {first_line(e)}"
 
 
 def _picture(img) -> bytes | None:

@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 
 from utils.sources.base import SourceError
+from utils.files import atomic_write_csv, atomic_write_json
 
 SHAPES = ("circle", "square", "triangle", "cross", "ring")
 COLOURS = {   # RGB
@@ -118,15 +119,6 @@ def _write_image(path: str, img: np.ndarray) -> None:
         f.write(buf.tobytes())
 
 
-def _write_csv(path: str, header: list[str], rows: list[list[str]]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(header)
-        w.writerows(rows)
-    os.replace(tmp, path)
-
-
 def _is_ours(images: str) -> bool:
     return all(name in SHAPES for name in os.listdir(images))
 
@@ -173,11 +165,8 @@ def draw_demo(out_dir: str, seed: int = 0, per_class: int = 60, size: int = 64) 
     if os.path.isdir(images):
         shutil.rmtree(images)
     os.replace(tmp, images)
-    _write_csv(os.path.join(out_dir, "attributes.csv"), ["id", "attribute_ids"], rows)
-    _write_csv(os.path.join(out_dir, "attribute_names.csv"), ["attribute_id", "attribute_name"],
-               [[str(i), n] for i, n in enumerate(names)])
-    tmp_marker = marker + ".tmp"
-    with open(tmp_marker, "w") as f:
-        json.dump(params, f)
-    os.replace(tmp_marker, marker)     # written last: its presence means "finished"
+    atomic_write_csv(os.path.join(out_dir, "attributes.csv"), ["id", "attribute_ids"], rows)
+    atomic_write_csv(os.path.join(out_dir, "attribute_names.csv"), ["attribute_id", "attribute_name"],
+                     [[str(i), n] for i, n in enumerate(names)])
+    atomic_write_json(marker, params)     # written last: its presence means "finished"
     return images

@@ -22,6 +22,8 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from urllib.parse import urlsplit
 
+from utils.files import atomic_write_bytes
+
 CHUNK = 64 * 1024
 # Statuses worth another try: server-side trouble, plus "slow down" / "timed out"
 # which are 4xx codes in name only. Every other 4xx is final (404 stays 404).
@@ -120,10 +122,8 @@ def _get_once(session, url: str, timeout: float, max_bytes: int) -> bytes:
 
 
 def _write_atomic(path: str, data: bytes) -> None:
-    tmp = f"{path}{TMP_MARK}{os.getpid()}-{threading.get_ident()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)       # readers see the whole file or none of it
+    # a temp name per process and thread: two fetchers of one URL never share a part file
+    atomic_write_bytes(path, data, tmp_suffix=f"{TMP_MARK}{os.getpid()}-{threading.get_ident()}", fsync=False)
 
 
 def _fetch_one(session, url: str, path: str, *, timeout: float, retries: int,

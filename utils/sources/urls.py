@@ -120,7 +120,7 @@ class UrlListSource(Source):
         self.fetch_opts["progress"] = progress
 
     def items(self) -> Iterator[Item | Skip]:
-        from utils.download import fetch_all
+        from utils.sources.download import fetch_all
 
         rows = [e for e in self._entries if isinstance(e, Row)]
         fetched = fetch_all([(r.image_id, r.url) for r in rows], self.cache_dir, **self.fetch_opts)

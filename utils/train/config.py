@@ -14,7 +14,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from utils.errors import OneLineParser, UsageError
+from utils.errors import OneLineParser, UsageError, first_line
+from utils.files import atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,7 @@ def read_yaml_mapping(path: str) -> dict:
         with open(path) as f:
             raw = yaml.safe_load(f) or {}
     except yaml.YAMLError as e:
-        raise UsageError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise UsageError(f"{path} is not valid YAML: {first_line(e)}") from None
     if not isinstance(raw, dict):
         raise UsageError(f"{path} must be a mapping of option: value")
     return {str(key).replace("-", "_"): value for key, value in raw.items()}
@@ -223,10 +224,7 @@ def augment_list(spec):
 def save_yaml(cfg: dict, path: str) -> str:
     import yaml
 
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        yaml.safe_dump(cfg, f, sort_keys=False)
-    os.replace(tmp, path)
+    atomic_write_text(path, yaml.safe_dump(cfg, sort_keys=False))
     return path
 
 

@@ -38,6 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 from utils.errors import UsageError
+from utils.files import atomic_open, atomic_path, atomic_write_text
 
 # ----------------------------------------------------------------- strategy
 
@@ -249,12 +250,8 @@ def save_state(resume_dir: str, model, optimizer, run: dict) -> str:
     arrays.update({f"o{i:05d}": np.asarray(v.numpy()) for i, v in enumerate(optimizer.variables)})
     arrays["run"] = np.array(json.dumps(run))
     path = os.path.join(resume_dir, STATE_FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
+    with atomic_open(path, "wb") as f:
         np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
     return path
 
 
@@ -318,9 +315,9 @@ def save_model_files(model, base: str) -> list[str]:
     logging.getLogger("absl").addFilter(quiet)
     try:
         for ext in (".h5", ".keras"):
-            tmp = os.path.join(folder or ".", f".{stem}.tmp{ext}")
-            view.save(tmp)
-            os.replace(tmp, base + ext)
+            # Keras picks the format from the extension, so the temp name keeps it
+            with atomic_path(base + ext, tmp_suffix=f".tmp{ext}") as tmp:
+                view.save(tmp)
             written.append(base + ext)
     finally:
         logging.getLogger("absl").removeFilter(quiet)
@@ -354,10 +351,7 @@ def write_csv_rows(path: str, rows: list[dict]) -> None:
     w = csv.DictWriter(buf, fieldnames=cols, restval="", lineterminator="\n")
     w.writeheader()
     w.writerows(rows)
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        f.write(buf.getvalue())
-    os.replace(tmp, path)
+    atomic_write_text(path, buf.getvalue())
 
 
 def rows_up_to(rows: list[dict], n: int) -> list[dict]:
