@@ -15,6 +15,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")   # before TensorFlow loads: keep stderr for our messages
 
+from utils.dataset.manifest import SPLITS
 from utils.errors import OneLineParser, UsageError, import_tensorflow_quietly, run_cli
 
 MAX_LISTED_SKIPS = 20    # skipped inputs echoed on stderr; the full list is in the CSV
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "repeat to average several models")
     p.add_argument("--model-weights", metavar="W1,W2,...",
                    help="weight of each --model in the average (normalised to sum 1); default equal")
-    p.add_argument("--split", choices=("train", "val", "test"),
+    p.add_argument("--split", choices=SPLITS,
                    help="split of a dataset-folder input (default: val, else test)")
     p.add_argument("--cache-dir", default=".cache/detect", help="where images of a URL list are downloaded")
     p.add_argument("--tta", type=int, default=1,

@@ -126,7 +126,7 @@ def apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> None:
     known, _ = pre.parse_known_args(argv)
     if not known.config:
         return
-    from utils.train.config import read_yaml_mapping
+    from utils.errors import read_yaml_mapping
 
     conf = read_yaml_mapping(known.config)
     valid = {a.dest for a in parser._actions}

@@ -16,8 +16,8 @@ import re
 import keras
 
 from utils.errors import UsageError
+from utils.input.labels import HEADS
 
-HEADS = ("softmax", "sigmoid", "per-class")
 
 
 def check_head(head: str) -> str:

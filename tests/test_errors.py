@@ -33,7 +33,7 @@ def test_every_cli_parser_reports_a_bad_flag_as_one_usage_error():
 def test_yaml_config_keys_accept_dashes(tmp_path):
     import pytest
 
-    from utils.train.config import read_yaml_mapping
+    from utils.errors import read_yaml_mapping
     from utils.errors import UsageError
 
     f = tmp_path / "c.yaml"

@@ -1,7 +1,8 @@
-"""User-facing errors and the one place CLIs turn them into a single line."""
+"""User-facing errors and the CLI plumbing: one-line errors, the argparse class, --config files."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -38,6 +39,22 @@ def first_line(e: BaseException | str, limit: int | None = None) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     line = lines[0] if lines else (e.__class__.__name__ if isinstance(e, BaseException) else "")
     return line[:limit] if limit else line
+
+
+def read_yaml_mapping(path: str) -> dict:
+    """A --config file -> {option_name: value}, keys with '-' read as '_' (every CLI)."""
+    import yaml
+
+    if not os.path.isfile(path):
+        raise UsageError(f"config file not found: {path}")
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        raise UsageError(f"{path} is not valid YAML: {first_line(e)}") from None
+    if not isinstance(raw, dict):
+        raise UsageError(f"{path} must be a mapping of option: value")
+    return {str(key).replace("-", "_"): value for key, value in raw.items()}
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

@@ -36,6 +36,7 @@ import os
 
 from utils.errors import DatasetError  # noqa: F401  (re-exported: readers raise it)
 
+SPLITS = ("train", "val", "test")   # the only split names, in manifest order
 MANIFEST = "manifest.json"
 LABELS = "labels.json"
 SKIPPED = "skipped.csv"

@@ -49,7 +49,6 @@ from utils.sources.base import Item, Skip, Source, SourceError
 
 WORK = ".work"                       # hidden work folder inside out_dir (removed when finished)
 STATE = "state.json"                 # signature + plan hash of the unfinished run
-SPLIT_ORDER = ("train", "val", "test")
 DEFAULT_ITEM_BYTES = 64 * 1024       # size estimate for items whose source gives none
 RESIZED_BYTES_PER_PIXEL = 0.4        # rough JPEG size after --max-side, for shard cutting
 SHARD_RE = re.compile(r"^(train|val|test)-\d{5}-of-\d{5}\.tfrecord(\.tmp)?$")
@@ -260,7 +259,7 @@ def make_plan(index: Index, *, val_fraction: float | None = None, folds: int = 0
 
     shard_bytes = max(1, int(shard_mb * 1024 * 1024))
     plan: list[ShardPlan] = []
-    for split in SPLIT_ORDER:
+    for split in mf.SPLITS:
         members = [i for i in indices if split_of[i] == split]
         if not members:
             continue
@@ -544,7 +543,7 @@ def build_manifest(name: str, signature: dict, index: Index, plan: list[ShardPla
         "folds": folds if folds >= 2 else 0,
         "seed": seed,
         "inputs": inputs,
-        "splits": {sp: splits[sp] for sp in SPLIT_ORDER if sp in splits},
+        "splits": {sp: splits[sp] for sp in mf.SPLITS if sp in splits},
         "skipped": {"count": len(skipped), "by_reason": dict(by_reason.most_common())},
         "readable_names": source.readable,
     }

@@ -51,11 +51,11 @@ import os
 import tensorflow as tf
 
 from utils.dataset import schema
-from utils.errors import UsageError
 from utils.dataset.manifest import DatasetError, load_labels, load_manifest, select_shards, split_count
+from utils.errors import UsageError
+from utils.input.labels import HEADS
 
 AUTOTUNE = tf.data.AUTOTUNE
-HEADS = ("softmax", "sigmoid", "per-class")
 JPEG_MAGIC = b"\xff\xd8\xff"
 
 

@@ -17,9 +17,9 @@ import functools
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
+from utils.dataset.manifest import SPLITS  # noqa: F401  (Item.split takes these)
 from utils.errors import SourceError  # noqa: F401  (re-exported: sources raise it)
 
-SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,10 +19,9 @@ from __future__ import annotations
 import os
 from typing import Iterator
 
-from utils.sources.base import Item, Skip, Source, SourceError, file_loader
+from utils.sources.base import SPLITS, Item, Skip, Source, SourceError, file_loader
 
 IMAGE_EXTENSIONS = frozenset((".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"))
-SPLIT_DIRS = ("train", "val", "test")
 
 
 def is_hidden(name: str) -> bool:
@@ -91,7 +90,7 @@ class FolderSource(Source):
         if not subdirs:
             self.layout = "flat"
             self.classes = None
-        elif set(subdirs) <= set(SPLIT_DIRS):
+        elif set(subdirs) <= set(SPLITS):
             # A class literally named "test" next to real classes keeps the
             # class layout: only train/val/test together mean splits.
             self.layout = "splits"

@@ -14,8 +14,9 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from utils.errors import OneLineParser, UsageError, first_line
+from utils.errors import OneLineParser, UsageError, read_yaml_mapping
 from utils.files import atomic_write_text
+from utils.input.labels import HEADS
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ OPTIONS: dict[str, Option] = {
     "model": Option("densenet121", "backbone name from model/registry.py (e.g. densenet121, inceptionv3, efficientnetb0)"),
     "weights": Option("imagenet", "backbone weights: imagenet (downloaded once), none (from scratch) or PATH to a local no-top weights file"),
     "head": Option(None, "softmax (one label), sigmoid (multi-label) or per-class (one output per class); default from the manifest: multi_label -> sigmoid, else softmax",
-                   choices=("softmax", "sigmoid", "per-class")),
+                   choices=HEADS),
     "layers": Option("all", "which layers train: heads (backbone frozen, its BatchNorm in inference mode), all, or a REGEX over layer names"),
     "image_size": Option(None, "input side in pixels (square); default the model's registry size", int),
     "dropout": Option(0.2, "dropout before the classifier (fraction)", float),
@@ -110,22 +111,6 @@ def build_parser(description: str) -> argparse.ArgumentParser:
             p.add_argument(flag(name), dest=name, type=o.type, choices=o.choices, default=None, help=help_,
                            metavar=metavar)
     return p
-
-
-def read_yaml_mapping(path: str) -> dict:
-    """A --config file -> {option_name: value}, keys with '-' read as '_' (every CLI)."""
-    import yaml
-
-    if not os.path.isfile(path):
-        raise UsageError(f"config file not found: {path}")
-    try:
-        with open(path) as f:
-            raw = yaml.safe_load(f) or {}
-    except yaml.YAMLError as e:
-        raise UsageError(f"{path} is not valid YAML: {first_line(e)}") from None
-    if not isinstance(raw, dict):
-        raise UsageError(f"{path} must be a mapping of option: value")
-    return {str(key).replace("-", "_"): value for key, value in raw.items()}
 
 
 def load_yaml(path: str) -> dict:
