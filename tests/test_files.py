@@ -66,3 +66,34 @@ def test_file_sha256_reads_in_chunks(tmp_path):
     data = os.urandom(10_000)
     (tmp_path / "b").write_bytes(data)
     assert file_sha256(str(tmp_path / "b"), chunk=999) == hashlib.sha256(data).hexdigest()
+
+
+def test_exclusive_lock_refuses_a_second_holder_and_names_its_pid(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    from utils.files import LockedError, exclusive_lock
+
+    lock = str(tmp_path / ".lock")
+    code = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {os.getcwd()!r})
+        from utils.files import exclusive_lock
+        with exclusive_lock({lock!r}, "data/x"):
+            print("held", flush=True)
+            time.sleep(60)
+    """)
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(LockedError) as err:
+            with exclusive_lock(lock, "data/x"):
+                pass
+        assert str(err.value) == (f"data/x is being written by another run (pid {holder.pid}); "
+                                  "wait for it or choose another --out")
+    finally:
+        holder.kill()      # kill -9: the kernel drops the lock, no stale lock stays
+        holder.wait()
+    with exclusive_lock(lock, "data/x"):
+        assert open(lock).read().strip() == str(os.getpid())

@@ -102,3 +102,40 @@ def file_sha256(path: str, chunk: int = 4 << 20) -> str:
             if not b:
                 return h.hexdigest()
             h.update(b)
+
+
+class LockedError(OSError):
+    """Another live process holds the lock; str() is the one line a CLI prints."""
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_path: str, what: str, hint: str = "wait for it or choose another --out") -> Iterator[None]:
+    """Hold an exclusive advisory lock on `lock_path` for the duration of the block.
+
+    flock locks belong to the open file: the kernel releases them when the process
+    dies, so a kill -9 never leaves a stale lock behind, and the lock file itself is
+    left in place (removing it would let a third process lock a different inode).
+    The holder's pid is written into the file so the refusal can name it.
+
+    Args:
+        lock_path: the lock file (created when missing; its folder must exist).
+        what: the output it guards, for the message (e.g. "data/pets").
+        hint: what the user can do, after the semicolon.
+    Raises:
+        LockedError: another process holds it:
+            "<what> is being written by another run (pid N); <hint>".
+    """
+    import fcntl
+
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            raise LockedError(f"{what} is being written by another run (pid {holder}); {hint}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)     # releases the lock
