@@ -9,8 +9,7 @@ import csv
 import os
 import re
 
-from utils.errors import UsageError
-from utils.sources.base import SourceError
+from utils.errors import SourceError, UsageError
 
 KINDS = ("folder", "csv", "multichannel", "bson", "urls")
 _URL = re.compile(r"^https?://", re.IGNORECASE)
@@ -24,11 +23,22 @@ def _first_data_line(path: str) -> list[str] | None:
     return None
 
 
-def detect_kind(path: str) -> str:
-    """'folder' for a directory, 'bson' for a .bson file, 'urls' for a CSV/text
-    list whose first data line has an http(s) URL in column 2."""
+def _require_exists(path: str) -> None:
     if not os.path.exists(path):
         raise SourceError(f"input not found: {path}")
+
+
+def detect_kind(path: str) -> str:
+    """The kind of SOURCE `path` is, from its type and first line.
+
+    Returns:
+        'folder' for a directory, 'bson' for a .bson file, 'urls' for a CSV/text
+        list whose first data line has an http(s) URL in column 2.
+    Raises:
+        SourceError: `path` does not exist.
+        UsageError: none of these (a labels CSV given as SOURCE, another file type).
+    """
+    _require_exists(path)
     if os.path.isdir(path):
         return "folder"
     ext = os.path.splitext(path)[1].lower()
@@ -48,12 +58,20 @@ def _opt(args, name, default=None):
 
 
 def open_source(kind: str | None, path: str, args=None):
-    """Build the Source for `kind` (None: detect it). `args` is the CLI namespace
-    (labels, label_names, channels, categories, out, concurrency, timeout)."""
+    """Build the Source for SOURCE `path`.
+
+    Args:
+        kind: one of KINDS, or None to detect it. A folder with --channels is
+            multichannel, with --labels csv.
+        args: the CLI namespace (labels, label_names, label_mode, channels,
+            categories, out, concurrency, timeout); None for the defaults.
+    Raises:
+        SourceError: a missing input (and what the source itself refuses).
+        UsageError: a kind that does not fit the path or lacks its flags.
+    """
     if kind is None:
         kind = detect_kind(path)
-    if not os.path.exists(path):
-        raise SourceError(f"input not found: {path}")
+    _require_exists(path)
     labels, channels = _opt(args, "labels"), _opt(args, "channels")
     label_names = _opt(args, "label_names")
     if kind == "folder" and channels:
@@ -88,7 +106,8 @@ def open_source(kind: str | None, path: str, args=None):
 
         return BsonSource(path, _opt(args, "categories"))
     # urls
-    from utils.sources.urls import UrlListSource, read_label_names
+    from utils.sources.table import read_label_names
+    from utils.sources.urls import UrlListSource
 
     out = _opt(args, "out") or "."
     names = read_label_names(label_names) if label_names else None

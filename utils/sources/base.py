@@ -14,26 +14,29 @@ Sources do NOT decode or validate images; the writer does that once for all.
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
-from utils.dataset.manifest import SPLITS  # noqa: F401  (Item.split takes these)
-from utils.errors import SourceError  # noqa: F401  (re-exported: sources raise it)
-
+from utils.errors import SourceError  # noqa: F401  (re-exported: the writer and tests catch it from here)
 
 
 @dataclass(frozen=True, slots=True)
 class Item:
+    """One sample: where its bytes come from and what it is."""
+
     key: str                      # unique, stable name of the input (rel. path, "file.bson#product/photo", URL id)
     source_id: str                # -> image/source_id; a product's photos share it (val split groups by it)
     labels: tuple[str, ...]       # class NAMES; () = unlabeled
     load: Callable[[], list[bytes]] = field(compare=False)  # -> encoded planes (1, or N for multi-channel)
     size: int = 0                 # estimated encoded bytes (for sharding by size)
-    split: str | None = None      # 'train' / 'val' / 'test' when the source dictates it
+    split: str | None = None      # one of utils.dataset.manifest.SPLITS when the source dictates it
 
 
 @dataclass(frozen=True, slots=True)
 class Skip:
+    """An input that cannot become a sample; a row of skipped.csv."""
+
     key: str                      # same naming as Item.key
     reason: str                   # short, stable, human readable: "label not in label list: foo"
 
@@ -48,19 +51,27 @@ def read_files(paths: Sequence[str]) -> list[bytes]:
 
 
 def file_loader(*paths: str) -> Callable[[], list[bytes]]:
+    """A picklable Item.load that reads `paths` (one file per plane)."""
     return functools.partial(read_files, tuple(paths))
+
+
+def file_item(key: str, source_id: str, labels: tuple[str, ...], *paths: str, split: str | None = None) -> Item:
+    """The Item of a sample stored in files (one per plane); its size is theirs on disk."""
+    return Item(key=key, source_id=source_id, labels=labels, load=file_loader(*paths),
+                size=sum(os.path.getsize(p) for p in paths), split=split)
 
 
 class Source:
     """Base class. Subclasses set `kind` and implement `items()`.
 
-    classes:     class names in index order when the source fixes them
-                 (--label-names, --categories, a folder's class dirs); None means
-                 "the sorted set of labels seen" (the writer derives it).
-    multi_label: True when a sample may carry several labels.
-    args:        what to record in manifest.json under source.args.
-    readable:    optional {class name: readable name} kept in the manifest
-                 (Cdiscount category_id -> "level1 / level2 / level3").
+    Attributes:
+        classes: class names in index order when the source fixes them
+            (--label-names, --categories, a folder's class dirs); None means
+            "the sorted set of labels seen" (the writer derives it).
+        multi_label: True when a sample may carry several labels.
+        args: what to record in manifest.json under source.args.
+        readable: optional {class name: readable name} kept in the manifest
+            (Cdiscount category_id -> "level1 / level2 / level3").
     """
 
     kind: str = "?"
@@ -72,4 +83,5 @@ class Source:
         self.readable: dict[str, str] | None = None
 
     def items(self) -> Iterator[Item | Skip]:
+        """Every input, in a stable order, as exactly one Item or Skip."""
         raise NotImplementedError

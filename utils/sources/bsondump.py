@@ -13,12 +13,12 @@ order without sharing a file handle.
 """
 from __future__ import annotations
 
-import csv
-import os
 from typing import Iterator, NamedTuple
 
-from utils.errors import first_line
-from utils.sources.base import Item, Skip, Source, SourceError
+from utils.errors import SourceError, first_line
+from utils.sources.base import Item, Skip, Source
+from utils.sources.folder import require_file
+from utils.sources.table import read_csv_rows
 
 # BSON caps documents at 16 MiB; anything far above that is a corrupt length
 # field, and believing it would allocate gigabytes for one read.
@@ -26,24 +26,22 @@ MAX_DOC_BYTES = 64 * 1024 * 1024
 
 
 class RawDoc(NamedTuple):
+    """One document as it lies in the file."""
+
     offset: int          # byte offset of the document in the file
     length: int          # document length in bytes (the length prefix included)
     data: bytes          # the whole document
 
 
-def _require_file(path: str) -> None:
-    if not os.path.isfile(path):
-        raise SourceError(f"input not found: {path}")
-
-
 def iter_raw_documents(path: str) -> Iterator[RawDoc]:
     """Yield each document's bytes in file order, one at a time.
 
-    Raises SourceError on a file cut short inside a document (a partial copy
-    or download) and on a length field that cannot be right: after either we
-    cannot find the next document boundary, so the run must stop.
+    Raises:
+        SourceError: a file cut short inside a document (a partial copy or
+            download), or a length field that cannot be right: after either we
+            cannot find the next document boundary, so the run must stop.
     """
-    _require_file(path)
+    require_file(path)
     with open(path, "rb") as f:
         offset = 0
         while True:
@@ -83,7 +81,11 @@ def _picture(img) -> bytes | None:
 
 
 def read_picture(path: str, offset: int, length: int, index: int) -> list[bytes]:
-    """Item.load: re-read one document by position and return [photo `index`]."""
+    """Item.load: re-read one document by position and return [photo `index`].
+
+    Raises:
+        SourceError: the dump changed since it was indexed (cut short, not BSON, no such photo).
+    """
     with open(path, "rb") as f:
         f.seek(offset)
         data = f.read(length)
@@ -101,6 +103,7 @@ def read_picture(path: str, offset: int, length: int, index: int) -> list[bytes]
 
 class _Document:
     """Where one product's document lies in the dump; shared by its photos' loaders."""
+
     __slots__ = ("path", "offset", "length")
 
     def __init__(self, path: str, offset: int, length: int) -> None:
@@ -119,7 +122,9 @@ class PictureLoader:
     The writer holds every Item of the dump in memory (12.4M photos for the full
     Cdiscount train set); a functools.partial with its own argument tuple and
     integers took ~220 bytes per photo, this takes a pointer and a small int.
-    Picklable, for the writer's resize workers."""
+    Picklable, for the writer's resize workers.
+    """
+
     __slots__ = ("doc", "index")
 
     def __init__(self, doc: _Document, index: int) -> None:
@@ -136,12 +141,16 @@ class PictureLoader:
 
 
 def iter_products(path: str) -> Iterator[tuple[str, str | None, list[bytes]]]:
-    """(product_id, category or None, [photo bytes, ...]) per product, streaming.
+    """Each product of a dump with its photos, streaming (detect.py's one prediction per product).
 
-    For detect.py's one-prediction-per-product mode. Malformed photo entries are
-    left out, so the list may be empty (the caller reports such a product);
-    documents that do not decode or have no `_id` are not products and are
-    passed over. Truncation raises SourceError, as in BsonSource.
+    Malformed photo entries are left out, so the list may be empty (the caller
+    reports such a product); documents that do not decode or have no `_id` are
+    not products and are passed over.
+
+    Yields:
+        (product_id, category or None, [photo bytes, ...]).
+    Raises:
+        SourceError: the file is cut short or corrupt, as in BsonSource.
     """
     for raw in iter_raw_documents(path):
         doc = _decode(raw.data)
@@ -154,29 +163,32 @@ def iter_products(path: str) -> Iterator[tuple[str, str | None, list[bytes]]]:
 
 
 def read_categories(csv_path: str) -> tuple[list[str], dict[str, str]]:
-    """category_names.csv -> (category ids in file order, {id: "l1 / l2 / l3"}).
+    """Read category_names.csv: `category_id,category_level1,category_level2,category_level3`.
 
     Level names hold commas inside quotes ("CHAUSSURES - ACCESSOIRES",
-    "BOUCHONS, PIPETTES"), so this is csv.reader's job, not str.split.
+    "BOUCHONS, PIPETTES"), so this is csv.reader's job (read_csv_rows), not str.split.
+
+    Returns:
+        (category ids in file order, {id: "l1 / l2 / l3"}).
+    Raises:
+        SourceError: a missing file, no category_id column, an empty or repeated id, no rows.
     """
-    _require_file(csv_path)
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        fields = [c.strip() for c in (reader.fieldnames or [])]
-        if "category_id" not in fields:
-            raise SourceError(f"{csv_path}: no category_id column (header: {','.join(fields) or 'empty'})")
-        reader.fieldnames = fields
-        levels = [c for c in ("category_level1", "category_level2", "category_level3") if c in fields]
-        ids: list[str] = []
-        readable: dict[str, str] = {}
-        for n, row in enumerate(reader, start=2):
-            cid = (row.get("category_id") or "").strip()
-            if not cid:
-                raise SourceError(f"{csv_path}: line {n}: empty category_id")
-            if cid in readable:
-                raise SourceError(f"{csv_path}: line {n}: duplicate category_id {cid}")
-            ids.append(cid)
-            readable[cid] = " / ".join((row.get(c) or "").strip() for c in levels)
+    rows = read_csv_rows(csv_path)
+    fields = rows[0][1] if rows else []
+    if "category_id" not in fields:
+        raise SourceError(f"{csv_path}: no category_id column (header: {','.join(fields) or 'empty'})")
+    levels = [c for c in ("category_level1", "category_level2", "category_level3") if c in fields]
+    ids: list[str] = []
+    readable: dict[str, str] = {}
+    for n, values in rows[1:]:
+        row = dict(zip(fields, values))
+        cid = row.get("category_id", "")
+        if not cid:
+            raise SourceError(f"{csv_path}: line {n}: empty category_id")
+        if cid in readable:
+            raise SourceError(f"{csv_path}: line {n}: duplicate category_id {cid}")
+        ids.append(cid)
+        readable[cid] = " / ".join(row.get(c, "") for c in levels)
     if not ids:
         raise SourceError(f"{csv_path}: no categories")
     return ids, readable
@@ -196,7 +208,7 @@ class BsonSource(Source):
 
     def __init__(self, path: str, categories: str | None = None) -> None:
         super().__init__()
-        _require_file(path)
+        require_file(path)
         self.path = path
         self.args = {"path": path, "categories": categories}
         self._known: set[str] | None = None
@@ -207,8 +219,11 @@ class BsonSource(Source):
             self._known = set(ids)
 
     def _labels(self, cat) -> tuple[str, ...]:
-        """One shared tuple per category: the writer keeps every Item of a 58 GB
-        dump (12M photos) in memory, so per-item copies of the label add up."""
+        """One shared tuple per category.
+
+        The writer keeps every Item of a 58 GB dump (12M photos) in memory, so
+        per-item copies of the label add up.
+        """
         if cat is None:
             return ()
         labels = self._label_cache.get(cat)

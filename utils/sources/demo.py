@@ -22,7 +22,6 @@ are deterministic: the same parameters give byte-identical files.
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -30,7 +29,7 @@ import shutil
 import cv2
 import numpy as np
 
-from utils.sources.base import SourceError
+from utils.errors import SourceError
 from utils.files import atomic_write_csv, atomic_write_json
 
 SHAPES = ("circle", "square", "triangle", "cross", "ring")
@@ -50,6 +49,7 @@ MARKER = ".demo.json"
 
 
 def attribute_names() -> list[str]:
+    """The multi-label attribute names in index order: shapes, colours, gray, sizes."""
     return [*SHAPES, *COLOURS, GRAY, *SIZES]
 
 
@@ -124,9 +124,19 @@ def _is_ours(images: str) -> bool:
 
 
 def draw_demo(out_dir: str, seed: int = 0, per_class: int = 60, size: int = 64) -> str:
-    """Draw the demo set into `out_dir` (see the module doc); returns the image folder.
+    """Draw the demo set into `out_dir` (see the module doc).
 
     Idempotent: a finished drawing with the same parameters is left as it is.
+
+    Args:
+        seed: the one RNG seed; the same parameters give byte-identical files.
+        per_class: images per shape.
+        size: image side in pixels.
+    Returns:
+        The image folder, `out_dir/images`.
+    Raises:
+        SourceError: `out_dir/images` holds something other than a demo drawing.
+        ValueError: per_class < 1 or size < 16.
     """
     if per_class < 1 or size < 16:
         raise ValueError(f"per_class must be >= 1 and size >= 16, got {per_class}, {size}")

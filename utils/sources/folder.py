@@ -11,35 +11,46 @@ Every non-hidden file found becomes an Item or a Skip, so the writer's
 folders (".DS_Store", ".ipynb_checkpoints") are not inputs. Order is sorted,
 so two runs see the same sequence.
 
-The file walk and the extension list are shared with table.py and
-multichannel.py.
+The one file walk and image-extension list of the project live here too:
+table.py, multichannel.py and detect's input discovery use them.
 """
 from __future__ import annotations
 
 import os
 from typing import Iterator
 
-from utils.sources.base import SPLITS, Item, Skip, Source, SourceError, file_loader
+from utils.dataset.manifest import SPLITS
+from utils.errors import SourceError
+from utils.sources.base import Item, Skip, Source, file_item
 
 IMAGE_EXTENSIONS = frozenset((".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"))
 
 
 def is_hidden(name: str) -> bool:
+    """Dot files and folders (".DS_Store", ".ipynb_checkpoints") are not inputs."""
     return name.startswith(".")
+
+
+def has_image_extension(name: str) -> bool:
+    """True when `name` ends in one of IMAGE_EXTENSIONS (any case)."""
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
 def extension_problem(name: str) -> str | None:
     """The skip reason for a file that is not an image by its extension, else None."""
-    ext = os.path.splitext(name)[1].lower()
-    if ext in IMAGE_EXTENSIONS:
+    if has_image_extension(name):
         return None
-    return f"unsupported file type: {ext or '(no extension)'}"
+    return f"unsupported file type: {os.path.splitext(name)[1].lower() or '(no extension)'}"
 
 
 def walk_files(top: str, exclude: frozenset[str] = frozenset()) -> list[str]:
     """Non-hidden files under `top`, as sorted absolute paths (deterministic order).
 
-    `exclude`: real paths to leave out (a labels CSV kept inside the image folder).
+    Args:
+        top: the folder to walk.
+        exclude: real paths to leave out (a labels CSV kept inside the image folder).
+    Returns:
+        The paths, in the order of their `rel_key` (sorted).
     """
     # realpath/relpath per file cost ~35 us each: 70% of pass-through writing time
     # on small JPEGs. Only names that could be an excluded file are resolved, and
@@ -58,21 +69,48 @@ def walk_files(top: str, exclude: frozenset[str] = frozenset()) -> list[str]:
     return sorted(found, key=lambda p: rel_key(p, top))
 
 
+def walk_inputs(top: str, exclude: frozenset[str] = frozenset()) -> Iterator[tuple[str, str, str | None]]:
+    """Every input file under `top` (see walk_files), with its key and extension check.
+
+    Yields:
+        (path, key relative to `top` with "/" separators, skip reason or None).
+    """
+    for path in walk_files(top, exclude):
+        yield path, rel_key(path, top), extension_problem(path)
+
+
 def rel_key(path: str, root: str) -> str:
+    """`path` relative to `root`, with "/" separators on every OS (an Item key)."""
     prefix = os.path.join(root, "")
     rel = path[len(prefix):] if path.startswith(prefix) else os.path.relpath(path, root)
     return rel.replace(os.sep, "/") if os.sep != "/" else rel
 
 
 def stem(path: str) -> str:
+    """The file name without folder and extension: "a/00123.jpg" -> "00123"."""
     return os.path.splitext(os.path.basename(path))[0]
 
 
 def require_dir(path: str) -> None:
+    """Stop the run unless `path` is a folder.
+
+    Raises:
+        SourceError: "input not found: PATH" or "not a folder: PATH".
+    """
     if not os.path.exists(path):
         raise SourceError(f"input not found: {path}")
     if not os.path.isdir(path):
         raise SourceError(f"not a folder: {path}")
+
+
+def require_file(path: str) -> None:
+    """Stop the run unless `path` is a file.
+
+    Raises:
+        SourceError: "input not found: PATH".
+    """
+    if not os.path.isfile(path):
+        raise SourceError(f"input not found: {path}")
 
 
 def _subdirs(path: str) -> list[str]:
@@ -80,6 +118,12 @@ def _subdirs(path: str) -> list[str]:
 
 
 class FolderSource(Source):
+    """One Item per image file under `root`, labelled by its layout (see the module doc).
+
+    Attributes (besides Source's):
+        layout: "classes", "splits" or "flat".
+    """
+
     kind = "folder"
 
     def __init__(self, root: str) -> None:
@@ -105,32 +149,23 @@ class FolderSource(Source):
         self.args = {"root": root, "layout": self.layout}
 
     def items(self) -> Iterator[Item | Skip]:
-        for path in walk_files(self.root):
-            yield self._one(path)
+        for path, key, problem in walk_inputs(self.root):
+            yield Skip(key, problem) if problem else self._one(path, key)
 
-    def _one(self, path: str) -> Item | Skip:
-        key = rel_key(path, self.root)
-        problem = extension_problem(path)
-        if problem:
-            return Skip(key, problem)
+    def _one(self, path: str, key: str) -> Item | Skip:
         parts = key.split("/")
         if self.layout == "flat":
-            return self._item(path, key, (), "test")
+            return file_item(key, stem(path), (), path, split="test")
         if self.layout == "classes":
             if len(parts) < 2:
                 return Skip(key, "image outside class folders")
-            return self._item(path, key, (parts[0],), None)
+            return file_item(key, stem(path), (parts[0],), path)
         # splits
         if len(parts) < 2:
             return Skip(key, "image outside split folders")
         split = parts[0]
         if split == "test":
-            return self._item(path, key, (), "test")
+            return file_item(key, stem(path), (), path, split="test")
         if len(parts) < 3:
             return Skip(key, "image outside class folders")
-        return self._item(path, key, (parts[1],), split)
-
-    @staticmethod
-    def _item(path: str, key: str, labels: tuple[str, ...], split: str | None) -> Item:
-        return Item(key=key, source_id=stem(path), labels=labels, load=file_loader(path),
-                    size=os.path.getsize(path), split=split)
+        return file_item(key, stem(path), (parts[1],), path, split=split)

@@ -17,9 +17,10 @@ from __future__ import annotations
 import os
 from typing import Iterator
 
-from utils.sources.base import Item, Skip, Source, SourceError, file_loader
-from utils.sources.folder import extension_problem, rel_key, require_dir, stem, walk_files
-from utils.sources.table import map_labels, read_label_map, read_label_table
+from utils.errors import SourceError
+from utils.sources.base import Item, Skip, file_item
+from utils.sources.folder import require_dir, stem, walk_inputs
+from utils.sources.table import LabelledSource
 
 
 def split_name(path: str) -> tuple[str, str] | None:
@@ -28,37 +29,36 @@ def split_name(path: str) -> tuple[str, str] | None:
     return (sid, suffix) if sep and sid and suffix else None
 
 
-class MultiChannelSource(Source):
+class MultiChannelSource(LabelledSource):
+    """One Item per complete group of channel files under `root` (see the module doc).
+
+    Args:
+        channels: the file-name suffixes of the planes, in plane order.
+    Raises:
+        SourceError: a missing root, no or repeated channel suffixes, bad label files.
+    """
+
     kind = "multichannel"
 
     def __init__(self, root: str, channels: list[str], labels_csv: str | None = None,
                  label_names: str | None = None, multi_label: bool | None = None) -> None:
-        super().__init__()
         require_dir(root)
         channels = [c.strip() for c in channels]
         if not channels or not all(channels):
             raise SourceError("--channels needs the channel suffixes in order, e.g. w1,w2,w3")
         if len(set(channels)) != len(channels):
             raise SourceError(f"--channels lists a suffix twice: {','.join(channels)}")
+        super().__init__(labels_csv, label_names, multi_label)
         self.root = root
         self.channels = channels
-        self.table = None
-        self.mapping = None
-        if labels_csv:
-            self.table, self.multi_label = read_label_table(labels_csv, multi_label)
-        if label_names:
-            self.classes, self.mapping = read_label_map(label_names)
         self.args = {"root": root, "channels": channels, "labels": labels_csv, "label_names": label_names,
                      "multi_label": self.multi_label}
-        self._exclude = frozenset(os.path.realpath(p) for p in (labels_csv, label_names) if p)
 
     def items(self) -> Iterator[Item | Skip]:
         known = set(self.channels)
         groups: dict[str, dict[str, str]] = {}      # group id -> {channel: path}; insertion = sorted order
         bare: dict[str, str] = {}                   # group id -> id without its folder
-        for path in walk_files(self.root, self._exclude):
-            key = rel_key(path, self.root)
-            problem = extension_problem(path)
+        for path, key, problem in walk_inputs(self.root, self._exclude):
             parts = split_name(path)
             if problem:
                 yield Skip(key, problem)
@@ -92,18 +92,13 @@ class MultiChannelSource(Source):
                 if row is None:
                     yield Skip(gid, "no CSV row for image")
                     continue
-                if not self.table[row] and not self.multi_label:
-                    yield Skip(gid, "empty label")
-                    continue
-                named = map_labels(self.table[row], self.mapping)
+                named = self.class_names(row)
                 if isinstance(named, str):
                     yield Skip(gid, named)
                     continue
                 labels = named
-            paths = [planes[c] for c in self.channels]
-            yield Item(key=gid, source_id=gid, labels=labels, load=file_loader(*paths),
-                       size=sum(os.path.getsize(p) for p in paths),
-                       split=None if self.table is not None else "test")
+            yield file_item(gid, gid, labels, *(planes[c] for c in self.channels),
+                            split=None if self.table is not None else "test")
 
         if self.table is not None:
             for row in self.table:

@@ -11,6 +11,7 @@ Ids are kept as strings: "00123" is not 123.
   * a text file, one name per line: the index is the line number, and labels in
     the CSV may be names or indices.
 Without it the classes are the sorted set of labels seen (the writer's job).
+MultiChannelSource reads its labels the same way (LabelledSource).
 
 Inputs are the image files under `images_dir` (recursively) plus the CSV rows
 that have no image; each becomes exactly one Item or Skip.
@@ -21,17 +22,24 @@ import csv
 import os
 from typing import Iterator
 
-from utils.sources.base import Item, Skip, Source, SourceError, file_loader
-from utils.sources.folder import IMAGE_EXTENSIONS, extension_problem, rel_key, require_dir, stem, walk_files
+from utils.errors import SourceError
+from utils.sources.base import Item, Skip, Source, file_item
+from utils.sources.folder import has_image_extension, require_dir, require_file, stem, walk_inputs
 
 MULTI_LABEL_COLUMNS = ("attribute_ids", "labels", "tags")
 
 
+# ----------------------------------------------------------------------------- reading files
+
 def read_csv_rows(path: str) -> list[tuple[int, list[str]]]:
-    """[(line number, stripped fields)] of a CSV, blank lines dropped; a BOM and
-    CRLF line ends are fine, anything unreadable is one SourceError line."""
-    if not os.path.isfile(path):
-        raise SourceError(f"input not found: {path}")
+    """The non-blank rows of a CSV; a BOM and CRLF line ends are fine.
+
+    Returns:
+        [(line number, stripped fields)].
+    Raises:
+        SourceError: a missing file, not UTF-8, or bad CSV (one line).
+    """
+    require_file(path)
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
@@ -50,13 +58,37 @@ def _read_rows(path: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
     return rows[0][1], rows[1:]
 
 
-def read_label_table(path: str, multi_label: bool | None = None) -> tuple[dict[str, tuple[str, ...]], bool]:
-    """Labels CSV -> ({id: labels}, multi_label).
+def _read_lines(path: str, what: str) -> list[str]:
+    """The non-blank lines of a UTF-8 text file, stripped; `what` names it in the error."""
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            return [line.strip() for line in f if line.strip()]
+    except UnicodeDecodeError:
+        raise SourceError(f"{what}: not a UTF-8 text file") from None
 
-    multi_label None (--label-mode auto): True when column 2 is named
-    attribute_ids / labels / tags or any value holds several space-separated
-    labels. A single-label CSV whose class names contain spaces ("golden
-    retriever") needs multi_label=False (--label-mode single) to be read right.
+
+def _first_repeat(names: list[str]) -> str | None:
+    seen = set()
+    for n in names:
+        if n in seen:
+            return n
+        seen.add(n)
+    return None
+
+
+def read_label_table(path: str, multi_label: bool | None = None) -> tuple[dict[str, tuple[str, ...]], bool]:
+    """Read a labels CSV: `id,label`, or `id,attribute_ids` with space-separated labels.
+
+    Args:
+        path: the CSV (with a header).
+        multi_label: None (--label-mode auto): True when column 2 is named
+            attribute_ids / labels / tags or any value holds several space-separated
+            labels. A single-label CSV whose class names contain spaces ("golden
+            retriever") needs multi_label=False (--label-mode single) to be read right.
+    Returns:
+        ({id: labels}, multi_label).
+    Raises:
+        SourceError: a missing, empty or malformed CSV, or an id given twice.
     """
     header, rows = _read_rows(path)
     if len(header) < 2:
@@ -79,14 +111,18 @@ def read_label_table(path: str, multi_label: bool | None = None) -> tuple[dict[s
 
 
 def read_label_map(path: str) -> tuple[list[str], dict[str, str]]:
-    """Label names file -> (class names in index order, {label as written in a CSV: name}).
+    """Read a label names file (--label-names of the csv and multichannel kinds).
 
     CSV `id,name` (with header): names ordered by id (numerically when all ids
     are integers); ids and names both map to the name. Anything else: one name
     per line; names and line indices ("0", "1", ...) map to the name.
+
+    Returns:
+        (class names in index order, {label as written in a labels CSV: class name}).
+    Raises:
+        SourceError: a missing or malformed file, no names, a name given twice.
     """
-    if not os.path.isfile(path):
-        raise SourceError(f"input not found: {path}")
+    require_file(path)
     if path.lower().endswith(".csv"):
         header, rows = _read_rows(path)
         if len(header) >= 2:
@@ -103,11 +139,7 @@ def read_label_map(path: str) -> tuple[list[str], dict[str, str]]:
             return _unique(names, path), mapping
         names = [fields[0] for _, fields in rows if fields and fields[0]]
     else:
-        try:
-            with open(path, encoding="utf-8-sig") as f:
-                names = [line.strip() for line in f if line.strip()]
-        except UnicodeDecodeError:
-            raise SourceError(f"{path}: not a UTF-8 text file") from None
+        names = _read_lines(path, path)
     if not names:
         raise SourceError(f"{path}: no label names")
     mapping = {str(i): n for i, n in enumerate(names)}
@@ -115,17 +147,35 @@ def read_label_map(path: str) -> tuple[list[str], dict[str, str]]:
     return _unique(names, path), mapping
 
 
-def read_label_names(path: str) -> list[str]:
-    """Class names in index order from a label names file (see read_label_map)."""
-    return read_label_map(path)[0]
-
-
 def _unique(names: list[str], path: str) -> list[str]:
-    seen = set()
-    for n in names:
-        if n in seen:
-            raise SourceError(f"{path}: label name {n!r} appears twice")
-        seen.add(n)
+    repeat = _first_repeat(names)
+    if repeat is not None:
+        raise SourceError(f"{path}: label name {repeat!r} appears twice")
+    return names
+
+
+def read_label_names(value: str) -> list[str]:
+    """Read the `--label-names` value of a URL list: the names of its K label columns.
+
+    Args:
+        value: a file (one name per line, or one comma-separated line) when such
+            a file exists, else the names separated by commas.
+    Returns:
+        The names, in column order.
+    Raises:
+        SourceError: not UTF-8, an empty name, a name given twice.
+    """
+    if os.path.isfile(value):
+        lines = _read_lines(value, f"--label-names {value}")
+        if len(lines) == 1:
+            lines = lines[0].split(",")
+    else:
+        lines = value.split(",")
+    names = [n.strip() for n in lines]
+    if not names or any(not n for n in names):
+        raise SourceError(f"--label-names: empty name in {value!r}")
+    if _first_repeat(names) is not None:
+        raise SourceError(f"--label-names: duplicate names in {value!r}")
     return names
 
 
@@ -142,47 +192,67 @@ def map_labels(labels: tuple[str, ...], mapping: dict[str, str] | None) -> tuple
     return tuple(out)
 
 
-def _has_image_extension(sid: str) -> bool:
-    return os.path.splitext(sid)[1].lower() in IMAGE_EXTENSIONS
+# ----------------------------------------------------------------------------- sources
+
+class LabelledSource(Source):
+    """A source labelled by a labels CSV (read_label_table), named by an optional label names file.
+
+    Attributes (besides Source's):
+        table: {id: labels as written} from the labels CSV; None without one.
+        mapping: {label as written: class name} from the label names file; None without one.
+    """
+
+    def __init__(self, labels_csv: str | None, label_names: str | None, multi_label: bool | None) -> None:
+        super().__init__()
+        self.table: dict[str, tuple[str, ...]] | None = None
+        self.mapping: dict[str, str] | None = None
+        if labels_csv:
+            self.table, self.multi_label = read_label_table(labels_csv, multi_label)
+        if label_names:
+            self.classes, self.mapping = read_label_map(label_names)
+        # both files may sit inside the image folder; they are not inputs
+        self._exclude = frozenset(os.path.realpath(p) for p in (labels_csv, label_names) if p)
+
+    def class_names(self, row: str) -> tuple[str, ...] | str:
+        """The class names of labels CSV row `row`, or the skip reason."""
+        labels = self.table[row]
+        if not labels and not self.multi_label:
+            return "empty label"
+        return map_labels(labels, self.mapping)
 
 
-class TableSource(Source):
+class TableSource(LabelledSource):
+    """One Item per image under `images_dir` that has a row in `labels_csv` (see the module doc)."""
+
     kind = "csv"
 
     def __init__(self, images_dir: str, labels_csv: str, label_names: str | None = None,
                  multi_label: bool | None = None) -> None:
-        super().__init__()
         require_dir(images_dir)
+        super().__init__(labels_csv, label_names, multi_label)
         self.images_dir = images_dir
         self.labels_csv = labels_csv
-        self.table, self.multi_label = read_label_table(labels_csv, multi_label)
-        self.mapping = None
-        if label_names:
-            self.classes, self.mapping = read_label_map(label_names)
         self.args = {"images": images_dir, "labels": labels_csv, "label_names": label_names,
                      "multi_label": self.multi_label}
-        self._exclude = frozenset(os.path.realpath(p) for p in (labels_csv, label_names) if p)
 
     def items(self) -> Iterator[Item | Skip]:
-        files = walk_files(self.images_dir, self._exclude)
+        files = list(walk_inputs(self.images_dir, self._exclude))
         by_stem: dict[str, list[str]] = {}
         by_name: dict[str, list[str]] = {}
-        for path in files:
-            if extension_problem(path) is None:
+        for path, _, problem in files:
+            if problem is None:
                 by_stem.setdefault(stem(path), []).append(path)
                 by_name.setdefault(os.path.basename(path), []).append(path)
 
         matched: dict[str, str] = {}     # path -> CSV id
         for sid in self.table:
-            paths = (by_name if _has_image_extension(sid) else by_stem).get(sid)
+            paths = (by_name if has_image_extension(sid) else by_stem).get(sid)
             if not paths:
                 yield Skip(sid, "no image for CSV row")
                 continue
             matched[paths[0]] = sid      # sorted order: the first one; the others are reported below
 
-        for path in files:
-            key = rel_key(path, self.images_dir)
-            problem = extension_problem(path)
+        for path, key, problem in files:
             if problem:
                 yield Skip(key, problem)
                 continue
@@ -191,14 +261,5 @@ class TableSource(Source):
                 dup = stem(path) in self.table or os.path.basename(path) in self.table
                 yield Skip(key, "another image has the same id" if dup else "no CSV row for image")
                 continue
-            yield self._item(path, key, sid)
-
-    def _item(self, path: str, key: str, sid: str) -> Item | Skip:
-        labels = self.table[sid]
-        if not labels and not self.multi_label:
-            return Skip(key, "empty label")
-        named = map_labels(labels, self.mapping)
-        if isinstance(named, str):
-            return Skip(key, named)
-        return Item(key=key, source_id=sid, labels=named, load=file_loader(path),
-                    size=os.path.getsize(path), split=None)
+            named = self.class_names(sid)
+            yield Skip(key, named) if isinstance(named, str) else file_item(key, sid, named, path)

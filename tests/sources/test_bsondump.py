@@ -203,3 +203,23 @@ def test_the_writer_index_holds_about_300_bytes_per_photo(tmp_path):
         tracemalloc.stop()
     assert len(index.items) == 6000
     assert per_photo < 380, f"{per_photo:.0f} bytes per photo"  # 279 now, 425 with functools.partial
+
+
+def test_read_categories_errors_name_the_line(tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text("category_id,category_level1\n1,a\n\n2,b\n1,c\n", encoding="utf-8")
+    with pytest.raises(SourceError) as e:
+        read_categories(str(path))
+    assert str(e.value) == f"{path}: line 5: duplicate category_id 1"
+    path.write_text("category_id,category_level1\n1,a\n,b\n", encoding="utf-8")
+    with pytest.raises(SourceError, match=r"line 3: empty category_id$"):
+        read_categories(str(path))
+    path.write_text("category_id,category_level1\n", encoding="utf-8")
+    with pytest.raises(SourceError, match="no categories$"):
+        read_categories(str(path))
+    path.write_text("", encoding="utf-8")
+    with pytest.raises(SourceError, match=r"no category_id column \(header: empty\)$"):
+        read_categories(str(path))
+    path.write_bytes("category_id,category_level1\n1,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(SourceError, match="not a UTF-8 text CSV$"):     # one line, not a traceback
+        read_categories(str(path))

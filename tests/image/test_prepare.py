@@ -1,34 +1,38 @@
-"""utils/imagecheck.py: reasons for bad input, channel counts that match what
+"""utils/image/prepare.py: reasons for bad input, channel counts that match what
 TensorFlow really decodes, and the resize / convert path (EXIF, TIFF, GIF)."""
 import io
-import struct
 import subprocess
 import sys
 import time
-import zlib
 
 import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import ROOT, encode_image, random_image
+from tests.image.crafted import huge_bmp, huge_gif, huge_jpeg, huge_png
 from utils.image.prepare import BadImage, ImageInfo, check_image, prepare_planes
 
-RNG = np.random.default_rng(0)
+
+def noise(h=24, w=32, c=3):
+    return random_image(0, h, w, c, blocky=False)
+
+
+def noise16(h=24, w=32, c=1):
+    shape = (h, w) if c == 1 else (h, w, c)
+    return np.random.default_rng(0).integers(0, 65535, shape, dtype=np.uint16)
 
 
 def pil_bytes(im, fmt, **kw):
-    b = io.BytesIO()
-    im.save(b, fmt, **kw)
-    return b.getvalue()
-
-
-def noise(h=24, w=32, c=3, dtype=np.uint8, hi=255):
-    shape = (h, w) if c == 1 else (h, w, c)
-    return RNG.integers(0, hi, shape, dtype=dtype)
+    """Encode a Pillow image as it is: the modes an array cannot say (P, CMYK, 1, LA), animations."""
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    return buf.getvalue()
 
 
 def cv(ext, arr):
+    """OpenCV's encoder, for the bytes Pillow does not write: 16-bit RGB(A) PNG, BITFIELDS BMP."""
     ok, buf = cv2.imencode(ext, arr)
     assert ok
     return buf.tobytes()
@@ -40,53 +44,49 @@ def tf_decode(data):
     return tf.io.decode_image(data, channels=0, dtype=tf.uint8, expand_animations=False).numpy()
 
 
-def png_chunk(ctype, payload):
-    return struct.pack(">I", len(payload)) + ctype + payload + struct.pack(">I", zlib.crc32(ctype + payload))
-
-
 # ---------------------------------------------------------------- channels
 
 def channel_cases():
     """name -> (bytes, passes through untouched?)"""
     rgb = Image.fromarray(noise())
-    rgba = Image.fromarray(noise(c=4))
     gray = Image.fromarray(noise(c=1))
     pal = rgb.convert("P")
     frames = [Image.new("RGB", (32, 24), c) for c in ("red", "lime", "blue")]
     cases = {
-        "jpeg_rgb": (cv(".jpg", noise()), True),
-        "jpeg_gray": (cv(".jpg", noise(c=1)), True),
+        "jpeg_rgb": (encode_image(noise(), "jpeg"), True),
+        "jpeg_gray": (encode_image(noise(c=1), "jpeg"), True),
         "jpeg_cmyk": (pil_bytes(rgb.convert("CMYK"), "JPEG"), True),
-        "jpeg_progressive": (pil_bytes(rgb, "JPEG", progressive=True), True),
+        "jpeg_progressive": (encode_image(noise(), "jpeg", progressive=True), True),
         "png_1bit": (pil_bytes(gray.convert("1"), "PNG"), True),
-        "png_L": (pil_bytes(gray, "PNG"), True),
+        "png_L": (encode_image(noise(c=1), "png"), True),
         "png_LA": (pil_bytes(gray.convert("LA"), "PNG"), True),
-        "png_rgb": (cv(".png", noise()), True),
-        "png_rgba": (cv(".png", noise(c=4)), True),
+        "png_rgb": (encode_image(noise(), "png"), True),
+        "png_rgba": (encode_image(noise(c=4), "png"), True),
         "png_palette": (pil_bytes(pal, "PNG"), True),
         "png_palette_trns": (pil_bytes(pal, "PNG", transparency=0), True),
-        "png_L_trns": (pil_bytes(gray, "PNG", transparency=0), True),
-        "png_rgb_trns": (pil_bytes(rgb, "PNG", transparency=(0, 0, 0)), True),
-        "png_16bit_gray": (cv(".png", noise(c=1, dtype=np.uint16, hi=65535)), True),
-        "png_16bit_rgb": (cv(".png", noise(dtype=np.uint16, hi=65535)), True),
-        "png_16bit_rgba": (cv(".png", noise(c=4, dtype=np.uint16, hi=65535)), True),
+        "png_L_trns": (encode_image(noise(c=1), "png", transparency=0), True),
+        "png_rgb_trns": (encode_image(noise(), "png", transparency=(0, 0, 0)), True),
+        "png_16bit_gray": (encode_image(noise16(), "png"), True),
+        "png_16bit_rgb": (cv(".png", noise16(c=3)), True),
+        "png_16bit_rgba": (cv(".png", noise16(c=4)), True),
         "apng": (pil_bytes(frames[0], "PNG", save_all=True, append_images=frames[1:]), True),
         "gif": (pil_bytes(pal, "GIF"), True),
         "gif_trns": (pil_bytes(pal, "GIF", transparency=0), True),
         "gif_animated": (pil_bytes(frames[0], "GIF", save_all=True, append_images=frames[1:]), True),
-        "bmp_24": (cv(".bmp", noise()), True),
-        "bmp_32_bgra": (cv(".bmp", noise(c=4)), True),
-        "bmp_32_pil": (pil_bytes(rgba, "BMP"), True),
-        "bmp_gray": (cv(".bmp", noise(c=1)), True),
+        "bmp_24": (encode_image(noise(), "bmp"), True),
+        "bmp_32_bgra": (cv(".bmp", noise(c=4)), True),            # BITFIELDS, V4 header
+        "bmp_32_pil": (encode_image(noise(c=4), "bmp"), True),    # BI_RGB
+        "bmp_gray": (encode_image(noise(c=1), "bmp"), True),
         "bmp_palette": (pil_bytes(pal, "BMP"), False),      # TF would read palette indices as gray
         "bmp_1bit": (pil_bytes(gray.convert("1"), "BMP"), False),
-        "webp_lossy": (pil_bytes(rgb, "WEBP"), True),
-        "webp_lossless_rgba": (pil_bytes(rgba, "WEBP", lossless=True), True),
+        "webp_lossy": (encode_image(noise(), "webp"), True),
+        "webp_lossless_rgba": (encode_image(noise(c=4), "webp", lossless=True), True),
         "webp_animated": (pil_bytes(frames[0], "WEBP", save_all=True, append_images=frames[1:]), False),
-        "tiff_rgb": (pil_bytes(rgb, "TIFF"), False),
-        "tiff_16bit_gray": (pil_bytes(Image.fromarray(noise(c=1, dtype=np.uint16, hi=65535)), "TIFF"), False),
+        "tiff_rgb": (encode_image(noise(), "tiff"), False),
+        "tiff_16bit_gray": (encode_image(noise16(), "tiff"), False),
         "tiff_cmyk": (pil_bytes(rgb.convert("CMYK"), "TIFF"), False),
-        "tiff_rgba_multipage": (pil_bytes(rgba, "TIFF", save_all=True, append_images=[rgba]), False),
+        "tiff_rgba_multipage": (encode_image(noise(c=4), "tiff", save_all=True,
+                                             append_images=[Image.fromarray(noise(c=4))]), False),
     }
     return cases
 
@@ -145,8 +145,8 @@ def test_frames_counted_and_first_frame_used():
 # ---------------------------------------------------------------- bad input
 
 def test_bad_input_reasons():
-    jpg = cv(".jpg", noise(48, 64))
-    png = cv(".png", noise(48, 64))
+    jpg = encode_image(noise(48, 64), "jpeg")
+    png = encode_image(noise(48, 64), "png")
     gif = CASES["gif_animated"][0]
     bmp = CASES["bmp_24"][0]
     webp = CASES["webp_lossy"][0]
@@ -182,7 +182,7 @@ def test_damaged_tiff_and_ico_print_no_warnings():
     import warnings
 
     r = random.Random(0)
-    samples = [pil_bytes(Image.fromarray(noise(40, 50)), fmt) for fmt in ("TIFF", "ICO")]
+    samples = [encode_image(noise(40, 50), fmt) for fmt in ("tiff", "ico")]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for data in samples:
@@ -198,8 +198,8 @@ def test_damaged_tiff_and_ico_print_no_warnings():
 
 
 def test_tolerated_tails():
-    jpg = cv(".jpg", noise())
-    png = cv(".png", noise())
+    jpg = encode_image(noise(), "jpeg")
+    png = encode_image(noise(), "png")
     for data in (jpg + b"\x00" * 1000, jpg + b"SEFHtrailer-after-EOI", png + b"\x00" * 50, png + b"junk"):
         assert check_image(data).width == 32
 
@@ -210,31 +210,12 @@ def test_unsupported_format():
         check_image(eps)
     assert str(e.value) == "unsupported format: eps"
     # a 12-bit JPEG: patch the SOF precision byte of an ordinary one
-    jpg = bytearray(cv(".jpg", noise()))
+    jpg = bytearray(encode_image(noise(), "jpeg"))
     sof = jpg.index(b"\xff\xc0")
     jpg[sof + 4] = 12
     with pytest.raises(BadImage) as e:
         check_image(bytes(jpg))
     assert str(e.value) == "unsupported format: 12-bit jpeg"
-
-
-def huge_png():
-    ihdr = struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IEND", b"")
-
-
-def huge_jpeg():
-    sof = b"\xff\xc0" + struct.pack(">HBHHB", 17, 8, 60000, 60000, 3) + b"\x01\x22\x00\x02\x11\x01\x03\x11\x01"
-    return b"\xff\xd8" + b"\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00" + sof + b"\xff\xd9"
-
-
-def huge_gif():
-    return b"GIF89a" + struct.pack("<HHBBB", 60000, 60000, 0, 0, 0) + b",\x00\x00\x00\x00" + struct.pack(
-        "<HH", 60000, 60000) + b"\x00\x02\x02\x44\x01\x00;"
-
-
-def huge_bmp():
-    return b"BM" + struct.pack("<IHHI", 54, 0, 0, 54) + struct.pack("<IiiHHIIiiII", 40, 60000, 60000, 1, 24, 0, 0, 0, 0, 0, 0)
 
 
 @pytest.mark.parametrize("make", [huge_png, huge_jpeg, huge_gif, huge_bmp])
@@ -252,7 +233,7 @@ def test_absurd_header_refused_before_allocation(make):
 
 
 def test_our_limit_not_pillows():
-    small = cv(".png", noise(40, 50))
+    small = encode_image(noise(40, 50), "png")
     with pytest.raises(BadImage) as e:
         check_image(small, max_pixels=40 * 50 - 1)
     assert str(e.value) == "image too large: 50x40"
@@ -262,8 +243,8 @@ def test_our_limit_not_pillows():
 
 
 def test_planes_differ_in_size():
-    a = cv(".png", noise(32, 32, c=1))
-    b = cv(".png", noise(32, 30, c=1))
+    a = encode_image(noise(32, 32, c=1), "png")
+    b = encode_image(noise(32, 30, c=1), "png")
     with pytest.raises(BadImage) as e:
         prepare_planes([a, b])
     assert str(e.value) == "planes differ in size"
@@ -272,7 +253,7 @@ def test_planes_differ_in_size():
 # ---------------------------------------------------------------- pass-through / resize
 
 def test_multiplane_passthrough_untouched():
-    planes = [cv(".png", noise(40, 48, c=1)) for _ in range(6)]
+    planes = [encode_image(noise(40, 48, c=1), "png") for _ in range(6)]
     out, info = prepare_planes(planes)
     assert all(o is p for o, p in zip(out, planes))
     assert (info.fmt, info.height, info.width, info.channels) == ("png", 40, 48, 1)
@@ -282,13 +263,13 @@ def test_multiplane_passthrough_untouched():
 
 
 def test_resize_keeps_aspect_never_upscales_and_keeps_format():
-    jpg = cv(".jpg", noise(48, 96))
+    jpg = encode_image(noise(48, 96), "jpeg")
     out, info = prepare_planes([jpg], max_side=32)
     assert info == ImageInfo("jpeg", 16, 32, 3, 1)
     assert out[0][:3] == b"\xff\xd8\xff" and tf_decode(out[0]).shape == (16, 32, 3)
     same, info = prepare_planes([jpg], max_side=96)       # already small enough: untouched
     assert same[0] is jpg and info.width == 96
-    png = cv(".png", noise(96, 48, c=4))
+    png = encode_image(noise(96, 48, c=4), "png")
     out, info = prepare_planes([png], max_side=40)
     assert info == ImageInfo("png", 40, 20, 4, 1) and out[0].startswith(b"\x89PNG")
     cmyk = pil_bytes(Image.fromarray(noise(48, 96)).convert("CMYK"), "JPEG")
@@ -297,7 +278,7 @@ def test_resize_keeps_aspect_never_upscales_and_keeps_format():
 
 
 def test_short_side_limit_keeps_aspect_and_combines_with_max_side():
-    jpg = cv(".jpg", noise(150, 400))                      # 400 wide, 150 high
+    jpg = encode_image(noise(150, 400), "jpeg")                      # 400 wide, 150 high
     out, info = prepare_planes([jpg], short_side=60)
     assert (info.height, info.width) == (60, 160) and tf_decode(out[0]).shape == (60, 160, 3)
     out, info = prepare_planes([jpg], short_side=60, max_side=120)   # both limits hold
@@ -305,7 +286,7 @@ def test_short_side_limit_keeps_aspect_and_combines_with_max_side():
     same, info = prepare_planes([jpg], short_side=150)    # shorter side already <= N: untouched
     assert same[0] is jpg
     # the exact N even where the scale factor is not a round number (300 * 224/300)
-    out, info = prepare_planes([cv(".jpg", noise(300, 457))], short_side=224)
+    out, info = prepare_planes([encode_image(noise(300, 457), "jpeg")], short_side=224)
     assert min(info.height, info.width) == 224 and min(tf_decode(out[0]).shape[:2]) == 224
     with pytest.raises(ValueError, match="short_side"):
         prepare_planes([jpg], short_side=0)
@@ -313,18 +294,18 @@ def test_short_side_limit_keeps_aspect_and_combines_with_max_side():
 
 def test_16bit_scaled_like_tensorflow():
     arr = np.full((40, 40), 0x8040, np.uint16)
-    png16 = cv(".png", arr)
+    png16 = encode_image(arr, "png")
     assert tf_decode(png16)[0, 0, 0] == 0x80
     out, info = prepare_planes([png16], max_side=20)
     assert info.channels == 1 and tf_decode(out[0])[5, 5, 0] == 0x80
-    tif16 = pil_bytes(Image.fromarray(arr), "TIFF")
+    tif16 = encode_image(arr, "tiff")
     out, info = prepare_planes([tif16])
     assert (info.fmt, info.channels) == ("png", 1) and tf_decode(out[0])[5, 5, 0] == 0x80
 
 
 def test_tiff_becomes_png():
     arr = noise(24, 32)
-    out, info = prepare_planes([pil_bytes(Image.fromarray(arr), "TIFF")])
+    out, info = prepare_planes([encode_image(arr, "tiff")])
     assert info == ImageInfo("png", 24, 32, 3, 1) and out[0].startswith(b"\x89PNG")
     np.testing.assert_array_equal(tf_decode(out[0]), arr)     # lossless conversion
 
@@ -336,7 +317,7 @@ def exif_jpeg(orientation):
     arr[:, 40:] = (0, 0, 255)
     exif = Image.Exif()
     exif[0x0112] = orientation
-    return pil_bytes(Image.fromarray(arr), "JPEG", exif=exif.tobytes(), quality=95)
+    return encode_image(arr, "jpeg", exif=exif.tobytes(), quality=95)
 
 
 def test_exif_orientation_applied_when_resizing_only():
@@ -356,5 +337,4 @@ def test_exif_orientation_applied_when_resizing_only():
 
 def test_no_tensorflow_import():
     code = "import sys, utils.image.prepare; sys.exit('tensorflow' in sys.modules)"
-    root = __file__.rsplit("/tests/", 1)[0]
-    assert subprocess.run([sys.executable, "-c", code], cwd=root).returncode == 0
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
