@@ -180,6 +180,7 @@ def main(argv=None) -> int:
     import keras
     import tensorflow as tf
 
+    from utils.input.image_ops import as_hw
     from utils.input.pipeline import make_dataset
 
     work = args.workdir or tempfile.mkdtemp(prefix="bench-pipeline-")
@@ -188,7 +189,7 @@ def main(argv=None) -> int:
         paths = make_images(folder, args.images, args.min_side, args.max_side, args.seed)
         data = {PASS: os.path.join(work, "pass"), SHORT: os.path.join(work, "short")}
         build_s = {PASS: build(folder, data[PASS]), SHORT: build(folder, data[SHORT], "--short-side", str(args.size))}
-        size = (args.size, args.size)
+        size = as_hw(args.size)
 
         def keras_ds():
             ds = keras.utils.image_dataset_from_directory(

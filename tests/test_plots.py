@@ -72,8 +72,6 @@ def test_pr_curve_maths_and_png(tmp_path):
 
 
 def test_history_loss_axis_goes_log_only_for_a_wide_range():
-    from utils.plots import _wide_positive_range
-
-    assert _wide_positive_range([1.9, 110.0, 0.6])
-    assert not _wide_positive_range([1.9, 1.2, 0.6])
-    assert not _wide_positive_range([0.0, 0.5, 0.9])  # accuracies may be 0: stay linear
+    assert plots._wide_positive_range([1.9, 110.0, 0.6])
+    assert not plots._wide_positive_range([1.9, 1.2, 0.6])
+    assert not plots._wide_positive_range([0.0, 0.5, 0.9])  # accuracies may be 0: stay linear

@@ -16,6 +16,7 @@ import os
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
 from utils.files import atomic_path
 
 DPI = 100
@@ -35,22 +36,36 @@ def _displayable(img) -> np.ndarray:
     1 channel -> gray; 3 -> RGB; other counts (6-channel microscopy) -> the first
     three channels as RGB, each stretched to its own range so faint stains show.
     """
-    a = np.asarray(img, dtype=np.float32)
-    if a.ndim == 2:
-        a = a[..., None]
-    c = a.shape[-1]
-    if c == 1:
-        return np.clip(a[..., 0] / 255.0, 0, 1)
-    if c == 3:
-        return np.clip(a / 255.0, 0, 1)
-    a = a[..., :3] if c > 3 else np.concatenate([a, np.zeros(a.shape[:2] + (3 - c,), a.dtype)], -1)
-    lo = a.min(axis=(0, 1), keepdims=True)
-    hi = a.max(axis=(0, 1), keepdims=True)
-    return (a - lo) / np.maximum(hi - lo, 1e-6)
+    arr = np.asarray(img, dtype=np.float32)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    channels = arr.shape[-1]
+    if channels == 1:
+        return np.clip(arr[..., 0] / 255.0, 0, 1)
+    if channels == 3:
+        return np.clip(arr / 255.0, 0, 1)
+    if channels > 3:
+        arr = arr[..., :3]
+    else:
+        arr = np.concatenate([arr, np.zeros(arr.shape[:2] + (3 - channels,), arr.dtype)], -1)
+    lo = arr.min(axis=(0, 1), keepdims=True)
+    hi = arr.max(axis=(0, 1), keepdims=True)
+    return (arr - lo) / np.maximum(hi - lo, 1e-6)
 
 
 def save_image_grid(images, titles, path: str, ncols: int | None = None) -> str:
-    """A grid of images (float32 [N,H,W,C] in [0,255], as the pipeline yields) with titles."""
+    """A grid of images with titles, as a PNG.
+
+    Args:
+        images: float32 [N, H, W, C] in [0, 255], as the pipeline yields (or uint8).
+        titles: one per image (cut to 28 characters), or None.
+        path: the PNG to write.
+        ncols: columns; default about sqrt(N).
+    Returns:
+        path.
+    Raises:
+        ValueError: no images.
+    """
     images = np.asarray(images)
     n = len(images)
     if n == 0:
@@ -99,7 +114,11 @@ def history_panels(columns, max_panels: int = 8) -> list[str]:
 
 
 def save_history_plot(csv_path: str, path: str) -> str:
-    """Loss and metric curves, train vs validation, from the per-epoch CSV (Keras CSVLogger)."""
+    """Loss and metric curves, train vs validation, from the per-epoch CSV (Keras CSVLogger).
+
+    A panel whose values span more than 50x gets a log axis; the learning rate,
+    when logged, gets a panel of its own. Returns path.
+    """
     cols = _read_history(csv_path)
     epochs = cols.get("epoch") or list(range(len(next(iter(cols.values()), []))))
     epochs = [e + 1 for e in epochs]  # CSVLogger counts from 0; people count from 1
@@ -152,7 +171,7 @@ def save_confusion_matrix(cm, class_names, path: str, max_classes: int = 30) -> 
     """Confusion matrix (rows = truth, columns = prediction), colour = row-normalised.
 
     With more than max_classes classes only the most confused ones are drawn
-    (a 5,270-class matrix is not a picture), and the title says so.
+    (a 5,270-class matrix is not a picture), and the title says so. Returns path.
     """
     cm = np.asarray(cm)
     k = cm.shape[0]
@@ -172,11 +191,11 @@ def save_confusion_matrix(cm, class_names, path: str, max_classes: int = 30) -> 
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
     ticks = np.arange(n)
-    fs = 8 if n <= 20 else 6
+    font_size = 8 if n <= 20 else 6
     ax.set_xticks(ticks)
     ax.set_yticks(ticks)
-    ax.set_xticklabels([s[:20] for s in names], rotation=90, fontsize=fs)
-    ax.set_yticklabels([s[:20] for s in names], fontsize=fs)
+    ax.set_xticklabels([s[:20] for s in names], rotation=90, fontsize=font_size)
+    ax.set_yticklabels([s[:20] for s in names], fontsize=font_size)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
@@ -184,7 +203,7 @@ def save_confusion_matrix(cm, class_names, path: str, max_classes: int = 30) -> 
         for i in range(n):
             for j in range(n):
                 if cm[i, j]:
-                    ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=fs,
+                    ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=font_size,
                             color="white" if norm[i, j] > 0.5 else "black")
     fig.tight_layout()
     return _save(fig, path)
@@ -193,12 +212,12 @@ def save_confusion_matrix(cm, class_names, path: str, max_classes: int = 30) -> 
 def pr_curve(y_true, scores) -> tuple[np.ndarray, np.ndarray, float]:
     """Binary labels + scores -> (precision, recall, average precision)."""
     y = np.asarray(y_true).astype(bool).ravel()
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    order = np.argsort(-s, kind="stable")
-    y, s = y[order], s[order]
+    score = np.asarray(scores, dtype=np.float64).ravel()
+    order = np.argsort(-score, kind="stable")
+    y, score = y[order], score[order]
     tp = np.cumsum(y)
     fp = np.cumsum(~y)
-    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # one point per distinct threshold
+    last = np.r_[np.nonzero(np.diff(score))[0], len(score) - 1]  # one point per distinct threshold
     tp, fp = tp[last], fp[last]
     pos = max(int(y.sum()), 1)
     precision = np.r_[1.0, tp / np.maximum(tp + fp, 1)]
@@ -208,20 +227,29 @@ def pr_curve(y_true, scores) -> tuple[np.ndarray, np.ndarray, float]:
 
 
 def save_pr_curves(y_true, y_prob, class_names, path: str, max_classes: int = 10) -> str:
-    """Precision-recall curves: micro-average plus the max_classes most frequent classes."""
+    """Precision-recall curves: micro-average plus the max_classes most frequent classes.
+
+    Args:
+        y_true: 0/1 labels [N, K].
+        y_prob: scores [N, K].
+        class_names: K names, or None for their indices.
+        path: the PNG to write.
+    Returns:
+        path.
+    """
     y_true = np.asarray(y_true)
     y_prob = np.asarray(y_prob)
     k = y_prob.shape[1]
     names = [str(n) for n in class_names] if class_names is not None else [str(i) for i in range(k)]
     fig = Figure(figsize=(7, 6))
     ax = fig.add_subplot(1, 1, 1)
-    p, r, ap = pr_curve(y_true, y_prob)
-    ax.plot(r, p, color="black", lw=2, label=f"micro-average (AP {ap:.3f})")
+    precision, recall, ap = pr_curve(y_true, y_prob)
+    ax.plot(recall, precision, color="black", lw=2, label=f"micro-average (AP {ap:.3f})")
     order = np.argsort(-y_true.sum(0), kind="stable")
     shown = [c for c in order if y_true[:, c].sum() > 0][:max_classes]
     for c in shown:
-        p, r, ap = pr_curve(y_true[:, c], y_prob[:, c])
-        ax.plot(r, p, lw=1, label=f"{names[c][:20]} (AP {ap:.3f})")
+        precision, recall, ap = pr_curve(y_true[:, c], y_prob[:, c])
+        ax.plot(recall, precision, lw=1, label=f"{names[c][:20]} (AP {ap:.3f})")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("recall")

@@ -9,17 +9,21 @@
     mixup        keras.layers.MixUp                      (alpha) - mixes the labels too
     cutmix       keras.layers.CutMix                     (factor) - mixes the labels too
 
-`build_augmenter(names, image_size)` returns ONE callable `(images, labels) ->
-(images, labels)` working on a BATCH (float32 [B, H, W, C] in [0, 255], dense
+Names come as a list, a dict {name: kwargs} (YAML) or the command line's "a,b"
+(`split_names`, the one parser of that list; train's --augment uses it too).
+
+`build_augmenter(names, image_size, seed)` returns ONE callable `(images, labels)
+-> (images, labels)` working on a BATCH (float32 [B, H, W, C] in [0, 255], dense
 float32 labels [B, K] or a per-class dict {name: [B, 1]}). Batch level because
 Keras layers are vectorised (one kernel per batch instead of per image) and
-MixUp/CutMix need partners from the same batch anyway.
+MixUp/CutMix need partners from the same batch anyway. Each op is a small
+function of (images, labels), so a caller may run the callable in the tf.data
+pipeline or inside its own train step.
 
-Random resized crop is special: the pipeline does it per image at DECODE time
-(`random_resized_crop` / `rrc_window`), before the resize to the model's input,
-so the crop keeps full resolution and a JPEG only decodes the cropped window
-(`tf.io.decode_and_crop_jpeg`). The batch version here (crop_and_resize on the
-already-resized batch) exists for callers that have no decode step.
+Random resized crop is not a batch op: the pipeline does it per image at DECODE
+time (`decode_crop` gives its options, utils/input/image_ops.train_crop_image
+crops), before the resize to the model's input, so the crop keeps full
+resolution and a JPEG only decodes the cropped window. build_augmenter leaves it out.
 
 Ops are applied in a fixed order whatever order the names come in: geometry,
 then colour, then erasing, then label mixing last (mixing before a colour jitter
@@ -31,16 +35,17 @@ Validation never augments: the pipeline calls this for training only.
 """
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import tensorflow as tf
 
 from utils.errors import UsageError, first_line
+from utils.input.image_ops import RRC_RATIO, RRC_SCALE, as_hw
+from utils.input.labels import join_labels, split_labels
 
 # name -> default kwargs; the order here is the order of application
 DEFAULTS: dict[str, dict] = {
-    "rrc": {"scale": (0.08, 1.0), "ratio": (3 / 4, 4 / 3)},
+    "rrc": {"scale": RRC_SCALE, "ratio": RRC_RATIO},
     "flip": {"mode": "horizontal"},
     "rotate": {"factor": 0.05, "fill_mode": "reflect"},
     "color": {"brightness_factor": 0.2, "contrast_factor": 0.2, "saturation_factor": (0.3, 0.7), "hue_factor": 0.02},
@@ -50,21 +55,34 @@ DEFAULTS: dict[str, dict] = {
     "cutmix": {"factor": 1.0},
 }
 NAMES = tuple(DEFAULTS)
+AT_DECODE = ("rrc",)  # per-image ops the pipeline runs while decoding, not in the batch augmenter
 NEEDS_RGB = ("color", "randaugment")  # hue/saturation and RandAugment's colour ops are RGB-only
 MIXERS = ("mixup", "cutmix")
 
 Op = Callable[[tf.Tensor, tf.Tensor], tuple]
 
 
+def split_names(spec):
+    """The command line's "flip,rrc" -> ["flip", "rrc"]; "", "none" and None -> [].
+
+    A list or a dict (YAML's {name: {kwargs}}) passes through unchanged.
+    """
+    if spec is None:
+        return []
+    if not isinstance(spec, str):
+        return spec
+    if spec.strip().lower() == "none":
+        return []
+    return [s.strip() for s in spec.split(",") if s.strip()]
+
+
 def parse_names(names) -> dict[str, dict]:
     """list ["flip", "mixup"], "flip,mixup", or dict {name: kwargs|None} -> {name: kwargs}.
 
-    Unknown names -> UsageError listing the valid ones.
+    Raises:
+        UsageError: an unknown name (the message lists the valid ones).
     """
-    if names is None:
-        return {}
-    if isinstance(names, str):
-        names = [n.strip() for n in names.split(",") if n.strip()]
+    names = split_names(names)
     if isinstance(names, dict):
         items = [(str(k), dict(v or {})) for k, v in names.items()]
     else:
@@ -80,67 +98,18 @@ def parse_names(names) -> dict[str, dict]:
     return out
 
 
+def decode_crop(spec: dict[str, dict]) -> dict | None:
+    """The random resized crop's kwargs (defaults filled in) if `spec` (parse_names) asks for one."""
+    if "rrc" not in spec:
+        return None
+    return dict(DEFAULTS["rrc"], **spec["rrc"])
+
+
 def _seed(seed, index):
     return None if seed is None else int(seed) + 1009 * index
 
 
-# ----------------------------------------------------------------- random resized crop
-
-def rrc_window(shape: tf.Tensor, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), seed=None) -> tf.Tensor:
-    """Image shape [H, W, ...] -> crop window int32 [y, x, h, w] (Inception-style sampling).
-
-    Returned as a window rather than a cropped image so a JPEG can be decoded
-    for that window only (tf.io.decode_and_crop_jpeg).
-    """
-    begin, size, _ = tf.image.sample_distorted_bounding_box(
-        tf.concat([tf.cast(shape[:2], tf.int32), [1]], 0),  # channels do not matter here
-        bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]),
-        min_object_covered=0.0,
-        aspect_ratio_range=tuple(ratio),
-        area_range=tuple(scale),
-        max_attempts=10,
-        use_image_if_no_bounding_boxes=True,
-        seed=seed or 0,
-    )
-    return tf.stack([begin[0], begin[1], size[0], size[1]])
-
-
-def random_resized_crop(image: tf.Tensor, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), seed=None) -> tf.Tensor:
-    """One image [H, W, C] (any dtype) -> float32 [h, w, C] in the input's value range."""
-    win = rrc_window(tf.shape(image), scale, ratio, seed)
-    crop = tf.image.crop_to_bounding_box(image, win[0], win[1], win[2], win[3])
-    from utils.input.pipeline import resize_image  # lazy: pipeline imports this module
-
-    return resize_image(crop, tuple(int(s) for s in size))
-
-
-def _rrc_batch(image_size, seed, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> Op:
-    """Batch version: per-sample boxes, crop_and_resize back to image_size."""
-    log_r = (math.log(ratio[0]), math.log(ratio[1]))
-    gen = tf.random.Generator.from_seed(seed) if seed is not None else None
-
-    def uniform(n, lo, hi):
-        if gen is not None:
-            return gen.uniform([n], lo, hi)
-        return tf.random.uniform([n], lo, hi)
-
-    def op(images, labels):
-        b = tf.shape(images)[0]
-        area = uniform(b, scale[0], scale[1])
-        r = tf.exp(uniform(b, log_r[0], log_r[1]))
-        # box side lengths as fractions of the (h, w) of the batch
-        h = tf.minimum(tf.sqrt(area / r), 1.0)
-        w = tf.minimum(tf.sqrt(area * r), 1.0)
-        y0 = uniform(b, 0.0, 1.0) * (1.0 - h)
-        x0 = uniform(b, 0.0, 1.0) * (1.0 - w)
-        boxes = tf.stack([y0, x0, y0 + h, x0 + w], axis=1)
-        out = tf.image.crop_and_resize(images, boxes, tf.range(b), list(image_size))
-        return out, labels
-
-    return op
-
-
-# ----------------------------------------------------------------- Keras-layer ops
+# ----------------------------------------------------------------- batch ops
 
 def _layer_op(layer, mixes_labels: bool = False) -> Op:
     # training=True explicitly: inside tf.data Keras cannot see a training
@@ -155,78 +124,70 @@ def _layer_op(layer, mixes_labels: bool = False) -> Op:
     return op
 
 
-def _make_op(name: str, kwargs: dict, image_size, seed) -> Op:
+def _make_op(name: str, kwargs: dict, seed) -> Op:
+    # lazy: Keras is needed only when a dataset augments, not to parse names
     import keras
 
-    L = keras.layers
+    layers = keras.layers
     # dtype float32 pinned: a global mixed_float16 policy must not make the
     # pipeline emit float16 pixels (the pixel contract is float32).
     common = {"seed": seed, "dtype": "float32"}
-    if name == "rrc":
-        return _rrc_batch(image_size, seed, **kwargs)
     if name == "flip":
-        return _layer_op(L.RandomFlip(**kwargs, **common))
+        return _layer_op(layers.RandomFlip(**kwargs, **common))
     if name == "rotate":
-        return _layer_op(L.RandomRotation(**kwargs, **common))
+        return _layer_op(layers.RandomRotation(**kwargs, **common))
     if name == "color":
-        return _layer_op(L.RandomColorJitter(value_range=(0, 255), **kwargs, **common))
+        return _layer_op(layers.RandomColorJitter(value_range=(0, 255), **kwargs, **common))
     if name == "randaugment":
-        return _layer_op(L.RandAugment(value_range=(0, 255), **kwargs, **common))
+        return _layer_op(layers.RandAugment(value_range=(0, 255), **kwargs, **common))
     if name == "erasing":
-        return _layer_op(L.RandomErasing(value_range=(0, 255), **kwargs, **common))
+        return _layer_op(layers.RandomErasing(value_range=(0, 255), **kwargs, **common))
     if name == "mixup":
-        return _layer_op(L.MixUp(**kwargs, **common), mixes_labels=True)
+        return _layer_op(layers.MixUp(**kwargs, **common), mixes_labels=True)
     if name == "cutmix":
-        return _layer_op(L.CutMix(**kwargs, **common), mixes_labels=True)
+        return _layer_op(layers.CutMix(**kwargs, **common), mixes_labels=True)
     raise UsageError(f"unknown augmentation {name!r}; valid: {', '.join(NAMES)}")
 
 
-def _one_of(a: Op, b: Op, seed) -> Op:
+def _one_of(first: Op, second: Op, seed) -> Op:
     gen = tf.random.Generator.from_seed(seed) if seed is not None else None
 
     def op(images, labels):
         u = gen.uniform([]) if gen is not None else tf.random.uniform([])
-        return tf.cond(u < 0.5, lambda: a(images, labels), lambda: b(images, labels))
+        return tf.cond(u < 0.5, lambda: first(images, labels), lambda: second(images, labels))
 
     return op
 
 
-def _labels_dense(labels):
-    """Per-class dict {name: [B, 1]} -> ([B, K], names) so mixing treats every head alike."""
-    if isinstance(labels, dict):
-        names = list(labels)
-        return tf.concat([tf.cast(labels[n], tf.float32) for n in names], axis=-1), names
-    return labels, None
+def build_augmenter(names, image_size, seed=None, *, channels: int = 3) -> Callable | None:
+    """The batch augmentation for `names` as one callable (images, labels) -> (images, labels).
 
-
-def _labels_back(dense, names):
-    if names is None:
-        return dense
-    return {n: dense[:, i : i + 1] for i, n in enumerate(names)}
-
-
-def build_augmenter(names, image_size, seed=None, *, channels: int = 3, skip=()) -> Callable | None:
-    """names (list | dict | "a,b") -> callable (images, labels) -> (images, labels), or None.
-
-    image_size: (h, w) of the batch (needed by the batch random resized crop).
-    channels: the image channel count; colour ops need 3.
-    skip: names handled elsewhere (the pipeline passes ("rrc",) because it crops at decode).
+    Args:
+        names: list | dict | "a,b" (parse_names). Decode-time names (AT_DECODE: rrc)
+            are left to the pipeline.
+        image_size: (h, w) of the batch, or an int for a square (every op keeps it).
+        seed: None for fresh randomness every run; an int makes the draws repeatable.
+        channels: the image channel count; colour ops need 3.
+    Returns:
+        the callable (`.names`: the ops it applies, in order; `.image_size`: the
+        (h, w) it was built for), or None when nothing is left to do at batch level.
+    Raises:
+        UsageError: an unknown name, a misspelt option, a value Keras refuses, or a
+            colour op on non-RGB images.
     """
     spec = parse_names(names)
-    if isinstance(image_size, int):
-        image_size = (image_size, image_size)
-    image_size = tuple(int(s) for s in image_size)
+    image_size = as_hw(image_size)
     for name in spec:
         if name in NEEDS_RGB and channels != 3:
             raise UsageError(f"augmentation {name!r} needs 3-channel images, these have {channels}")
     ops: list[Op] = []
     mixers: list[Op] = []
     for index, name in enumerate(NAMES):
-        if name not in spec or name in skip:
+        if name not in spec or name in AT_DECODE:
             continue
         kwargs = dict(DEFAULTS[name], **spec[name])
         try:
-            op = _make_op(name, kwargs, image_size, _seed(seed, index))
+            op = _make_op(name, kwargs, _seed(seed, index))
         except TypeError as e:  # a misspelt option in the config
             raise UsageError(f"augmentation {name!r}: {e}") from None
         except ValueError as e:  # Keras' own range checks (factor > 1, ...)
@@ -240,12 +201,13 @@ def build_augmenter(names, image_size, seed=None, *, channels: int = 3, skip=())
         return None
 
     def augment(images, labels):
-        dense, label_names = _labels_dense(labels)
+        dense, label_names = join_labels(labels)
         images = tf.cast(images, tf.float32)
         for op in ops:
             images, dense = op(images, dense)
         images = tf.clip_by_value(tf.cast(images, tf.float32), 0.0, 255.0)
-        return images, _labels_back(dense, label_names)
+        return images, dense if label_names is None else split_labels(dense, label_names)
 
-    augment.names = [n for n in NAMES if n in spec and n not in skip]
+    augment.names = [n for n in NAMES if n in spec and n not in AT_DECODE]
+    augment.image_size = image_size
     return augment

@@ -1,14 +1,8 @@
-"""tf.data input pipeline: shards -> interleave -> parse -> decode -> augment -> batch -> prefetch.
+"""tf.data input pipeline: shards -> interleave -> parse -> decode/crop/resize -> batch -> augment -> prefetch.
 
-Pixel contract (shared by train.py and detect.py): the pipeline yields float32
-images in [0, 255], RGB order, at the model's input size, with the model's
-channel count. Backbone-specific normalisation lives INSIDE the model (a
-registered Preprocess layer, model/layers.py), so a saved model needs no
-external preprocessing and detect.py cannot get it wrong.
-
-`decode_planes` + `eval_image` are the ONE decode/eval-preprocess path; detect.py
-imports them rather than copying them, and `make_dataset(training=False)` maps
-exactly `eval_image` over the records.
+This module only assembles the dataset: the pixel ops are utils/input/image_ops
+(the pixel contract), the label layouts utils/input/labels, the batch
+augmentation utils/input/augment.
 
 Order of `make_dataset` and why (as in big_vision's input_pipeline):
   files (shuffled per epoch when training) -> [shard by file] -> interleave
@@ -22,7 +16,9 @@ Order of `make_dataset` and why (as in big_vision's input_pipeline):
 - repeat BEFORE the decode map so the parallel map's workers keep running
   across the epoch boundary instead of draining and restarting the pipeline.
 - batch BEFORE augment: Keras augmentation layers are vectorised (one kernel
-  per batch) and MixUp/CutMix need partners from the same batch.
+  per batch) and MixUp/CutMix need partners from the same batch. The random
+  resized crop is the exception: it runs per image inside the decode, on the
+  full-resolution image (image_ops.train_crop_image).
 - prefetch LAST so the whole pipeline runs ahead of the training step.
 
 Decode failures: a record whose image cannot be decoded (or whose Example
@@ -34,15 +30,8 @@ ignore_errors dropped, so the decode step counts records entering (`seen`,
 before parsing) and records decoded (`ok`, after the image exists) in two int64
 variables; `decode_failures()` = seen - ok. Exact once an epoch has been fully
 consumed; mid-epoch it may include records still being decoded. Process-wide
-(every dataset made here), cumulative across epochs; `reset_decode_failures()`
-zeroes them.
-
-JPEG fast paths (JPEG recognised by its magic bytes, not by image/format, so
-a mislabelled record still decodes): eval decodes with `tf.io.decode_jpeg` at
-1/2, 1/4 or 1/8 scale when the image is at least that much larger than the
-target (DCT-domain scaling); training with random resized crop uses
-`tf.io.decode_and_crop_jpeg`, which decodes only the crop window. Everything
-else goes through `tf.io.decode_image` (the same kernel, all formats).
+(every dataset made here) and cumulative across epochs: a caller that wants the
+count of one run takes the difference before and after it.
 """
 from __future__ import annotations
 
@@ -53,130 +42,13 @@ import tensorflow as tf
 from utils.dataset import schema
 from utils.dataset.manifest import DatasetError, load_labels, load_manifest, select_shards, split_count
 from utils.errors import UsageError
-from utils.input.labels import HEADS
+from utils.input import augment as aug
+# eval_image: also imported from here by utils/detect/predict.py and bench/detect.py
+# (until they import utils.input.image_ops directly)
+from utils.input.image_ops import as_hw, eval_image, train_crop_image
+from utils.input.labels import HEADS, dense_labels, split_labels
 
 AUTOTUNE = tf.data.AUTOTUNE
-JPEG_MAGIC = b"\xff\xd8\xff"
-
-
-# --------------------------------------------------------------- decode (the pixel contract)
-
-def to_channels(img: tf.Tensor, channels: int) -> tf.Tensor:
-    """uint8 [H, W, c] with c in 1..4 (gray, gray+alpha, RGB, RGBA) -> [H, W, channels]."""
-    if img.shape.rank == 3 and img.shape[-1] == channels:
-        return img  # already right (static shape): no cond, no copy
-    c = tf.shape(img)[-1]
-    if channels == 3:
-        # gray / gray+alpha -> replicate the gray plane; RGBA -> drop alpha
-        img = tf.cond(c < 3, lambda: tf.tile(img[..., :1], [1, 1, 3]), lambda: img[..., :3])
-    elif channels == 1:
-        img = tf.cond(c < 3, lambda: img[..., :1], lambda: tf.image.rgb_to_grayscale(img[..., :3]))
-    else:
-        raise ValueError(f"a single plane can give 1 or 3 channels, not {channels}")
-    img.set_shape([None, None, channels])
-    return img
-
-
-def decode_one(encoded: tf.Tensor, size: tuple[int, int] | None = None, channels: int = 0) -> tf.Tensor:
-    """Encoded bytes (JPEG, PNG, GIF first frame, BMP, WebP) -> uint8 [H, W, c].
-
-    channels: 0 keeps the file's own count; 1 or 3 converts (to_channels; for
-    JPEG libjpeg converts while decoding, which saves a copy).
-    size: the (h, w) the image will be resized to. A JPEG at least twice as
-    large on both sides is then decoded at 1/2, 1/4 or 1/8 scale inside libjpeg
-    (DCT-domain scaling: far less work, and an antialiased downsample), never
-    below `size`. Without size: full resolution.
-    """
-    def full():
-        # decode_image with expand_animations=False returns 3-D for every format,
-        # first frame of an animation; 16-bit PNG is scaled to uint8.
-        img = tf.io.decode_image(encoded, channels=0, dtype=tf.uint8, expand_animations=False)
-        return to_channels(img, channels) if channels else img
-
-    if size is None:
-        return full()
-
-    def scaled_jpeg():
-        shape = tf.cast(tf.io.extract_jpeg_shape(encoded), tf.float32)
-        factor = tf.minimum(shape[0] / size[0], shape[1] / size[1])
-        # branch index 0..3 -> ratio 1, 2, 4, 8 (the largest that keeps both sides >= size)
-        index = tf.cast(factor >= 2.0, tf.int32) + tf.cast(factor >= 4.0, tf.int32) + tf.cast(factor >= 8.0, tf.int32)
-        branches = [lambda r=r: tf.io.decode_jpeg(encoded, channels=channels, ratio=r) for r in (1, 2, 4, 8)]
-        return tf.switch_case(index, branches)
-
-    is_jpeg = tf.equal(tf.strings.substr(encoded, 0, 3), JPEG_MAGIC)
-    return tf.cond(is_jpeg, scaled_jpeg, full)
-
-
-def decode_planes(planes: tf.Tensor, channels: int, num_planes: int = 1,
-                  size: tuple[int, int] | None = None) -> tf.Tensor:
-    """1-D string tensor of encoded planes -> uint8 [H, W, channels].
-
-    num_planes == 1: an ordinary image, converted to `channels` (1 or 3).
-    num_planes  > 1: each plane is one grayscale channel, stacked in order
-    (6-channel microscopy); then channels must equal num_planes.
-    size: the later resize target, lets JPEGs decode at a reduced scale (decode_one).
-    """
-    if num_planes == 1:
-        if channels not in (1, 3):
-            raise ValueError(f"a single plane can give 1 or 3 channels, not {channels}")
-        return to_channels(decode_one(planes[0], size, channels), channels)
-    if channels != num_planes:
-        raise ValueError(f"{num_planes} planes give {num_planes} channels, not {channels}")
-    # full-resolution planes: a reduced-scale decode could differ in size between planes
-    img = tf.concat([to_channels(decode_one(planes[i]), 1) for i in range(num_planes)], axis=-1)
-    img.set_shape([None, None, channels])
-    return img
-
-
-def resize_image(img: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
-    """Any-dtype [H, W, C] -> float32 [h, w, C] in [0, 255].
-
-    Shrinking by 2x or more on both sides: area averaging (a box filter, no
-    aliasing of fine texture: OpenCV's INTER_AREA advice). Anything else:
-    bilinear, whose 2-tap footprint covers a shrink below 2x well enough.
-    Measured on 300-500 px JPEGs -> 224: area everywhere costs 20% of the whole
-    decode+resize, bilinear with antialias=True (ScaleAndTranslate) 4x; JPEGs
-    that are 2x larger than the target already came out of the DCT-scaled
-    decode (decode_one) smaller, so area mostly serves big PNGs.
-
-    The image is cast to float32 BEFORE resizing: TF's resize kernels run 40%
-    faster on float input than on uint8 (0.074 vs 0.117 ms per 290x224 ->
-    224x224 image, measured), with the same result. Both filters are convex
-    combinations of input pixels, so the output stays in [0, 255] unclipped.
-    """
-    img = tf.cast(img, tf.float32)
-    shape = tf.cast(tf.shape(img), tf.float32)
-    factor = tf.minimum(shape[0] / size[0], shape[1] / size[1])
-    return tf.cond(factor >= 2.0,
-                   lambda: tf.image.resize(img, size, method="area"),
-                   lambda: tf.image.resize(img, size, method="bilinear"))
-
-
-def eval_image(planes: tf.Tensor, size: tuple[int, int], channels: int = 3, num_planes: int = 1) -> tf.Tensor:
-    """The evaluation preprocessing: decode, resize to `size` (h, w), float32 in [0, 255]."""
-    size = tuple(int(s) for s in size)
-    return resize_image(decode_planes(planes, channels, num_planes, size=size), size)
-
-
-def train_crop_image(planes: tf.Tensor, size, channels: int = 3, num_planes: int = 1,
-                     scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), seed=None) -> tf.Tensor:
-    """Training decode with random resized crop at full resolution -> float32 [h, w, C]."""
-    from utils.input.augment import random_resized_crop, rrc_window
-
-    def generic():
-        return random_resized_crop(decode_planes(planes, channels, num_planes), size, scale, ratio, seed)
-
-    if num_planes != 1:
-        return generic()
-
-    def jpeg():
-        # decode only the crop window: most of a 0.08-area crop is never decoded
-        win = rrc_window(tf.io.extract_jpeg_shape(planes[0]), scale, ratio, seed)
-        return resize_image(tf.io.decode_and_crop_jpeg(planes[0], win, channels=channels), size)
-
-    is_jpeg = tf.equal(tf.strings.substr(planes[0], 0, 3), JPEG_MAGIC)
-    return tf.cond(is_jpeg, jpeg, generic)
 
 
 # --------------------------------------------------------------- decode-failure counter
@@ -191,10 +63,13 @@ def _local_variable(name: str) -> tf.Variable:
     distribute_datasets_from_function call; tf.Variable there would become a
     MirroredVariable (under MultiWorkerMirroredStrategy even a cross-worker
     broadcast). ResourceVariable's own constructor bypasses the strategy's
-    variable creator; tf.Variable is the fallback should that private path move.
+    variable creator.
     """
     with tf.init_scope(), tf.device("/cpu:0"):
         try:
+            # private TF API (tensorflow.python.ops, TF 2.21): should a release move it,
+            # the fallback below is mirrored under a strategy and
+            # test_failure_counters_are_never_mirrored_by_a_strategy says so
             from tensorflow.python.ops.resource_variable_ops import ResourceVariable
 
             return ResourceVariable(0, dtype=tf.int64, trainable=False, name=name)
@@ -219,41 +94,10 @@ def decode_failures() -> int:
     return int(_COUNTERS["seen"].numpy() - _COUNTERS["ok"].numpy())
 
 
-def records_decoded() -> int:
-    return 0 if _COUNTERS is None else int(_COUNTERS["ok"].numpy())
+# --------------------------------------------------------------- what the dataset holds
 
-
-def reset_decode_failures() -> None:
-    if _COUNTERS is not None:
-        _COUNTERS["seen"].assign(0)
-        _COUNTERS["ok"].assign(0)
-
-
-# --------------------------------------------------------------- labels
-
-def dense_labels(label_ids: tf.Tensor, num_classes: int, head: str) -> tf.Tensor:
-    """int64 [n] class ids -> float32 [K]: one-hot (softmax, first id) or multi-hot.
-
-    Empty ids (unlabeled test split) -> zeros. Ids outside [0, K) are ignored.
-    """
-    ids = label_ids[:1] if head == "softmax" else label_ids
-    hot = tf.one_hot(tf.cast(ids, tf.int32), num_classes, dtype=tf.float32)
-    out = tf.minimum(tf.reduce_sum(hot, axis=0), 1.0)  # sum over an empty axis = zeros
-    out.set_shape([num_classes])
-    return out
-
-
-def split_labels(labels: tf.Tensor, output_names: list[str]):
-    """[B, K] -> {name_i: [B, 1]} for the per-class head (after MixUp, which mixes [B, K])."""
-    return {name: labels[:, i : i + 1] for i, name in enumerate(output_names)}
-
-
-# --------------------------------------------------------------- dataset
-
-def _size(image_size) -> tuple[int, int]:
-    if isinstance(image_size, int):
-        image_size = (image_size, image_size)
-    h, w = (int(s) for s in image_size)
+def _image_size(image_size) -> tuple[int, int]:
+    h, w = as_hw(image_size)
     if h < 1 or w < 1:
         raise UsageError(f"image size must be positive, got {h}x{w}")
     return h, w
@@ -270,16 +114,11 @@ def _resolve_channels(manifest: dict, channels: int | None) -> tuple[int, int]:
     return int(channels), planes
 
 
-def _output_names(head: str, num_classes: int, output_names, data_dir: str) -> list[str] | None:
+def _output_names(head: str, num_classes: int, output_names) -> list[str] | None:
     if head != "per-class":
         return None
     if output_names is None:
-        try:  # the model package owns the names; fall back to asking the caller
-            from model import heads
-
-            output_names = heads.output_names(head, num_classes, load_labels(data_dir))
-        except (ImportError, AttributeError, FileNotFoundError):
-            raise UsageError("per-class head: pass output_names (model.heads.output_names)") from None
+        raise UsageError("per-class head: pass output_names (model.heads.output_names)")
     output_names = list(output_names)
     if len(output_names) != num_classes:
         raise UsageError(f"per-class head: {len(output_names)} output names for {num_classes} classes")
@@ -297,6 +136,8 @@ def _shards(manifest: dict, data_dir: str, split: str, fold) -> list[dict]:
             raise DatasetError(f"shard {s['path']} is listed in the manifest but missing")
     return shards
 
+
+# --------------------------------------------------------------- dataset assembly
 
 def _read_records(files: list[str], *, training: bool, seed, deterministic: bool, input_context):
     """File names -> serialized records, sharded across input pipelines.
@@ -358,56 +199,16 @@ def _decode_skipping_failures(records, decode, deterministic: bool):
     )
 
 
-def make_dataset(data_dir: str, split: str, *, image_size, batch_size: int, training: bool,
-                 head: str = "softmax", output_names: list[str] | None = None,
-                 channels: int | None = None, fold: int | None = None, augment=None,
-                 cache: bool = False, shuffle_buffer: int = 2048, seed: int | None = None,
-                 repeat: bool = False, drop_remainder: bool = False, input_context=None,
-                 with_ids: bool = False) -> tf.data.Dataset:
-    """A batched dataset of (images float32 [B,h,w,C] in [0,255], labels[, source_ids]).
-
-    labels: softmax -> one-hot [B,K]; sigmoid -> multi-hot [B,K]; per-class ->
-    {output_name: [B,1]} in output_names order; unlabeled records -> zeros.
-    batch_size is the batch THIS dataset yields: under a tf.distribute strategy
-    with input_context pass input_context.get_per_replica_batch_size(global).
-    augment is ignored unless training (validation is never augmented).
-    """
-    from utils.input import augment as aug
-
-    if head not in HEADS:
-        raise UsageError(f"unknown head {head!r}; valid: {', '.join(HEADS)}")
-    if int(batch_size) < 1:
-        raise UsageError(f"batch size must be at least 1, got {batch_size}")
-    size = _size(image_size)
-    manifest = load_manifest(data_dir)
-    num_classes = int(manifest["num_classes"])
-    channels, planes = _resolve_channels(manifest, channels)
-    names = _output_names(head, num_classes, output_names, data_dir)
-    shards = _shards(manifest, data_dir, split, fold)
-    files = [s["path"] for s in shards]
-    deterministic = (not training) or seed is not None
-
-    ds, n_pipelines, by_file = _read_records(
-        files, training=training, seed=seed, deterministic=deterministic, input_context=input_context)
-    if cache:
-        ds = ds.cache()  # serialized (still encoded) records; decoding stays per epoch
-    if training:
-        count = split_count(shards) // (1 if by_file or n_pipelines == 1 else n_pipelines)
-        buf = max(1, min(int(shuffle_buffer), count))
-        ds = ds.shuffle(buf, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
-
-    spec = aug.parse_names(augment) if training else {}
-    rrc = spec.get("rrc")
-    rrc_kwargs = dict(aug.DEFAULTS["rrc"], **rrc) if rrc is not None else None
+def _decoder(size, channels: int, planes: int, num_classes: int, head: str, crop: dict | None,
+             seed, with_ids: bool):
+    """serialized record -> (image, dense labels[, source id]), counting records in and out."""
     counters = _counters()
 
     def decode(serialized):
         with tf.control_dependencies([counters["seen"].assign_add(1)]):
             ex = schema.parse(serialized)
-        if rrc_kwargs is not None:
-            img = train_crop_image(ex[schema.ENCODED], size, channels, planes, seed=seed, **rrc_kwargs)
+        if crop is not None:
+            img = train_crop_image(ex[schema.ENCODED], size, channels, planes, seed=seed, **crop)
         else:
             img = eval_image(ex[schema.ENCODED], size, channels, planes)
         with tf.control_dependencies([img]):
@@ -417,22 +218,78 @@ def make_dataset(data_dir: str, split: str, *, image_size, batch_size: int, trai
         labels = dense_labels(ex[schema.LABEL], num_classes, head)
         return (img, labels, ex[schema.SOURCE_ID]) if with_ids else (img, labels)
 
+    return decode
+
+
+def make_dataset(data_dir: str, split: str, *, image_size, batch_size: int, training: bool,
+                 head: str = "softmax", output_names: list[str] | None = None,
+                 channels: int | None = None, fold: int | None = None, augment=None,
+                 cache: bool = False, shuffle_buffer: int = 2048, seed: int | None = None,
+                 repeat: bool = False, drop_remainder: bool = False, input_context=None,
+                 with_ids: bool = False) -> tf.data.Dataset:
+    """A batched dataset of (images float32 [B,h,w,C] in [0,255], labels[, source_ids]).
+
+    Args:
+        data_dir, split, fold: which records (utils.dataset.manifest.select_shards).
+        image_size: (h, w), or an int for a square.
+        batch_size: the batch THIS dataset yields: under a tf.distribute strategy
+            with input_context pass input_context.get_per_replica_batch_size(global).
+        training: shuffle (per epoch), random crop and augment; else the eval path,
+            in manifest order.
+        head: softmax -> one-hot [B,K]; sigmoid -> multi-hot [B,K]; per-class ->
+            {output_name: [B,1]} in output_names order; unlabeled records -> zeros.
+        channels: None takes the manifest's.
+        augment: names for augment.parse_names; ignored unless training
+            (validation is never augmented).
+        seed: None: a new order and new draws every run; an int repeats them.
+        input_context: a tf.distribute.InputContext; this pipeline then reads its share.
+        with_ids: also yield each record's image/source_id.
+    Raises:
+        UsageError: a bad head, size, batch size, channel count or augmentation.
+        DatasetError: no dataset, or the split is empty, or a shard is missing.
+    """
+    if head not in HEADS:
+        raise UsageError(f"unknown head {head!r}; valid: {', '.join(HEADS)}")
+    if int(batch_size) < 1:
+        raise UsageError(f"batch size must be at least 1, got {batch_size}")
+    size = _image_size(image_size)
+    manifest = load_manifest(data_dir)
+    num_classes = int(manifest["num_classes"])
+    channels, planes = _resolve_channels(manifest, channels)
+    names = _output_names(head, num_classes, output_names)
+    shards = _shards(manifest, data_dir, split, fold)
+    files = [s["path"] for s in shards]
+    deterministic = (not training) or seed is not None
+
+    ds, n_pipelines, by_file = _read_records(
+        files, training=training, seed=seed, deterministic=deterministic, input_context=input_context)
+    if cache:
+        ds = ds.cache()  # serialized (still encoded) records; decoding stays per epoch
+    if training:  # before repeat: epochs stay whole (module docstring)
+        count = split_count(shards) // (1 if by_file or n_pipelines == 1 else n_pipelines)
+        buf = max(1, min(int(shuffle_buffer), count))
+        ds = ds.shuffle(buf, seed=seed, reshuffle_each_iteration=True)
+    if repeat:  # before the decode map: its workers run on across the epoch boundary
+        ds = ds.repeat()
+
+    spec = aug.parse_names(augment) if training else {}
+    decode = _decoder(size, channels, planes, num_classes, head, aug.decode_crop(spec), seed, with_ids)
     ds = _decode_skipping_failures(ds, decode, deterministic)
     ds = ds.batch(int(batch_size), drop_remainder=drop_remainder,
                   num_parallel_calls=AUTOTUNE, deterministic=deterministic)
 
-    augmenter = aug.build_augmenter(spec, size, seed, channels=channels, skip=("rrc",)) if spec else None
+    augmenter = aug.build_augmenter(spec, size, seed, channels=channels) if spec else None
 
     def finish(images, labels, *ids):
-        if augmenter is not None:
+        if augmenter is not None:  # after batch: vectorised layers, mixing partners
             images, labels = augmenter(images, labels)
-        if names is not None:
+        if names is not None:  # after mixing, which mixes [B, K]
             labels = split_labels(labels, names)
         return (images, labels, *ids)
 
     if augmenter is not None or names is not None:  # else batches are final: no extra map
         ds = ds.map(finish, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-    ds = ds.prefetch(AUTOTUNE)
+    ds = ds.prefetch(AUTOTUNE)  # last: everything above runs ahead of the training step
 
     options = tf.data.Options()
     # We shard ourselves when given an input_context, so tf.distribute must not

@@ -1,10 +1,11 @@
-"""utils/augment.py: every op on a tiny batch, eagerly and inside tf.data."""
+"""utils/input/augment.py: every batch op on a tiny batch, eagerly and inside tf.data; the name parsing."""
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from utils.input import augment
+from tests.input.eager_graph import eager_and_in_tf_data
 from utils.errors import UsageError
+from utils.input import augment
 
 SIZE = (16, 16)
 
@@ -18,21 +19,13 @@ def batch(b=4, c=3, seed=0):
     return x, y
 
 
-def run_both(fn, x, y):
-    """fn applied eagerly and in tf.data -> two (images, labels) numpy pairs."""
-    eager = fn(tf.constant(x), tf.constant(y))
-    ds = tf.data.Dataset.from_tensors((x, y)).map(fn)
-    graph = next(iter(ds))
-    return [(np.asarray(a), np.asarray(b)) for a, b in (eager, graph)]
-
-
-@pytest.mark.parametrize("name", ["flip", "rrc", "rotate", "color", "randaugment", "erasing"])
+@pytest.mark.parametrize("name", ["flip", "rotate", "color", "randaugment", "erasing"])
 def test_image_op_eager_and_in_tf_data(name):
     x, y = batch()
     kwargs = {"erasing": {"factor": 1.0}, "flip": {"mode": "horizontal_and_vertical"}}.get(name, {})
     fn = augment.build_augmenter({name: kwargs}, SIZE, seed=1)
     assert fn.names == [name]
-    for xo, yo in run_both(fn, x, y):
+    for xo, yo in eager_and_in_tf_data(fn, x, y):
         assert xo.shape == x.shape and xo.dtype == np.float32
         assert 0.0 <= xo.min() and xo.max() <= 255.0
         np.testing.assert_array_equal(yo, y)  # image ops never touch labels
@@ -45,7 +38,7 @@ def test_mixers_mix_labels_eager_and_in_tf_data(name):
     kwargs = {"mixup": {"alpha": 1.0}, "cutmix": {"factor": 1.0}}[name]
     fn = augment.build_augmenter({name: kwargs}, SIZE, seed=2)
     mixed_any = False
-    for xo, yo in run_both(fn, x, y):
+    for xo, yo in eager_and_in_tf_data(fn, x, y):
         assert xo.shape == x.shape
         np.testing.assert_allclose(yo.sum(1), 1.0, atol=1e-5)
         mixed_any |= bool(((yo > 0.01) & (yo < 0.99)).any())
@@ -83,23 +76,26 @@ def test_names_parsing_and_errors():
         augment.build_augmenter({"rotate": {"factr": 0.1}}, SIZE)
     with pytest.raises(UsageError, match="3-channel"):
         augment.build_augmenter(["randaugment"], SIZE, channels=6)
-    assert augment.build_augmenter(["rrc"], SIZE, skip=("rrc",)) is None
 
 
-def test_random_resized_crop_one_image_eager_and_in_tf_data():
-    img = tf.constant(np.arange(40 * 60 * 3, dtype=np.float32).reshape(40, 60, 3) % 255)
-    eager = augment.random_resized_crop(img, (12, 10), seed=7)
-    graph = next(iter(tf.data.Dataset.from_tensors(img).map(lambda t: augment.random_resized_crop(t, (12, 10), seed=7))))
-    for out in (eager, graph):
-        assert out.shape == (12, 10, 3) and out.dtype == tf.float32
-    # the sampled window respects the area/ratio ranges (TF falls back to the whole
-    # image when 10 attempts fail; with feasible ranges that is rare)
-    areas = []
-    for _ in range(20):
-        y, x, h, w = augment.rrc_window(tf.constant([40, 60, 3]), scale=(0.2, 0.3), ratio=(0.8, 1.25)).numpy()
-        assert 0 <= y and y + h <= 40 and 0 <= x and x + w <= 60
-        areas.append(h * w / (40 * 60))
-    assert sum(0.15 <= a <= 0.35 for a in areas) >= 16, areas
+def test_split_names_is_the_one_parser_of_the_comma_list():
+    assert augment.split_names("flip,rrc") == ["flip", "rrc"]
+    assert augment.split_names(" flip , ,mixup ") == ["flip", "mixup"]
+    assert augment.split_names("none") == augment.split_names(" None ") == augment.split_names("") == []
+    assert augment.split_names(None) == []
+    yaml_dict = {"rrc": {"scale": [0.5, 1.0]}, "flip": None}
+    assert augment.split_names(yaml_dict) is yaml_dict  # YAML passes through unchanged
+    assert augment.split_names(["flip", "rrc"]) == ["flip", "rrc"]
+    assert augment.parse_names("none") == {} and augment.parse_names("none,flip") == {"flip": {}}
+
+
+def test_random_resized_crop_is_left_to_the_decode():
+    assert augment.build_augmenter(["rrc"], SIZE) is None  # the pipeline crops while decoding
+    fn = augment.build_augmenter(["rrc", "flip"], SIZE, seed=0)
+    assert fn.names == ["flip"] and fn.image_size == SIZE
+    assert augment.decode_crop(augment.parse_names("flip")) is None
+    assert augment.decode_crop(augment.parse_names("rrc")) == {"scale": (0.08, 1.0), "ratio": (3 / 4, 4 / 3)}
+    assert augment.decode_crop({"rrc": {"scale": (0.5, 1.0)}}) == {"scale": (0.5, 1.0), "ratio": (3 / 4, 4 / 3)}
 
 
 def test_outputs_stay_float32_under_mixed_precision():
