@@ -361,7 +361,7 @@ def test_plain_tf_data_reads_the_documented_keys(tmp_path):
 
     entries = make_images(tmp_path / "img", {"a": 3, "b": 2})
     man = build(FakeSource(entries), tmp_path / "out")
-    from tests.documented_keys import documented_spec
+    from tests.dataset.documented_keys import documented_spec
 
     spec = documented_spec()
     files = [str(tmp_path / "out" / s["file"]) for s in man["splits"]["train"]["shards"]]
@@ -453,5 +453,5 @@ def test_shard_sink_writes_framed_records_whatever_writev_does(tmp_path, monkeyp
         sink.write(r)
     size, sha = sink.close()
     data = (tmp_path / "s.tfrecord").read_bytes()
-    assert data == b"".join(tfrecord.frame(r) for r in recs)
+    assert data == b"".join(h + r + f for r in recs for h, f in [tfrecord.frame_parts(r)])
     assert size == len(data) and sha == hashlib.sha256(data).hexdigest()
