@@ -5,8 +5,7 @@
     python generate_dataset.py SOURCE --out data/NAME   # folder, labels CSV, multi-channel, BSON, URL list
     python generate_dataset.py verify data/NAME         # re-read and check everything
 
-The work happens in utils/writer.py (write_dataset, verify_dataset) and
-utils/sources/ (one module per input shape); this script only parses flags.
+This script only parses flags; utils/generate/cli.py runs the command.
 """
 from __future__ import annotations
 
@@ -19,7 +18,8 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from utils.errors import OneLineParser, UsageError, import_tensorflow_quietly, run_cli  # noqa: E402
+from utils.errors import OneLineParser, UsageError, read_yaml_mapping, run_cli  # noqa: E402
+from utils.generate import cli  # noqa: E402
 
 DEMO_SRC = os.path.join(ROOT, "data", "demo_src")
 DEMO_OUT = os.path.join(ROOT, "data", "demo")
@@ -126,88 +126,30 @@ def apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> None:
     known, _ = pre.parse_known_args(argv)
     if not known.config:
         return
-    from utils.errors import read_yaml_mapping
-
     conf = read_yaml_mapping(known.config)
-    valid = {a.dest for a in parser._actions}
+    valid = {action.dest for action in parser._actions}
     unknown = sorted(set(conf) - valid - {"help"})
     if unknown:
         raise UsageError(f"--config {known.config}: unknown keys {', '.join(unknown)}")
-    for a in parser._actions:  # values from the file satisfy required options / positionals
-        if a.dest in conf:
-            a.required = False
-            if not a.option_strings:
-                a.nargs = "?"
+    for action in parser._actions:  # values from the file satisfy required options / positionals
+        if action.dest in conf:
+            action.required = False
+            if not action.option_strings:
+                action.nargs = "?"
     parser.set_defaults(**conf)
-
-
-def run_verify(argv: list[str]) -> int:
-    from utils.generate.writer import verify_dataset
-
-    a = verify_parser().parse_args(argv)
-    from utils.generate.neardup import MAX_DISTANCE_LIMIT
-
-    if not 0 <= a.max_distance <= MAX_DISTANCE_LIMIT:
-        raise UsageError(f"--max-distance must be in 0..{MAX_DISTANCE_LIMIT} bits, got {a.max_distance}")
-    import_tensorflow_quietly()  # verify decodes every image with TF
-    hashes = [] if a.near_duplicates else None
-    problems = verify_dataset(a.data, progress=not a.no_progress, hashes=hashes)
-    if a.near_duplicates:
-        from utils.dataset.manifest import load_labels
-        from utils.generate.neardup import report
-
-        n = report(hashes, load_labels(a.data), a.near_duplicates, a.max_distance)
-        print(f"near-duplicates: {n['pairs']} pair(s) within {a.max_distance} bits, {n['cross_split']} across "
-              f"splits, {n['label_conflicts']} with different labels -> {a.near_duplicates}")
-    if problems:
-        print(f"{a.data}: {len(problems)} problem(s):", file=sys.stderr)
-        for line in problems[:200]:
-            print(f"  {line}", file=sys.stderr)
-        if len(problems) > 200:
-            print(f"  ... and {len(problems) - 200} more", file=sys.stderr)
-        return 1
-    print(f"OK: {a.data} verified")
-    return 0
-
-
-def run_demo() -> int:
-    from utils.sources.demo import draw_demo
-    from utils.sources.folder import FolderSource
-    from utils.generate.writer import write_dataset
-
-    src = draw_demo(DEMO_SRC)
-    write_dataset(FolderSource(src), DEMO_OUT, name="demo", val_fraction=0.2, shard_mb=1)
-    return 0
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
-        return run_demo()
-    if argv[0] == "verify":
-        return run_verify(argv[1:])
-    parser = build_parser()
-    apply_config(parser, argv)
-    a = parser.parse_args(argv)
-    if a.source is None:
-        raise UsageError("SOURCE is missing (give it on the command line or as 'source:' in --config)")
-    if a.workers is not None and a.workers < 1:
-        raise UsageError(f"--workers must be at least 1, got {a.workers}")
-    if a.concurrency is not None and a.concurrency < 1:
-        raise UsageError(f"--concurrency must be at least 1, got {a.concurrency}")
-    if a.timeout is not None and not a.timeout > 0:   # requests refuses 0 for every URL
-        raise UsageError(f"--timeout must be a positive number of seconds, got {a.timeout}")
-
-    from utils.sources import open_source
-    from utils.generate.writer import write_dataset
-
-    source = open_source(a.kind, a.source, a)
-    name = os.path.basename(os.path.normpath(a.out))
-    write_dataset(source, a.out, name=name, val_fraction=a.val_fraction, folds=a.folds, fraction=a.fraction,
-                  shard_mb=a.shard_mb, max_side=a.max_side, short_side=a.short_side, max_pixels=a.max_pixels,
-                  dedupe=a.dedupe, strict=a.strict, seed=a.seed, workers=a.workers, progress=not a.no_progress,
-                  overwrite=a.overwrite)
-    return 0
+        command, args = "demo", argparse.Namespace(source=DEMO_SRC, out=DEMO_OUT)
+    elif argv[0] == "verify":
+        command, args = "verify", verify_parser().parse_args(argv[1:])
+    else:
+        parser = build_parser()
+        apply_config(parser, argv)
+        command, args = "build", parser.parse_args(argv)
+    return cli.run(command, args)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """manifest.json and labels.json of a dataset folder: reading and shard selection.
 
-The writer (utils/writer.py) produces this layout; the pipeline, train.py and
-detect.py only read it through these functions.
+The writer (utils/generate/writer.py) produces this layout; the pipeline,
+train.py and detect.py only read it through these functions.
 
 manifest.json (schema version 1):
 {
@@ -34,12 +34,18 @@ from __future__ import annotations
 import json
 import os
 
-from utils.errors import DatasetError  # noqa: F401  (re-exported: readers raise it)
+from utils.errors import DatasetError
 
 SPLITS = ("train", "val", "test")   # the only split names, in manifest order
 MANIFEST = "manifest.json"
 LABELS = "labels.json"
 SKIPPED = "skipped.csv"
+SHARD_PATTERN = rf"({'|'.join(SPLITS)})-\d{{5}}-of-\d{{5}}\.tfrecord"   # a regex for shard_name's names
+
+
+def shard_name(split: str, i: int, n: int) -> str:
+    """The file of shard i of a split's n shards: `train-00003-of-00012.tfrecord`."""
+    return f"{split}-{i:05d}-of-{n:05d}.tfrecord"
 
 
 def load_manifest(data_dir: str) -> dict:

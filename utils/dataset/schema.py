@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from utils.dataset import tfrecord
+
 SCHEMA_VERSION = 1
 
 ENCODED = "image/encoded"
@@ -28,8 +30,6 @@ WIDTH = "image/width"
 CHANNELS = "image/channels"
 LABEL = "image/class/label"
 SOURCE_ID = "image/source_id"
-
-KEYS = (ENCODED, FORMAT, HEIGHT, WIDTH, CHANNELS, LABEL, SOURCE_ID)
 
 
 def feature_spec():
@@ -58,11 +58,19 @@ def serialize(
 ) -> bytes:
     """One sample -> serialized tf.train.Example bytes.
 
-    Encoded without TensorFlow (utils/tfrecord.py) so the writer stays light;
-    the bytes parse with tf.io.parse_single_example (tested).
-    """
-    from utils.dataset import tfrecord
+    Encoded without TensorFlow (utils/dataset/tfrecord.py) so the writer stays
+    light; the bytes parse with tf.io.parse_single_example (tested).
 
+    Args:
+        planes: the encoded image bytes, one per channel plane.
+        fmt: their format, e.g. "jpeg".
+        height, width, channels: of one decoded plane.
+        labels: class indices.
+        source_id: the sample's original id.
+
+    Raises:
+        ValueError: no plane.
+    """
     if not planes:
         raise ValueError("a record needs at least one encoded plane")
     if isinstance(source_id, str):

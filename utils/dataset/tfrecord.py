@@ -8,8 +8,8 @@ generate_dataset.py start. The format is small and stable:
   record := uint64 length | uint32 masked_crc32c(length) | data | uint32 masked_crc32c(data)
 
 and a tf.train.Example is a protobuf of three message types. Records framed
-here (utils/writer.py writes them) are read, checksums included, by
-tf.data.TFRecordDataset (tested in tests/test_schema.py).
+here (utils/generate/shards.py writes them) are read, checksums included, by
+tf.data.TFRecordDataset (tested in tests/dataset/test_tfrecord.py).
 """
 from __future__ import annotations
 
@@ -22,21 +22,19 @@ _MASK_DELTA = 0xA282EAD8
 
 
 def masked_crc(data: bytes) -> int:
+    """TFRecord's checksum: crc32c, rotated and offset (a crc over data that holds crcs is weak)."""
     crc = google_crc32c.value(data)
     return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
 
 
 def frame_parts(data: bytes) -> tuple[bytes, bytes]:
-    """One serialized record -> the (header, footer) that frame it on disk:
-    header + data + footer is its TFRecord form, without copying data."""
+    """One serialized record -> the (header, footer) that frame it on disk.
+
+    header + data + footer is its TFRecord form; the caller writes the three
+    without joining them, so the record's bytes are never copied.
+    """
     length = struct.pack("<Q", len(data))
     return length + struct.pack("<I", masked_crc(length)), struct.pack("<I", masked_crc(data))
-
-
-def frame(data: bytes) -> bytes:
-    """One serialized record -> its TFRecord bytes (header + data + footer)."""
-    header, footer = frame_parts(data)
-    return b"".join((header, data, footer))
 
 
 # --- tf.train.Example protobuf encoding --------------------------------------
@@ -75,6 +73,7 @@ def _wrap(number: int, chunks: list[bytes]) -> list[bytes]:
 
 
 def bytes_feature(values) -> list[bytes]:
+    """A Feature{bytes_list} of `values` (bytes), as chunks for encode_example."""
     inner: list[bytes] = []
     for v in values:
         inner += (b"\x0a", _varint(len(v)), v)  # BytesList.value = 1, wire type 2
@@ -82,6 +81,7 @@ def bytes_feature(values) -> list[bytes]:
 
 
 def int64_feature(values) -> list[bytes]:
+    """A Feature{int64_list} of `values` (ints, packed), as chunks for encode_example."""
     packed = b"".join(_varint(int(v)) for v in values)
     return _wrap(3, _wrap(1, [packed]) if packed else [])
 

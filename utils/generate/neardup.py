@@ -18,11 +18,11 @@ would want a larger max_distance split into more, smaller searches.
 """
 from __future__ import annotations
 
-import csv
-import os
 from typing import Iterator
 
+import cv2
 import numpy as np
+
 from utils.files import atomic_write_csv
 
 HASH_BITS = 64
@@ -31,9 +31,11 @@ MAX_DISTANCE_LIMIT = HASH_BITS // 2 - 1   # half the bits or more: unrelated pic
 
 
 def dhash(image: np.ndarray) -> int:
-    """uint8 [H, W] or [H, W, C] (gray, gray+alpha, RGB, RGBA) -> 64-bit dHash."""
-    import cv2
+    """uint8 [H, W] or [H, W, C] (gray, gray+alpha, RGB, RGBA) -> 64-bit dHash.
 
+    Raises:
+        ValueError: not a 2-D or 3-D image, or an empty one.
+    """
     img = np.asarray(image)
     if img.ndim == 3:
         c = img.shape[2]
@@ -46,6 +48,7 @@ def dhash(image: np.ndarray) -> int:
 
 
 def hamming(a: int, b: int) -> int:
+    """The number of bits in which two hashes differ."""
     return (int(a) ^ int(b)).bit_count()
 
 
@@ -57,11 +60,19 @@ def _bands(max_distance: int) -> list[tuple[int, int]]:
 
 
 def near_pairs(hashes, max_distance: int = DEFAULT_MAX_DISTANCE) -> Iterator[tuple[int, int, int]]:
-    """Yield (i, j, distance), i < j, each pair once: every position whose hash
-    repeats an earlier one, paired with that first position (distance 0); and
-    every pair of such first positions within max_distance bits. So N copies
-    of a picture are N - 1 pairs, and its other copies reach a near neighbour
-    through the first one."""
+    """The pairs of positions in `hashes` within `max_distance` bits, each once.
+
+    Every position whose hash repeats an earlier one is paired with that first
+    position (distance 0); and every pair of such first positions within
+    max_distance bits. So N copies of a picture are N - 1 pairs, and its other
+    copies reach a near neighbour through the first one.
+
+    Yields:
+        (i, j, distance) with i < j.
+
+    Raises:
+        ValueError: max_distance outside 0..MAX_DISTANCE_LIMIT.
+    """
     if not 0 <= max_distance <= MAX_DISTANCE_LIMIT:
         raise ValueError(f"max_distance must be in 0..{MAX_DISTANCE_LIMIT}, got {max_distance}")
     h = np.asarray(hashes, dtype=np.uint64)
@@ -105,25 +116,34 @@ def report(rows: list[tuple], class_names: list[str], path: str,
            max_distance: int = DEFAULT_MAX_DISTANCE) -> dict:
     """Write the near-duplicate pairs among verified records to a CSV.
 
-    rows: (split, shard file, record number, source_id, label ids, dHash) per
-    record, as writer.verify_dataset collects them. Pairs of one source (a
-    product's photos: same source_id and labels) are left out: they are meant
-    to look alike. Sorted by distance, then position.
-    -> {"pairs", "cross_split", "label_conflicts"} counts.
+    Pairs of one source (a product's photos: same source_id and labels) are
+    left out: they are meant to look alike. Sorted by distance, then position.
+
+    Args:
+        rows: (split, shard file, record number, source_id, label ids, dHash)
+            per record, as utils.generate.verify.verify_dataset collects them.
+        class_names: labels.json, to write label names.
+        path: the CSV (REPORT_COLUMNS).
+        max_distance: the most differing bits of a pair.
+
+    Returns:
+        counts: {"pairs", "cross_split", "label_conflicts"}.
     """
-    def names(ids) -> str:
-        return " ".join(class_names[i] if 0 <= i < len(class_names) else str(i) for i in ids)
+    def side(row: tuple) -> list:
+        """split, source_id, label names, shard, record: one half of a CSV line."""
+        split, shard, record, source_id, ids, _ = row
+        names = " ".join(class_names[i] if 0 <= i < len(class_names) else str(i) for i in ids)
+        return [split, source_id, names, shard, record]
 
     pairs = []
     for i, j, d in near_pairs([r[5] for r in rows], max_distance):
-        a, b = rows[i], rows[j]
-        if a[3] == b[3] and a[4] == b[4]:
+        first, second = rows[i], rows[j]
+        if first[3] == second[3] and first[4] == second[4]:
             continue
         pairs.append((d, i, j))
     pairs.sort()
     atomic_write_csv(path, REPORT_COLUMNS,
-                     ([d, a[0], a[3], names(a[4]), a[1], a[2], b[0], b[3], names(b[4]), b[1], b[2]]
-                      for d, a, b in ((d, rows[i], rows[j]) for d, i, j in pairs)))
+                     ([d, *side(rows[i]), *side(rows[j])] for d, i, j in pairs))
     return {"pairs": len(pairs),
             "cross_split": sum(rows[i][0] != rows[j][0] for _, i, j in pairs),
             "label_conflicts": sum(rows[i][4] != rows[j][4] for _, i, j in pairs)}

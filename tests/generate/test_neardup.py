@@ -1,4 +1,4 @@
-"""utils/neardup.py: dHash and the near-pair search, against brute force."""
+"""utils/generate/neardup.py: dHash and the near-pair search, against brute force."""
 from __future__ import annotations
 
 import itertools

@@ -1,6 +1,5 @@
 """generate_dataset.py as a user runs it: subprocesses, exit codes, one-line errors,
-kill -9 and resume. Tests that need the real folder source and imagecheck skip
-until those modules exist."""
+kill -9 and resume. The subprocesses that import TensorFlow (verify) are slow."""
 from __future__ import annotations
 
 import glob
@@ -12,17 +11,15 @@ import sys
 import time
 
 import cv2
-import numpy as np
 import pytest
 
 import generate_dataset as cli
-from tests.test_writer import FakeSource, build, make_images, records
+from tests.conftest import ROOT, random_image, write_image
+from tests.generate.common import FakeSource, build, huge_png, make_images, records
 from utils.dataset import schema
-from utils.errors import UsageError
+from utils.errors import SourceError, UsageError
 from utils.sources import detect_kind
-from utils.sources.base import SourceError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "generate_dataset.py")
 
 
@@ -32,18 +29,13 @@ def run(*args, timeout=300):
                           timeout=timeout, env=env, cwd=ROOT)
 
 
-def needs_real_sources():
-    pytest.importorskip("utils.sources.folder")
-    pytest.importorskip("utils.image.prepare")
-
-
 def folder_dataset(root, n_per_class=(3, 3), size=32, seed=0):
-    rng = np.random.default_rng(seed)
-    for c, n in zip(("cat", "dog", "emu"), n_per_class):
-        os.makedirs(os.path.join(root, c), exist_ok=True)
-        for j in range(n):
-            img = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-            cv2.imwrite(os.path.join(root, c, f"{j:04d}.jpg"), img)
+    """root/<class>/NNNN.jpg noise images."""
+    n = 0
+    for c, count in zip(("cat", "dog", "emu"), n_per_class):
+        for j in range(count):
+            write_image(os.path.join(root, c, f"{j:04d}.jpg"), random_image(seed * 100_000 + n, size, size, blocky=False))
+            n += 1
     return str(root)
 
 
@@ -64,6 +56,7 @@ def test_missing_input_is_one_line(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow   # the verify subprocess imports TensorFlow
 def test_bad_flag_value_is_one_line(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
@@ -98,6 +91,7 @@ def test_config_supplies_defaults_and_flags_override(tmp_path):
         cli.apply_config(cli.build_parser(), ["SRC", "--config", str(conf)])
 
 
+@pytest.mark.slow   # the verify subprocess imports TensorFlow
 def test_verify_cli_ok_then_fails_after_a_flipped_byte(tmp_path):
     entries = make_images(tmp_path / "img", {"a": 4, "b": 4})
     man = build(FakeSource(entries), tmp_path / "out", val_fraction=0.25)
@@ -114,7 +108,6 @@ def test_verify_cli_ok_then_fails_after_a_flipped_byte(tmp_path):
 
 
 def test_different_dataset_in_out_is_refused(tmp_path):
-    needs_real_sources()
     a = folder_dataset(tmp_path / "a")
     b = folder_dataset(tmp_path / "b", seed=1)
     out = tmp_path / "out"
@@ -129,21 +122,15 @@ def test_different_dataset_in_out_is_refused(tmp_path):
     assert r.returncode == 0 and "already built" in r.stderr
 
 
+@pytest.mark.slow   # the verify subprocess imports TensorFlow
 def test_folder_end_to_end_with_bad_files(tmp_path):
-    needs_real_sources()
     src = folder_dataset(tmp_path / "src", (6, 5, 4))
     (tmp_path / "src" / "cat" / "empty.jpg").write_bytes(b"")
     good = open(tmp_path / "src" / "cat" / "0000.jpg", "rb").read()
     (tmp_path / "src" / "dog" / "truncated.jpg").write_bytes(good[: len(good) // 2])
     (tmp_path / "src" / "dog" / "notes.txt").write_text("not an image")
     (tmp_path / "src" / "emu" / "fake.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
-    # a PNG header claiming 60000 x 60000 pixels
-    import struct
-    import zlib
-    ihdr = struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0)
-    chunk = b"IHDR" + ihdr
-    huge = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk))
-    (tmp_path / "src" / "emu" / "huge.png").write_bytes(huge + b"\x00" * 32)
+    (tmp_path / "src" / "emu" / "huge.png").write_bytes(huge_png())
     out = tmp_path / "out"
     r = run(src, "--out", out, "--val-fraction", "0.2", "--no-progress")
     assert r.returncode == 0, r.stderr
@@ -157,7 +144,6 @@ def test_folder_end_to_end_with_bad_files(tmp_path):
 
 @pytest.mark.slow
 def test_kill_9_and_resume_gives_the_clean_result(tmp_path):
-    needs_real_sources()
     src = folder_dataset(tmp_path / "src", (150, 150, 100), size=32)
     args = ["--val-fraction", "0.2", "--shard-mb", "0.01", "--workers", "1", "--no-progress"]
     clean = tmp_path / "clean"
@@ -184,8 +170,6 @@ def test_kill_9_and_resume_gives_the_clean_result(tmp_path):
 
 
 def test_demo_without_arguments(tmp_path, monkeypatch):
-    pytest.importorskip("utils.sources.demo")
-    needs_real_sources()
     monkeypatch.setattr(cli, "DEMO_SRC", str(tmp_path / "demo_src"))
     monkeypatch.setattr(cli, "DEMO_OUT", str(tmp_path / "demo"))
     assert cli.main([]) == 0
@@ -216,7 +200,6 @@ def test_open_source_builds_each_kind(tmp_path):
 
     from utils.sources import open_source
 
-    needs_real_sources()
     folder = folder_dataset(tmp_path / "f")
     ns = lambda **kw: argparse.Namespace(**{**dict(labels=None, channels=None, label_names=None,  # noqa: E731
                                                    categories=None, out=str(tmp_path / "out"),
@@ -224,11 +207,11 @@ def test_open_source_builds_each_kind(tmp_path):
     assert open_source(None, folder, ns()).kind == "folder"
     flat = tmp_path / "flat"
     flat.mkdir()
-    cv2.imwrite(str(flat / "001.png"), np.zeros((8, 8), np.uint8))
+    write_image(flat / "001.png", random_image(0, 8, 8, c=1))
     (tmp_path / "l.csv").write_text("id,label\n001,cat\n")
     assert open_source(None, str(flat), ns(labels=str(tmp_path / "l.csv"))).kind == "csv"
-    cv2.imwrite(str(flat / "s1_w1.png"), np.zeros((8, 8), np.uint8))
-    cv2.imwrite(str(flat / "s1_w2.png"), np.zeros((8, 8), np.uint8))
+    write_image(flat / "s1_w1.png", random_image(1, 8, 8, c=1))
+    write_image(flat / "s1_w2.png", random_image(2, 8, 8, c=1))
     assert open_source(None, str(flat), ns(channels="w1,w2")).kind == "multichannel"
     (tmp_path / "t.bson").write_bytes(bson.encode({"_id": 1, "imgs": [], "category_id": 5}))
     assert open_source(None, str(tmp_path / "t.bson"), ns()).kind == "bson"
@@ -241,7 +224,6 @@ def test_open_source_builds_each_kind(tmp_path):
 
 
 def test_short_side_stores_the_smallest_copy_that_fills_the_input(tmp_path):
-    needs_real_sources()
     src = folder_dataset(tmp_path / "src", size=64)
     with pytest.raises(UsageError, match="--short-side"):
         cli.main([src, "--out", str(tmp_path / "bad"), "--short-side", "0", "--no-progress"])
@@ -257,11 +239,11 @@ def test_short_side_stores_the_smallest_copy_that_fills_the_input(tmp_path):
     assert sides == [(40, 40)] * 6
 
 
+@pytest.mark.slow   # the verify subprocess imports TensorFlow
 def test_verify_lists_near_duplicates_across_splits_and_labels(tmp_path):
-    needs_real_sources()
     import csv
 
-    from tests.test_neardup import photo
+    from tests.generate.test_neardup import photo
 
     src = tmp_path / "src"
     for split, cls, name, img in [

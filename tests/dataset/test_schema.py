@@ -1,3 +1,4 @@
+"""utils/dataset/schema.py: the record keys, our TF-free encoder against TensorFlow's parser."""
 import numpy as np
 import tensorflow as tf
 
@@ -35,7 +36,7 @@ def test_parse_numpy_matches():
 
 def test_plain_tf_reader_with_documented_keys_only():
     """Another tool, knowing only the documented keys, can read a record."""
-    from tests.documented_keys import documented_spec
+    from tests.dataset.documented_keys import documented_spec
 
     spec = documented_spec()
     ex = tf.io.parse_single_example(_example(), spec)
@@ -59,21 +60,3 @@ def test_hand_encoded_example_equals_tensorflow_encoding():
     big = tf.train.Example.FromString(schema.serialize([b"x"], "png", 70000, 1, 3, [5269, 300], "z"))
     assert list(big.features.feature[schema.LABEL].int64_list.value) == [5269, 300]
     assert big.features.feature[schema.HEIGHT].int64_list.value[0] == 70000
-
-
-def test_framed_records_are_read_by_tf_data_and_checksums_hold(tmp_path):
-    import pytest
-
-    from utils.dataset import tfrecord
-
-    path = str(tmp_path / "x.tfrecord")
-    recs = [schema.serialize([bytes([i]) * (i * 100)], "png", i, i, 3, [i], f"id{i}") for i in range(1, 6)]
-    with open(path, "wb") as f:
-        f.write(b"".join(tfrecord.frame(r) for r in recs))
-    assert [r.numpy() for r in tf.data.TFRecordDataset(path)] == recs
-    # TensorFlow checks our crc32c: a flipped byte is a DataLossError, not a silent change
-    data = bytearray(open(path, "rb").read())
-    data[40] ^= 0xFF
-    open(path, "wb").write(bytes(data))
-    with pytest.raises(tf.errors.DataLossError):
-        list(tf.data.TFRecordDataset(path))
