@@ -176,7 +176,7 @@ def test_iter_products_test_file_has_no_category(tmp_path):
 
 
 def test_a_repeated_product_id_is_skipped_not_written_twice(tmp_path):
-    from utils.generate.writer import build_index
+    from utils.generate.index import build_index
 
     path = tmp_path / "dup.bson"
     write_bson(path, [product(7, 11, [pic("a"), pic("b")]), product(7, 12, [pic("c")]), product(8, 11, [pic("d")])])
@@ -190,7 +190,7 @@ def test_the_writer_index_holds_about_300_bytes_per_photo(tmp_path):
     at ~500 bytes each (a functools.partial per photo) that was 6 GB; now ~4 GB."""
     import tracemalloc
 
-    from utils.generate.writer import build_index
+    from utils.generate.index import build_index
 
     path = tmp_path / "many.bson"
     write_bson(path, [product(10**6 + p, 1000010000 + p % 50, [pic("a")] * 2) for p in range(3000)])
