@@ -4,21 +4,18 @@
     python detect.py --model a.h5 --model b.keras test_images/ --tta 4 --format probs --out sub.csv
     python detect.py --model cd.h5 test.bson --format cdiscount --out submission.csv
 
-The work lives in utils/predict.py (models, inputs, streaming) and utils/evaluate.py (scores).
+The work lives in utils/detect/ (models, inputs, stream, thresholds, output, evaluate, run).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")   # before TensorFlow loads: keep stderr for our messages
 
-from utils.dataset.manifest import SPLITS
-from utils.errors import OneLineParser, UsageError, import_tensorflow_quietly, run_cli
-
-MAX_LISTED_SKIPS = 20    # skipped inputs echoed on stderr; the full list is in the CSV
+from utils.detect import FORMATS, SPLITS, TUNE_METRICS, VIEWS, run
+from utils.errors import OneLineParser, run_cli
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -32,8 +29,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from utils.detect.predict import FORMATS, VIEWS
-
+    """detect.py's flags (the command-line contract: names, help texts, defaults)."""
     p = OneLineParser(
         prog="detect.py", description=__doc__.split("\n\n")[0],
         formatter_class=_HelpFormatter)
@@ -72,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tune-thresholds", action="store_true",
                    help="on labelled input, find per-class thresholds maximising --tune-metric and save "
                         "them beside the model (NAME.thresholds.json) and into NAME.json")
-    p.add_argument("--tune-metric", choices=("f1", "f2"), default="f1",
+    p.add_argument("--tune-metric", choices=tuple(TUNE_METRICS), default="f1",
                    help="what --tune-thresholds maximises per class (iMet uses f2)")
     p.add_argument("--evaluate", action="store_true",
                    help="labelled input: accuracy, top-5, macro F1/F2, per-class CSV, confusion matrix / "
@@ -83,152 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def check_args(a) -> None:
-    from utils.detect.predict import VIEWS
-
-    if not 1 <= a.tta <= len(VIEWS):
-        raise UsageError(f"--tta must be between 1 and {len(VIEWS)}, got {a.tta}")
-    if a.batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {a.batch_size}")
-    if a.k < 1:
-        raise UsageError(f"--k must be >= 1, got {a.k}")
-    if a.threshold is not None and not 0.0 <= a.threshold <= 1.0:
-        raise UsageError(f"--threshold must be in [0, 1], got {a.threshold}")
-    if a.threshold is not None and a.thresholds:
-        raise UsageError("give --threshold or --thresholds, not both")
-
-
-def write_rows(path: str, header: list[str], fmt_row, rows) -> int:
-    """Stream rows into the CSV (atomically: a half-written submission never replaces a good one)."""
-    from utils.files import atomic_write_csv
-
-    return atomic_write_csv(path, header, ([r.id] + fmt_row(r.probs) for r in rows))
-
-
-def report_skipped(out: str, skipped: list) -> None:
-    from utils.detect.predict import sidecar, write_skipped
-
-    path = sidecar(out, ".skipped.csv")
-    if not skipped:
-        if os.path.isfile(path):
-            os.remove(path)          # a stale list from an earlier run would mislead
-        return
-    write_skipped(path, skipped)
-    for sid, reason in skipped[:MAX_LISTED_SKIPS]:
-        print(f"skipped {sid}: {reason}", file=sys.stderr)
-    more = len(skipped) - MAX_LISTED_SKIPS
-    print(f"skipped {len(skipped)} input(s){f' ({more} not shown)' if more > 0 else ''}: see {path}", file=sys.stderr)
-
-
-def tune(a, members, y_true, probs) -> list[float]:
-    """Per-class thresholds on this labelled input; saved beside the model (or beside --out for an ensemble)."""
-    from model.meta import save_meta
-    from utils.detect.evaluate import tune_thresholds
-    from utils.detect.predict import save_thresholds, sidecar, thresholds_path
-
-    beta = 2.0 if a.tune_metric == "f2" else 1.0
-    thresholds, scores = tune_thresholds(y_true, probs, beta=beta)
-    score = float(scores.mean())
-    names = members[0].class_names
-    if len(members) == 1:
-        m = members[0]
-        path = save_thresholds(thresholds_path(m.path), names, thresholds, a.tune_metric, score)
-        m.meta["thresholds"] = thresholds
-        save_meta(m.path, m.meta)
-    else:   # tuned for this ensemble, not for any one member: do not write them into a model's JSON
-        path = save_thresholds(sidecar(a.out, ".thresholds.json"), names, thresholds, a.tune_metric, score)
-    print(f"tuned thresholds (macro {a.tune_metric} {score:.4f} on the tuning data) saved to {path}")
-    return thresholds
-
-
-def evaluate(a, members, y_true, probs, thresholds, unit: str) -> None:
-    import numpy as np
-
-    from utils.detect import evaluate as ev
-    from utils.detect.predict import sidecar
-
-    names = members[0].class_names
-    multi = members[0].multi_label
-    metrics = ev.evaluate(y_true, probs, names, multi_label=multi, thresholds=thresholds)
-    out_dir = sidecar(a.out, ".eval")
-    os.makedirs(out_dir, exist_ok=True)
-    ev.write_report_csv(metrics["per_class"], os.path.join(out_dir, "per_class.csv"))
-    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-        json.dump({k: v for k, v in metrics.items() if k != "per_class"}, f, indent=1)
-    try:
-        from utils import plots
-    except ImportError:     # plots belong to the pipeline package; scores above do not need them
-        plots = None
-        print("warning: utils/plots.py is not available: no PNGs written", file=sys.stderr)
-    if plots is None:
-        pass
-    elif multi:
-        plots.save_pr_curves(np.asarray(y_true), np.asarray(probs), names, os.path.join(out_dir, "pr_curves.png"))
-    else:
-        plots.save_confusion_matrix(ev.confusion_matrix(y_true, probs), names,
-                                    os.path.join(out_dir, "confusion_matrix.png"), max_classes=30)
-    print(ev.summary_table(metrics))
-    print(f"evaluation files in {out_dir}/")
-    print(ev.headline(metrics, unit))
-
-
 def main(argv=None) -> int:
-    a = build_parser().parse_args(argv)
-    check_args(a)
-    import_tensorflow_quietly()
-    from utils.detect import predict as pr
-
-    pr.check_paths(a.model, a.inputs)
-    members = pr.load_ensemble(a.model, weights=a.model_weights, unsafe=a.unsafe)
-    names, multi = members[0].class_names, members[0].multi_label
-    specs = pr.plan_inputs(a.inputs, names, split=a.split, cache_dir=a.cache_dir, planes=members[0].planes)
-    if (a.evaluate or a.tune_thresholds) and not all(s.labelled for s in specs):
-        bad = next(s.name for s in specs if not s.labelled)
-        raise UsageError(f"--evaluate/--tune-thresholds need labelled input; {bad} has no labels the model knows")
-    if a.tune_thresholds and not multi:
-        raise UsageError("--tune-thresholds is for multi-label models (sigmoid or per-class head)")
-    thresholds = pr.resolve_thresholds(members, threshold=a.threshold, thresholds_file=a.thresholds)
-    fmt = a.format or ("multilabel" if multi else "label")
-    unit = "products" if any(s.unit == "products" for s in specs) else "images"
-    out_dir = os.path.dirname(os.path.abspath(a.out))
-    os.makedirs(out_dir, exist_ok=True)
-
-    skipped: list = []
-    rows = pr.group_rows(pr.predict_stream(members, specs, tta=a.tta, batch_size=a.batch_size,
-                                           skipped=skipped, progress=not a.no_progress))
-    if fmt == "cdiscount":  # every product must have a row, even one whose photos all failed
-        rows = pr.fill_missing_products(rows, skipped)
-    fmt_kw = dict(k=a.k, ids=a.ids, at_least_one=a.at_least_one)
-    if not (a.evaluate or a.tune_thresholds):
-        header, fmt_row = pr.header_and_formatter(fmt, names, thresholds=thresholds, **fmt_kw)
-        n = write_rows(a.out, header, fmt_row, rows)
-        report_skipped(a.out, skipped)
-        print(f"wrote {n} predictions ({fmt}) to {a.out}")
-        return 0
-
-    import numpy as np
-
-    # Scores need every row at once (N x K floats); plain prediction above streams instead.
-    rows = list(rows)
-    report_skipped(a.out, skipped)
-    if not rows:
-        raise UsageError("no input could be read: nothing to evaluate")
-    unlabelled = [r.id for r in rows if not r.label]
-    if unlabelled:
-        raise UsageError(f"{len(unlabelled)} input(s) have no label the model knows (first: {unlabelled[0]}): "
-                         "cannot evaluate or tune on them")
-    probs = np.stack([r.probs for r in rows])
-    y_true = np.zeros_like(probs)
-    for i, r in enumerate(rows):
-        y_true[i, list(r.label)] = 1.0
-    if a.tune_thresholds:
-        thresholds = tune(a, members, y_true, probs)
-    header, fmt_row = pr.header_and_formatter(fmt, names, thresholds=thresholds, **fmt_kw)
-    n = write_rows(a.out, header, fmt_row, rows)
-    print(f"wrote {n} predictions ({fmt}) to {a.out}")
-    if a.evaluate:
-        evaluate(a, members, y_true, probs, thresholds, unit)
-    return 0
+    """Parse `argv` and run; errors propagate to run_cli, which prints them as one line."""
+    return run(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 Both sides use the same saved model and the same images in the same run:
   baseline  every image decoded + resized up front (eval_image), stacked in memory,
             then timed: model.predict(x, batch_size=B) -- the model's own ceiling.
-  detect    timed: utils.detect.predict.predict_stream over the JPEG files on disk (read,
+  detect    timed: utils.detect.stream.predict_stream over the JPEG files on disk (read,
             decode, resize, batch, prefetch, model call, ensemble average) -- what
             detect.py does per image, minus writing the CSV.
   cli       the whole `detect.py --model M folder --out x.csv`, model loading excluded
@@ -39,27 +39,14 @@ def make_images(folder: str, n: int, side: int) -> list[str]:
     return paths
 
 
-def make_model(path: str, arch: str, size: int, classes: list[str]) -> str:
+def make_model(path: str, arch: str, size: int, classes: list[str]) -> None:
+    from model.build import build_model
     from model.meta import save_meta
 
-    try:
-        from model.build import build_model
-
-        model = build_model(arch, len(classes), input_size=(size, size), weights="none", class_names=classes)
-    except ImportError:   # model package not there yet: a small conv net stands in
-        import keras
-
-        inp = keras.Input((size, size, 3))
-        x = keras.layers.Rescaling(1 / 255)(inp)
-        for f in (32, 64, 128):
-            x = keras.layers.Conv2D(f, 3, strides=2, activation="relu")(x)
-        x = keras.layers.GlobalAveragePooling2D()(x)
-        model = keras.Model(inp, keras.layers.Dense(len(classes), activation="softmax", name="probs")(x))
-        arch = "small_conv"
+    model = build_model(arch, len(classes), input_size=(size, size), weights="none", class_names=classes)
     model.save(path)
     save_meta(path, {"name": "bench", "architecture": arch, "class_names": classes, "input_size": [size, size],
                      "channels": 3, "planes": 1, "head": "softmax", "multi_label": False, "outputs": ["probs"]})
-    return arch
 
 
 def main() -> int:
@@ -69,7 +56,7 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=192, help="number of JPEG files predicted")
     ap.add_argument("--image-side", type=int, default=256, help="side of the JPEG files on disk (pixels)")
     ap.add_argument("--batch-size", type=int, default=32, help="batch size of both paths")
-    a = ap.parse_args()
+    args = ap.parse_args()
 
     import numpy as np
     import tensorflow as tf
@@ -77,31 +64,33 @@ def main() -> int:
     import detect
     from utils.errors import run_cli
     from utils.input.pipeline import eval_image
-    from utils.detect.predict import load_member, plan_inputs, predict_stream
+    from utils.detect.inputs import plan_inputs
+    from utils.detect.models import Member, open_predictor
+    from utils.detect.stream import predict_stream
 
     tmp = tempfile.mkdtemp(prefix="bench_detect_")
     imgs = os.path.join(tmp, "imgs")
     os.makedirs(imgs)
-    paths = make_images(imgs, a.images, a.image_side)
+    paths = make_images(imgs, args.images, args.image_side)
     classes = [f"c{i}" for i in range(10)]
     model_path = os.path.join(tmp, "bench.keras")
-    arch = make_model(model_path, a.arch, a.size, classes)
+    make_model(model_path, args.arch, args.size, classes)
 
-    member = load_member(model_path)
+    member = Member(open_predictor(model_path))
     specs = plan_inputs([imgs], classes)
 
     # baseline: tensors preloaded (decode and resize NOT timed)
-    x = np.stack([eval_image(tf.constant([open(p, "rb").read()]), (a.size, a.size)).numpy() for p in paths])
+    x = np.stack([eval_image(tf.constant([open(p, "rb").read()]), (args.size, args.size)).numpy() for p in paths])
     import keras
 
     model = keras.models.load_model(model_path, compile=False)
-    model.predict(x[: a.batch_size], batch_size=a.batch_size, verbose=0)
+    model.predict(x[: args.batch_size], batch_size=args.batch_size, verbose=0)
     t0 = time.perf_counter()
-    base = model.predict(x, batch_size=a.batch_size, verbose=0)
+    base = model.predict(x, batch_size=args.batch_size, verbose=0)
     t_base = time.perf_counter() - t0
 
     def stream():
-        return np.stack([r.probs for r in predict_stream([member], specs, batch_size=a.batch_size, progress=False)])
+        return np.stack([r.probs for r in predict_stream([member], specs, batch_size=args.batch_size, progress=False)])
 
     stream()   # warm-up: traces the member's graph and the tf.data functions
     t0 = time.perf_counter()
@@ -113,13 +102,13 @@ def main() -> int:
     out = os.path.join(tmp, "p.csv")
     t0 = time.perf_counter()
     code = run_cli(detect.main, ["--model", model_path, imgs, "--out", out, "--no-progress",
-                                 "--batch-size", str(a.batch_size)])
+                                 "--batch-size", str(args.batch_size)])
     t_cli = time.perf_counter() - t0
     assert code == 0
 
     n = len(paths)
     ips_base, ips_detect, ips_cli = n / t_base, n / t_detect, n / t_cli
-    print(f"model {arch} {a.size}x{a.size}, {n} JPEGs of {a.image_side}px, batch {a.batch_size}, "
+    print(f"model {args.arch} {args.size}x{args.size}, {n} JPEGs of {args.image_side}px, batch {args.batch_size}, "
           f"{os.cpu_count()} CPUs")
     print(f"baseline model.predict on preloaded tensors: {ips_base:8.1f} images/s")
     print(f"detect prediction path (files -> probs):     {ips_detect:8.1f} images/s  "

@@ -1,7 +1,7 @@
-"""Scores from (y_true, probs): accuracy, top-k, F-beta, per-class report, threshold tuning.
+"""Scores from (y_true, probs): accuracy, top-k, F-beta, per-class report; the PREFIX.eval/ files.
 
 Pure numpy, no TensorFlow: detect.py collects the probabilities of a labelled
-input and hands them here. Conventions:
+input and hands them here (threshold tuning is in thresholds.py). Conventions:
   y_true  multi-hot float/int array [N, K] (single-label data is one-hot)
   probs   float array [N, K] (softmax rows or independent sigmoids)
 Single-label predictions are the argmax; multi-label predictions are
@@ -12,30 +12,27 @@ sklearn "zero_division=0" convention), so macro averages never become NaN.
 """
 from __future__ import annotations
 
-import csv
+import json
+import os
+
 import numpy as np
 
+from utils.detect.thresholds import fbeta_from_counts, passes
+from utils.files import atomic_write_csv, atomic_write_text
 
-def fbeta_from_counts(tp, fp, fn, beta: float = 1.0):
-    """F-beta from counts (scalars or arrays); 0 where nothing is true or predicted."""
-    b2 = beta * beta
-    tp, fp, fn = (np.asarray(v, dtype=np.float64) for v in (tp, fp, fn))
-    num = (1 + b2) * tp
-    den = num + b2 * fn + fp
+REPORT_COLUMNS = ["class", "precision", "recall", "f1", "f2", "support", "predicted"]
+
+
+def _safe_div(num, den):
+    num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
     return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
-
-
-def _safe_div(a, b):
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return np.divide(a, b, out=np.zeros_like(a), where=b > 0)
 
 
 def predict_labels(probs: np.ndarray, multi_label: bool, thresholds=0.5) -> np.ndarray:
     """probs [N, K] -> 0/1 predictions [N, K]: argmax one-hot, or per-class thresholds."""
     probs = np.asarray(probs)
     if multi_label:
-        # compare in float64: tuned thresholds sit between float32 values and must stay there
-        return (probs >= np.asarray(thresholds, dtype=np.float64)).astype(np.int8)
+        return passes(probs, thresholds).astype(np.int8)
     out = np.zeros(probs.shape, dtype=np.int8)
     if len(probs):
         out[np.arange(len(probs)), probs.argmax(axis=1)] = 1
@@ -68,15 +65,14 @@ def per_class_report(y_true, y_pred, class_names, counts=None) -> list[dict]:
 
 
 def write_report_csv(rows: list[dict], path: str) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["class", "precision", "recall", "f1", "f2", "support", "predicted"])
-        for r in rows:
-            w.writerow([r["class"], f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['f1']:.4f}",
-                        f"{r['f2']:.4f}", r["support"], r["predicted"]])
+    """per_class.csv: per_class_report's rows, scores with 4 decimals."""
+    atomic_write_csv(path, REPORT_COLUMNS, (
+        [r["class"], f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['f1']:.4f}", f"{r['f2']:.4f}",
+         r["support"], r["predicted"]] for r in rows))
 
 
 def macro_fbeta(y_true, y_pred, beta: float = 1.0) -> float:
+    """Mean over classes of each class's F-beta, from 0/1 arrays [N, K]."""
     tp, fp, fn, _ = confusion_counts(y_true, y_pred)
     return float(fbeta_from_counts(tp, fp, fn, beta).mean()) if len(tp) else 0.0
 
@@ -159,43 +155,30 @@ def summary_table(metrics: dict, max_rows: int = 10) -> str:
     return "\n".join(lines)
 
 
-def tune_thresholds(y_true, probs, *, beta: float = 1.0, default: float = 0.5, max_candidates: int = 1000):
-    """Per-class thresholds maximising that class's F-beta on (y_true, probs).
+def write_evaluation(out_dir: str, y_true, probs, class_names: list[str], *, multi_label: bool,
+                     thresholds, unit: str = "images") -> dict:
+    """--evaluate: per_class.csv, metrics.json and a plot in `out_dir`; the summary on stdout.
 
-    Candidates come from the data: the midpoints between consecutive distinct
-    probabilities of the class (a midpoint keeps the tuning set's decision and
-    leaves a margin on both sides), plus `default`. A class's score at `default`
-    is always a candidate, so each class scores at least as well as with
-    `default`, hence so does the macro average. A class with no positive sample
-    keeps `default` (every threshold gives F = 0 there; no evidence to move it).
-    Returns (thresholds [K] float list, per-class best scores [K]).
+    The plot is the confusion matrix (single-label) or the PR curves (multi-label).
+    The last stdout line is the headline score.
+
+    Returns:
+        the metrics (as `evaluate` returns them).
     """
-    y_true = np.asarray(y_true) > 0.5
-    probs = np.asarray(probs, dtype=np.float64)
-    n, k = probs.shape
-    thresholds, scores = np.full(k, default, dtype=np.float64), np.zeros(k)
-    for c in range(k):
-        pos = int(y_true[:, c].sum())
-        p = probs[:, c]
-        base_tp = int((y_true[:, c] & (p >= default)).sum())
-        base_pred = int((p >= default).sum())
-        scores[c] = float(fbeta_from_counts(base_tp, base_pred - base_tp, pos - base_tp, beta))
-        if pos == 0 or n == 0:
-            continue
-        # Sort descending: predicting the first i samples positive <=> threshold just below p_sorted[i-1]
-        order = np.argsort(-p, kind="stable")
-        ps, ys = p[order], y_true[order, c]
-        tp = np.cumsum(ys)
-        # only cut where the value changes, so ties stay on the same side
-        cut = np.nonzero(np.append(ps[1:] < ps[:-1], True))[0]
-        if len(cut) > max_candidates:   # a large set: evenly spaced cut points are enough
-            cut = cut[np.linspace(0, len(cut) - 1, max_candidates).astype(int)]
-        tpc = tp[cut]
-        f = fbeta_from_counts(tpc, cut + 1 - tpc, pos - tpc, beta)
-        best = int(np.argmax(f))
-        if f[best] > scores[c]:
-            i = cut[best]
-            lower = ps[i + 1] if i + 1 < n else max(0.0, ps[i] - 1e-3)
-            thresholds[c] = float((ps[i] + lower) / 2.0)
-            scores[c] = float(f[best])
-    return [float(t) for t in thresholds], scores
+    from utils import plots  # lazy: matplotlib loads only when evaluating
+
+    metrics = evaluate(y_true, probs, class_names, multi_label=multi_label, thresholds=thresholds)
+    os.makedirs(out_dir, exist_ok=True)
+    write_report_csv(metrics["per_class"], os.path.join(out_dir, "per_class.csv"))
+    atomic_write_text(os.path.join(out_dir, "metrics.json"),
+                      json.dumps({k: v for k, v in metrics.items() if k != "per_class"}, indent=1))
+    if multi_label:
+        plots.save_pr_curves(np.asarray(y_true), np.asarray(probs), class_names,
+                             os.path.join(out_dir, "pr_curves.png"))
+    else:
+        plots.save_confusion_matrix(confusion_matrix(y_true, probs), class_names,
+                                    os.path.join(out_dir, "confusion_matrix.png"), max_classes=30)
+    print(summary_table(metrics))
+    print(f"evaluation files in {out_dir}/")
+    print(headline(metrics, unit))
+    return metrics

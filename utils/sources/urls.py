@@ -9,9 +9,11 @@ An all-zero label row is a labelled sample with no positive class
 (labels=(), split None): it belongs in train/val as a negative example for
 every label, unlike a test-list line (labels=(), split "test").
 
-`items()` first downloads every URL into the cache folder (utils/download.py:
+`items()` first downloads every URL into the cache folder (utils/sources/download.py:
 concurrent, retried, size-capped, cached across reruns), then yields Items
 that read the cached files; failed downloads become Skips with the reason.
+
+`read_url_list` is detect.py's reading of the same lines (see there why it is stricter).
 """
 from __future__ import annotations
 
@@ -22,13 +24,30 @@ from typing import Iterator, NamedTuple
 from utils.sources.base import Item, Skip, Source, SourceError, file_loader
 from utils.sources.table import read_csv_rows
 
+LIST_EXTENSIONS = (".txt", ".csv", ".tsv", ".lst")   # what a URL list's file name ends in
+
 
 class Row(NamedTuple):
+    """One well-formed line of a URL list."""
     line: int
     image_id: str
     url: str
-    labels: tuple[str, ...]
-    split: str | None
+    labels: tuple[str, ...] | None    # names of the label columns holding 1; None: not 0/1 columns
+    split: str | None                 # "test" for a line without label columns
+
+
+def default_label_names(k: int) -> list[str]:
+    """Names of K label columns when --label-names does not give them: l0..l{K-1}."""
+    return [f"l{i}" for i in range(k)]
+
+
+def _flag_problem(flags: list[str]) -> str | None:
+    bad = next((v for v in flags if v not in ("0", "1")), None)
+    return None if bad is None else f"label value not 0/1: {bad!r}"
+
+
+def _flag_labels(flags: list[str], names: list[str]) -> tuple[str, ...]:
+    return tuple(names[i] for i, v in enumerate(flags) if v == "1")
 
 
 def read_label_names(value: str) -> list[str]:
@@ -66,16 +85,41 @@ def _parse(lines, k: int, names: list[str]) -> list[Row | Skip]:
             out.append(Skip(key, "empty image id"))
         elif not url:
             out.append(Skip(key, "empty url"))
-        elif any(v not in ("0", "1") for v in flags):
-            bad = next(v for v in flags if v not in ("0", "1"))
-            out.append(Skip(key, f"label value not 0/1: {bad!r}"))
+        elif problem := _flag_problem(flags):
+            out.append(Skip(key, problem))
         elif image_id in seen:
             out.append(Skip(key, f"duplicate image id: {image_id}"))
         else:
             seen.add(image_id)
-            labels = tuple(names[i] for i, v in enumerate(flags) if v == "1")
-            out.append(Row(n, image_id, url, labels, "test" if k == 0 else None))
+            out.append(Row(n, image_id, url, _flag_labels(flags, names), "test" if k == 0 else None))
     return out
+
+
+def read_url_list(path: str) -> list[Row]:
+    """A URL list as detect.py reads it: `id,url[,0/1 label columns]` lines, a header line allowed.
+
+    Stricter than UrlListSource, which turns a malformed line into a Skip so that a
+    dataset build accounts for every line: a prediction list with a line that has no
+    URL is not what the user thinks it is, so it stops the run before any download.
+    Label columns are kept, named by position as without --label-names (l0, l1, ...);
+    a line may have any number of them.
+
+    Raises:
+        SourceError: a line (other than a first-line header) without a URL, no lines,
+            a missing file or one that is not UTF-8 text.
+    """
+    rows: list[Row] = []
+    for n, fields in read_csv_rows(path):
+        if len(fields) < 2 or "://" not in fields[1]:
+            if not rows and n == 1:
+                continue        # header
+            raise SourceError(f"{path}:{n}: expected `id,url`, got {','.join(fields)[:80]!r}")
+        flags = fields[2:]
+        labels = None if _flag_problem(flags) else _flag_labels(flags, default_label_names(len(flags)))
+        rows.append(Row(n, fields[0], fields[1], labels, None if flags else "test"))
+    if not rows:
+        raise SourceError(f"{path}: no `id,url` lines")
+    return rows
 
 
 class UrlListSource(Source):
@@ -111,7 +155,7 @@ class UrlListSource(Source):
             if k and len(label_names) != k:
                 raise SourceError(f"--label-names has {len(label_names)} names but "
                                   f"{list_path} has {k} label columns")
-        names = label_names if label_names is not None else [f"l{i}" for i in range(k)]
+        names = label_names if label_names is not None else default_label_names(k)
         self.classes = names or None
         self.num_labels = k
         self._entries = _parse(lines, k, names)

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_download import http_server  # noqa: F401  (the local HTTP server fixture)
+from tests.sources.test_download import http_server  # noqa: F401  (the local HTTP server fixture)
 from utils.sources.base import Item, Skip, SourceError
-from utils.sources.urls import UrlListSource, read_label_names
+from utils.sources.urls import UrlListSource, read_label_names, read_url_list
 
 FAST = dict(timeout=0.4, retries=1, concurrency=4, progress=False)
 
@@ -127,3 +127,26 @@ def test_read_label_names(tmp_path):
     assert read_label_names(str(f)) == ["x", "y"]
     with pytest.raises(SourceError, match="duplicate"):
         read_label_names("a,a")
+
+
+def test_url_list_read_as_the_writer_reads_it(tmp_path):
+    """detect.py's reading: a byte-order mark (Excel's CSV export) does not become part of the
+    first id; a header line is allowed; a line without a URL stops the run."""
+    lst = tmp_path / "l.csv"
+    lst.write_bytes("1,http://x/a.jpg,0,1\n\n2, http://x/b.jpg ,1,0\n".encode("utf-8-sig"))
+    assert [(r.image_id, r.url) for r in read_url_list(str(lst))] == [("1", "http://x/a.jpg"), ("2", "http://x/b.jpg")]
+    lst.write_text("id,url\n1,http://x/a.jpg\nbroken line\n")
+    with pytest.raises(SourceError, match=":3: expected `id,url`"):
+        read_url_list(str(lst))
+    lst.write_text("id,url\n")
+    with pytest.raises(SourceError, match="no `id,url` lines"):
+        read_url_list(str(lst))
+
+
+def test_url_list_for_prediction_keeps_the_labels(tmp_path):
+    """The label columns survive detect.py's reading, named by position as UrlListSource names them."""
+    lst = tmp_path / "l.csv"
+    lst.write_text("id,url\n1,http://x/a.jpg,0,1,1\n2,http://x/b.jpg,0,0,0\n3,http://x/c.jpg\n4,http://x/d.jpg,yes\n")
+    rows = read_url_list(str(lst))
+    assert [(r.line, r.labels, r.split) for r in rows] == [
+        (2, ("l1", "l2"), None), (3, (), None), (4, (), "test"), (5, None, None)]

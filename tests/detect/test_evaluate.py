@@ -1,16 +1,14 @@
-"""utils/evaluate.py: metrics and threshold tuning on hand-made arrays (no TensorFlow)."""
+"""utils/detect/evaluate.py: metrics on hand-made arrays, and the PREFIX.eval/ files (no TensorFlow).
+
+F-beta and threshold tuning are tested in test_thresholds.py.
+"""
+import json
+import os
+
 import numpy as np
 import pytest
 
 from utils.detect import evaluate as ev
-
-
-def test_fbeta_counts_and_zero_division():
-    f = ev.fbeta_from_counts(np.array([2, 0]), np.array([1, 0]), np.array([1, 0]), 1.0)
-    assert f[0] == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))
-    assert f[1] == 0.0          # nothing true, nothing predicted: 0, not NaN
-    # F2 weighs recall: missing positives costs more than false alarms
-    assert ev.fbeta_from_counts(1, 0, 1, 2.0) < ev.fbeta_from_counts(1, 1, 0, 2.0)
 
 
 def test_single_label_metrics():
@@ -38,29 +36,6 @@ def test_multi_label_metrics_and_thresholds():
     assert ev.headline(m2, "products").startswith("macro_f1 1.000 on 3 products")
 
 
-def test_tuned_thresholds_beat_default_on_tuning_data():
-    rng = np.random.default_rng(0)
-    y = (rng.random((200, 6)) < 0.3).astype(np.float32)
-    y[:, 5] = 0                                    # a class with no positives keeps the default
-    # informative but shifted scores: 0.5 is a poor cut for most classes
-    p = np.clip(0.15 + 0.3 * y + 0.25 * rng.random(y.shape), 0, 1).astype(np.float32)
-    for beta in (1.0, 2.0):
-        t, scores = ev.tune_thresholds(y, p, beta=beta)
-        assert len(t) == 6 and t[5] == 0.5
-        tuned = ev.macro_fbeta(y, ev.predict_labels(p, True, t), beta)
-        base = ev.macro_fbeta(y, ev.predict_labels(p, True, 0.5), beta)
-        assert tuned >= base
-        assert tuned > base + 0.1                  # the shift is large: tuning must find it
-        assert tuned == pytest.approx(scores.mean())  # reported score = score of the returned thresholds
-
-
-def test_tuning_handles_ties_and_perfect_separation():
-    y = np.array([[1], [1], [0], [0]], dtype=np.float32)
-    p = np.array([[.3], [.3], [.2], [.2]], dtype=np.float32)
-    t, s = ev.tune_thresholds(y, p)
-    assert 0.2 < t[0] <= 0.3 and s[0] == 1.0
-
-
 def test_report_csv(tmp_path):
     m = ev.evaluate(np.eye(2)[[0, 1]], np.array([[.9, .1], [.4, .6]]), ["a", "b"], multi_label=False)
     path = tmp_path / "r.csv"
@@ -79,3 +54,17 @@ def test_evaluate_macro_scores_equal_macro_fbeta():
         y_pred = ev.predict_labels(p, multi, 0.4)
         assert m["macro_f1"] == pytest.approx(ev.macro_fbeta(y, y_pred, 1.0), abs=1e-12)
         assert m["macro_f2"] == pytest.approx(ev.macro_fbeta(y, y_pred, 2.0), abs=1e-12)
+
+
+def test_write_evaluation_files_and_headline(tmp_path, capsys):
+    y = np.eye(3)[[0, 1, 2, 2]]
+    p = np.array([[.8, .1, .1], [.2, .5, .3], [.5, .2, .3], [.1, .1, .8]])
+    out = str(tmp_path / "p.eval")
+    m = ev.write_evaluation(out, y, p, ["a", "b", "c"], multi_label=False, thresholds=0.5)
+    assert sorted(os.listdir(out)) == ["confusion_matrix.png", "metrics.json", "per_class.csv"]
+    assert json.loads(open(os.path.join(out, "metrics.json")).read()) == {k: v for k, v in m.items() if k != "per_class"}
+    stdout = capsys.readouterr().out.strip().splitlines()
+    assert stdout[-2:] == [f"evaluation files in {out}/", "accuracy 0.750 on 4 images"]
+    ev.write_evaluation(out, y, p, ["a", "b", "c"], multi_label=True, thresholds=[0.5] * 3, unit="products")
+    assert os.path.getsize(os.path.join(out, "pr_curves.png")) > 1000
+    assert capsys.readouterr().out.strip().endswith("on 4 products")

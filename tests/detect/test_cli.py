@@ -1,148 +1,26 @@
 """detect.py end to end with tiny models trained for a step (no network, 32-48 px images).
 
-Models are built by hand here (float [0, 255] input -> tiny conv -> "probs"), saved
-as train.py would (model file + NAME.json via model/meta.py), so these tests do not
-depend on the model package; one slow test uses model.build when it exists.
+The makers are in tests/detect/common.py; the fixtures h5_model and images in conftest.py.
 """
-import csv
 import functools
-import importlib.util
 import http.server
-import io
 import json
 import os
 import threading
 
+import keras
 import numpy as np
 import pytest
-from PIL import Image
 
 import detect
 from model.meta import load_meta, save_meta
-from utils.dataset import schema
-from utils.errors import run_cli
-
-keras = pytest.importorskip("keras")
-
-# utils/plots.py belongs to the pipeline helper; PNG checks run once it exists
-HAVE_PLOTS = importlib.util.find_spec("utils.plots") is not None
-CLASSES = ["red", "green", "blue"]
-COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (40, 40, 230)}
-
-
-# ----------------------------------------------------------------------------- helpers
-
-def image_bytes(color, fmt="PNG", size=40, seed=0):
-    """An asymmetric image (a bright bar on the left) so flips and crops change predictions."""
-    rng = np.random.default_rng(seed)
-    a = np.clip(np.array(color) + rng.integers(-30, 30, (size, size, 3)), 0, 255).astype(np.uint8)
-    a[:, : size // 4] = 255
-    buf = io.BytesIO()
-    Image.fromarray(a).save(buf, format=fmt)
-    return buf.getvalue()
-
-
-def write_class_folder(root, per_class=3, classes=CLASSES):
-    for c in classes:
-        os.makedirs(root / c, exist_ok=True)
-        for i in range(per_class):
-            (root / c / f"{c}{i}.png").write_bytes(image_bytes(COLORS.get(c, (128, 128, 128)), seed=i))
-    return root
-
-
-def tiny_model(path, class_names=CLASSES, *, size=(32, 32), head="softmax", arch="conv", lam=False, seed=0,
-               channels=3):
-    """Build, train one step, save `path` (.h5 / .keras / folder = SavedModel) and its NAME.json."""
-    keras.utils.set_random_seed(seed)
-    k = len(class_names)
-    inp = keras.Input((*size, channels), name="image")
-    x = keras.layers.Rescaling(1.0 / 255)(inp)
-    if lam:
-        x = keras.layers.Lambda(lambda t: t * 1.0, name="my_lambda")(x)
-    if arch == "conv":
-        x = keras.layers.Conv2D(4, 3, strides=2, activation="relu")(x)
-        x = keras.layers.GlobalAveragePooling2D()(x)
-    else:   # a different architecture: pooled pixels straight into a dense layer
-        x = keras.layers.AveragePooling2D(8)(x)
-        x = keras.layers.Flatten()(x)
-        x = keras.layers.Dense(8, activation="relu")(x)
-    if head == "per-class":
-        names = [f"c{i:03d}" for i in range(k)]
-        outs = [keras.layers.Dense(1, activation="sigmoid", name=n)(x) for n in names]
-        loss = ["binary_crossentropy"] * k
-        y = [np.random.default_rng(1).integers(0, 2, (4, 1)).astype("float32") for _ in names]
-    else:
-        names = ["probs"]
-        outs = keras.layers.Dense(k, activation="softmax" if head == "softmax" else "sigmoid", name="probs")(x)
-        loss = "categorical_crossentropy" if head == "softmax" else "binary_crossentropy"
-        y = np.eye(k, dtype="float32")[[0, 1, 2, 0][:4] if k >= 3 else [0, 1, 0, 1]]
-    model = keras.Model(inp, outs)
-    model.compile(optimizer="adam", loss=loss)
-    model.train_on_batch(np.random.default_rng(2).uniform(0, 255, (4, *size, channels)).astype("float32"), y)
-    path = str(path)
-    if path.endswith((".h5", ".keras")):
-        model.save(path)
-    else:
-        model.export(path, verbose=False)
-    save_meta(path, {"name": os.path.basename(path), "architecture": f"tiny_{arch}", "class_names": list(class_names),
-                     "input_size": list(size), "channels": channels, "planes": 1 if channels == 3 else channels,
-                     "preprocess": "none", "head": head,
-                     "multi_label": head != "softmax", "outputs": names, "thresholds": None})
-    return path
-
-
-def write_dataset(root, class_names, samples, *, split="val", multi_label=False, planes=1):
-    """A data/NAME folder as utils/writer.py lays it out: one shard + manifest.json + labels.json."""
-    os.makedirs(root, exist_ok=True)
-    import tensorflow as tf
-
-    fname = f"{split}-00000-of-00001.tfrecord"
-    counts = [0] * len(class_names)
-    with tf.io.TFRecordWriter(str(root / fname)) as w:
-        for sid, data, labels in samples:
-            for l in labels:
-                counts[l] += 1
-            w.write(schema.serialize(data if planes > 1 else [data], "png", 40, 40, 1 if planes > 1 else 3,
-                                     labels, sid))
-    manifest = {"schema_version": 1, "name": root.name, "num_classes": len(class_names), "multi_label": multi_label,
-                "planes": planes, "channels": 3 if planes == 1 else planes, "folds": 0, "inputs": len(samples),
-                "splits": {split: {"count": len(samples), "class_counts": counts,
-                                   "shards": [{"file": fname, "count": len(samples), "fold": None,
-                                               "class_counts": counts}]}},
-                "skipped": {"count": 0, "by_reason": {}}}
-    (root / "manifest.json").write_text(json.dumps(manifest))
-    (root / "labels.json").write_text(json.dumps(class_names))
-    return root
-
-
-def run(argv, capsys):
-    code = run_cli(detect.main, [*argv, "--no-progress"])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def read_csv(path):
-    with open(path, newline="") as f:
-        return list(csv.reader(f))
-
-
-def probs_of(path):
-    rows = read_csv(path)
-    return {r[0]: np.array([float(v) for v in r[1:]]) for r in rows[1:]}
-
-
-@pytest.fixture(scope="module")
-def h5_model(tmp_path_factory):
-    return tiny_model(tmp_path_factory.mktemp("m") / "tiny.h5")
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    return write_class_folder(tmp_path_factory.mktemp("imgs"))
+from tests.conftest import encode_image
+from tests.detect.common import CLASSES, image_bytes, probs_of, read_csv, run, tiny_model, write_split
 
 
 # ----------------------------------------------------------------------------- formats
 
+@pytest.mark.slow   # > 5 s: several CLI runs
 def test_every_format(h5_model, images, tmp_path, capsys):
     out = str(tmp_path / "p.csv")
     code, stdout, err = run(["--model", h5_model, str(images), "--out", out, "--format", "probs"], capsys)
@@ -189,6 +67,7 @@ def test_every_format(h5_model, images, tmp_path, capsys):
     assert rows[0] == ["id"] + CLASSES and all(r[1:] == ["1", "0", "0"] for r in rows[1:])
 
 
+@pytest.mark.slow   # > 5 s: several CLI runs
 def test_keras_savedmodel_and_per_class_head(images, tmp_path, capsys):
     """.keras and SavedModel folders load; a per-class head becomes one [N, K] matrix."""
     single = str(images / "red" / "red0.png")
@@ -227,6 +106,7 @@ def test_tta_changes_values_not_shape(h5_model, images, tmp_path, capsys):
     assert code == 2 and err.startswith("error: --tta")
 
 
+@pytest.mark.slow   # > 5 s: several CLI runs
 def test_ensemble_of_two_architectures_and_sizes(h5_model, images, tmp_path, capsys):
     other = tiny_model(tmp_path / "dense48.keras", size=(48, 48), arch="dense", seed=3)
     single = {}
@@ -258,9 +138,9 @@ def test_cdiscount_submission_keeps_a_product_whose_photos_all_fail(tmp_path, ca
     model = tiny_model(tmp_path / "cd.h5", class_names=cats)
     path = tmp_path / "test.bson"
     with open(path, "wb") as f:
-        f.write(bson.encode({"_id": 1, "imgs": [{"picture": image_bytes(COLORS["red"], "JPEG")}]}))
+        f.write(bson.encode({"_id": 1, "imgs": [{"picture": image_bytes(1, "jpeg")}]}))
         f.write(bson.encode({"_id": 2, "imgs": [{"picture": b"not a jpeg"}, {"picture": b"\xff\xd8 cut"}]}))
-        f.write(bson.encode({"_id": 3, "imgs": [{"picture": image_bytes(COLORS["blue"], "JPEG")}]}))
+        f.write(bson.encode({"_id": 3, "imgs": [{"picture": image_bytes(3, "jpeg")}]}))
     out = str(tmp_path / "sub.csv")
     code, _, err = run(["--model", model, str(path), "--out", out, "--format", "cdiscount"], capsys)
     assert code == 0, err
@@ -269,21 +149,13 @@ def test_cdiscount_submission_keeps_a_product_whose_photos_all_fail(tmp_path, ca
     assert "no readable photo" in err
     skipped = {r[0] for r in read_csv(tmp_path / "sub.skipped.csv")[1:]}
     assert skipped == {"2#0", "2#1"}
-    # the fallback is the mean of the other products' probabilities
-    from utils.detect import predict as pr
-
-    rows_in = [pr.Row("1", np.array([0.8, 0.2, 0.0], np.float32), None, "1"),
-               pr.Row("3", np.array([0.2, 0.6, 0.2], np.float32), None, "3")]
-    filled = list(pr.fill_missing_products(iter(rows_in), [("2#0", "not an image"), ("2#1", "truncated image")]))
-    assert [r.id for r in filled] == ["1", "3", "2"]
-    np.testing.assert_allclose(filled[2].probs, [0.5, 0.4, 0.1], atol=1e-6)
 
 
 def test_bson_product_level_average(h5_model, tmp_path, capsys):
     bson = pytest.importorskip("bson")
-    photos = {101: [image_bytes(COLORS["red"], "JPEG", seed=s) for s in range(3)],
-              102: [image_bytes(COLORS["blue"], "JPEG", seed=7)],
-              103: [image_bytes(COLORS["green"], "JPEG", seed=s) for s in range(2)]}
+    photos = {101: [image_bytes(s, "jpeg") for s in range(3)],
+              102: [image_bytes(7, "jpeg")],
+              103: [image_bytes(s, "jpeg") for s in (10, 11)]}
     cats = ["1000010653", "1000010654", "1000010655"]
     model = tiny_model(tmp_path / "cd.h5", class_names=cats)
     path = tmp_path / "test.bson"
@@ -317,14 +189,15 @@ def test_bson_product_level_average(h5_model, tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- thresholds
 
+@pytest.mark.slow   # > 5 s: several CLI runs
 def test_tune_thresholds_multilabel_dataset(tmp_path, capsys):
     model = tiny_model(tmp_path / "ml.h5", head="sigmoid", seed=5)
     rng = np.random.default_rng(0)
     samples = []
     for i in range(24):
         labels = sorted({int(v) for v in rng.choice(3, size=rng.integers(1, 3), replace=False)})
-        samples.append((f"s{i}", image_bytes(COLORS[CLASSES[labels[0]]], seed=i), labels))
-    data = write_dataset(tmp_path / "mlset", CLASSES, samples, multi_label=True)
+        samples.append((f"s{i}", image_bytes(i), labels))
+    data = write_split(tmp_path / "mlset", CLASSES, samples, multi_label=True)
     out = str(tmp_path / "ml.csv")
     assert run(["--model", model, str(data), "--out", out, "--format", "probs"], capsys)[0] == 0
     p = probs_of(out)
@@ -344,7 +217,7 @@ def test_tune_thresholds_multilabel_dataset(tmp_path, capsys):
     f_tuned = macro_fbeta(y, predict_labels(probs, True, tuned), 2.0)
     f_half = macro_fbeta(y, predict_labels(probs, True, 0.5), 2.0)
     assert f_tuned >= f_half
-    assert os.path.isfile(tmp_path / "ml.eval" / "pr_curves.png") or not HAVE_PLOTS
+    assert os.path.isfile(tmp_path / "ml.eval" / "pr_curves.png")
     assert stdout.strip().splitlines()[-1].startswith("macro_f1 ")
     assert stdout.strip().splitlines()[-1].endswith("on 24 images")
 
@@ -368,15 +241,14 @@ def test_evaluate_folder_per_class(h5_model, images, tmp_path, capsys):
     assert "top5" in stdout and "macro_f1" in stdout
     per_class = read_csv(tmp_path / "ev.eval" / "per_class.csv")
     assert per_class[0][:4] == ["class", "precision", "recall", "f1"] and len(per_class) == 4
-    if HAVE_PLOTS:
-        assert os.path.getsize(tmp_path / "ev.eval" / "confusion_matrix.png") > 1000
+    assert os.path.getsize(tmp_path / "ev.eval" / "confusion_matrix.png") > 1000
     metrics = json.loads((tmp_path / "ev.eval" / "metrics.json").read_text())
     assert metrics["accuracy"] == pytest.approx(acc) and metrics["n"] == 9
 
 
 def test_evaluate_dataset_split(h5_model, tmp_path, capsys):
-    samples = [(f"r{i}", image_bytes(COLORS[c], seed=i), [j]) for j, c in enumerate(CLASSES) for i in range(2)]
-    data = write_dataset(tmp_path / "ds", CLASSES, samples)
+    samples = [(f"r{j}{i}", image_bytes(10 * j + i), [j]) for j in range(len(CLASSES)) for i in range(2)]
+    data = write_split(tmp_path / "ds", CLASSES, samples)
     code, stdout, err = run(["--model", h5_model, str(data), "--evaluate", "--out", str(tmp_path / "d.csv")], capsys)
     assert code == 0, err
     assert stdout.strip().splitlines()[-1].endswith("on 6 images")
@@ -394,10 +266,10 @@ def test_evaluate_needs_labels(h5_model, images, capsys):
 def test_unreadable_image_is_skipped_and_run_goes_on(h5_model, tmp_path, capsys):
     d = tmp_path / "mixed"
     d.mkdir()
-    (d / "a.png").write_bytes(image_bytes(COLORS["red"]))
+    (d / "a.png").write_bytes(image_bytes(1))
     (d / "b_bad.jpg").write_bytes(b"this is not an image at all")
-    (d / "c.png").write_bytes(image_bytes(COLORS["blue"])[:60])      # truncated PNG
-    (d / "d.png").write_bytes(image_bytes(COLORS["green"]))
+    (d / "c.png").write_bytes(image_bytes(3)[:60])      # truncated PNG
+    (d / "d.png").write_bytes(image_bytes(4))
     (d / "notes.txt").write_text("hello")
     out = str(tmp_path / "mixed.csv")
     code, stdout, err = run(["--model", h5_model, str(d), "--out", out, "--batch-size", "2"], capsys)
@@ -460,7 +332,6 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 def test_url_list(h5_model, images, tmp_path, capsys):
-    pytest.importorskip("utils.sources.download")
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
                                              functools.partial(_QuietHandler, directory=str(images)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -479,35 +350,12 @@ def test_url_list(h5_model, images, tmp_path, capsys):
     assert [r[0] for r in skipped] == ["3"] and "download failed" in skipped[0][1]
 
 
-# ----------------------------------------------------------------------------- streaming, real models
-
-def test_prediction_streams_without_reading_all_input(h5_model):
-    """Rows come out while the input is still being read: an endless input yields its first rows."""
-    import itertools
-
-    from utils.detect import predict as pr
-
-    data = image_bytes(COLORS["red"])
-    read = []
-
-    def samples():
-        for i in itertools.count():
-            read.append(i)
-            yield pr.Sample(f"s{i}", (lambda: [data]))
-
-    member = pr.load_member(h5_model)
-    spec = pr.InputSpec("endless", None, samples)
-    rows = pr.predict_stream([member], [spec], batch_size=4, progress=False)
-    first = list(itertools.islice(rows, 10))
-    rows.close()
-    assert [r.id for r in first] == [f"s{i}" for i in range(10)]
-    assert len(read) < 200          # only a few batches ahead (prefetch), not the whole input
-
+# ----------------------------------------------------------------------------- real models
 
 @pytest.mark.slow
 def test_model_built_by_model_package(tmp_path, capsys):
     """A model as train.py builds it (registered Preprocess layer, densenet121 backbone) evaluates on a split."""
-    build = pytest.importorskip("model.build")
+    from model import build
     from model.heads import output_names
 
     model = build.build_model("densenet121", 3, input_size=(32, 32), weights="none", class_names=CLASSES)
@@ -516,8 +364,8 @@ def test_model_built_by_model_package(tmp_path, capsys):
     save_meta(path, {"name": "demo_densenet121", "architecture": "densenet121", "class_names": CLASSES,
                      "input_size": [32, 32], "channels": 3, "planes": 1, "preprocess": "torch", "head": "softmax",
                      "multi_label": False, "outputs": output_names("softmax", 3), "thresholds": None})
-    samples = [(f"r{i}", image_bytes(COLORS[c], seed=i), [j]) for j, c in enumerate(CLASSES) for i in range(2)]
-    data = write_dataset(tmp_path / "demo", CLASSES, samples)
+    samples = [(f"r{j}{i}", image_bytes(10 * j + i), [j]) for j in range(len(CLASSES)) for i in range(2)]
+    data = write_split(tmp_path / "demo", CLASSES, samples)
     code, stdout, err = run(["--model", path, str(data), "--split", "val", "--evaluate", "--tta", "2",
                              "--out", str(tmp_path / "p.csv")], capsys)
     assert code == 0, err
@@ -529,81 +377,15 @@ def test_multi_plane_dataset(tmp_path, capsys):
     model = tiny_model(tmp_path / "six.h5", channels=6)
 
     def plane(v):
-        buf = io.BytesIO()
-        Image.fromarray(np.full((40, 40), v, np.uint8)).save(buf, format="PNG")
-        return buf.getvalue()
+        return encode_image(np.full((40, 40), v, np.uint8), "png")
 
     samples = [(f"w{i}", [plane(10 * i + c) for c in range(6)], [i % 3]) for i in range(4)]
-    data = write_dataset(tmp_path / "six", CLASSES, samples, planes=6)
+    data = write_split(tmp_path / "six", CLASSES, samples, planes=6)
     out = str(tmp_path / "six.csv")
     code, _, err = run(["--model", model, str(data), "--out", out, "--format", "probs"], capsys)
     assert code == 0, err
     assert [r[0] for r in read_csv(out)[1:]] == ["w0", "w1", "w2", "w3"]
     png = tmp_path / "x.png"
-    png.write_bytes(image_bytes(COLORS["red"]))
+    png.write_bytes(image_bytes(1))
     code, _, err = run(["--model", model, str(png)], capsys)
     assert code == 2 and "6 planes" in err
-
-
-def test_savedmodel_outputs_in_numeric_order():
-    import tensorflow as tf
-
-    from utils.detect.predict import outputs_to_matrix
-
-    out = {f"output_{i}": tf.fill([2, 1], float(i)) for i in range(12)}
-    m = outputs_to_matrix(out, ["c000_a"]).numpy()
-    assert m.shape == (2, 12) and m[0].tolist() == [float(i) for i in range(12)]
-
-
-def test_thresholds_file_matched_by_class_name(tmp_path):
-    """A saved NAME.thresholds.json is applied by class name; unknown classes are an error."""
-    from utils.errors import UsageError
-    from utils.detect.predict import load_thresholds, save_thresholds
-
-    path = save_thresholds(str(tmp_path / "m.thresholds.json"), ["blue", "red", "green"], [0.1, 0.2, 0.3], "f1", 0.9)
-    assert load_thresholds(path, CLASSES) == [0.2, 0.3, 0.1]
-    other = save_thresholds(str(tmp_path / "o.thresholds.json"), ["a", "b", "c"], [0.1, 0.2, 0.3], "f1", 0.9)
-    with pytest.raises(UsageError, match="'a' that the model does not know"):
-        load_thresholds(other, CLASSES)
-    extra = tmp_path / "extra.csv"
-    extra.write_text('class,threshold\nred,0.1\ngreen,0.2\nblue,0.3\n"pink, light",0.4\n')
-    with pytest.raises(UsageError, match="'pink, light'"):
-        load_thresholds(str(extra), CLASSES)
-    plain = tmp_path / "plain.json"
-    plain.write_text(json.dumps([0.1, 0.2, 0.3]))
-    assert load_thresholds(str(plain), CLASSES) == [0.1, 0.2, 0.3]
-    for bad in ({"red": 0.1, "green": "high", "blue": 0.3}, [0.1, None, 0.3]):
-        plain.write_text(json.dumps(bad))
-        with pytest.raises(UsageError, match="is not a number"):
-            load_thresholds(str(plain), CLASSES)
-
-
-def test_url_list_read_as_the_writer_reads_it(tmp_path):
-    """A byte-order mark (Excel's CSV export) does not become part of the first id; labels columns are ignored."""
-    from utils.errors import UsageError
-    from utils.detect.predict import _read_url_list
-
-    lst = tmp_path / "l.csv"
-    lst.write_bytes("1,http://x/a.jpg,0,1\n\n2, http://x/b.jpg ,1,0\n".encode("utf-8-sig"))
-    assert _read_url_list(str(lst)) == [("1", "http://x/a.jpg"), ("2", "http://x/b.jpg")]
-    lst.write_text("id,url\n1,http://x/a.jpg\nbroken line\n")
-    with pytest.raises(UsageError, match=":3: expected `id,url`"):
-        _read_url_list(str(lst))
-
-
-def test_write_rows_escapes_and_leaves_nothing_half_written(tmp_path):
-    from utils.detect.predict import Row, header_and_formatter
-
-    names = ['a,b', 'say "hi"', "plain"]
-    header, fmt_row = header_and_formatter("probs", names)
-    out = str(tmp_path / "p.csv")
-    rows = [Row('id,1 "x"', np.array([0.2, 0.3, 0.5], np.float32), None, None)]
-    assert detect.write_rows(out, header, fmt_row, iter(rows)) == 1
-    assert read_csv(out) == [["id"] + names, ['id,1 "x"', "0.2", "0.3", "0.5"]]
-
-    def failing():
-        yield rows[0]
-        raise RuntimeError("input died")
-    with pytest.raises(RuntimeError):
-        detect.write_rows(out, header, fmt_row, failing())
-    assert os.listdir(tmp_path) == ["p.csv"] and read_csv(out)[1][0] == 'id,1 "x"'

@@ -1,4 +1,4 @@
-"""utils/download.py against a local HTTP server that misbehaves on purpose.
+"""utils/sources/download.py against a local HTTP server that misbehaves on purpose.
 
 No network: a ThreadingHTTPServer on 127.0.0.1 serves a good JPEG, a 404, a 500
 that recovers on retry, a 500 that never does, a response slower than the
@@ -7,7 +7,6 @@ counts requests per path, so retries and cache hits are asserted, not assumed.
 """
 from __future__ import annotations
 
-import io
 import os
 import socket
 import threading
@@ -15,10 +14,9 @@ import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import numpy as np
 import pytest
-from PIL import Image
 
+from tests.conftest import encode_image, random_image
 from utils.sources.download import DownloadError, cache_path, fetch_all
 
 SLOW_S = 1.5          # the slow route sleeps this long; tests use timeouts of ~0.4 s
@@ -26,14 +24,6 @@ WAIT_S = 0.3          # the concurrency route holds each request this long
 BIG = 200_000         # oversized bodies; tests cap at MAX_BYTES
 MAX_BYTES = 100_000
 FAST = dict(timeout=0.4, retries=2, backoff=0.01, max_bytes=MAX_BYTES, progress=False)
-
-
-def make_jpeg(seed: int = 0, size: int = 40) -> bytes:
-    rng = np.random.default_rng(seed)
-    img = Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -101,7 +91,7 @@ def http_server():
     srv.lock = threading.Lock()
     srv.counts = Counter()
     srv.in_flight = srv.max_in_flight = 0
-    srv.jpeg = make_jpeg()
+    srv.jpeg = encode_image(random_image(0, 40, 40, blocky=False), "jpeg", quality=90)
     srv.base = f"http://127.0.0.1:{srv.server_address[1]}"
     t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     t.start()

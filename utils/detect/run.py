@@ -1,0 +1,97 @@
+"""One detect.py run, from its parsed flags: models -> inputs -> stream -> CSV (+ tuning, evaluation).
+
+Plain prediction streams rows straight into the CSV; --evaluate and
+--tune-thresholds need every row at once (N x K floats), so they collect them.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+
+from utils.detect import evaluate, output, stream
+from utils.detect.inputs import check_paths, plan_inputs
+from utils.detect.models import load_ensemble
+from utils.detect.thresholds import resolve_thresholds, tune_and_save
+from utils.errors import UsageError, import_tensorflow_quietly
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Flag values argparse cannot check on its own; a bad one raises UsageError."""
+    if not 1 <= args.tta <= len(stream.VIEWS):
+        raise UsageError(f"--tta must be between 1 and {len(stream.VIEWS)}, got {args.tta}")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.k < 1:
+        raise UsageError(f"--k must be >= 1, got {args.k}")
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise UsageError(f"--threshold must be in [0, 1], got {args.threshold}")
+    if args.threshold is not None and args.thresholds:
+        raise UsageError("give --threshold or --thresholds, not both")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Predict (and maybe tune and evaluate) as the flags say; returns the exit code.
+
+    Raises:
+        UsageError, SourceError, DatasetError: bad flags, models or inputs (one line each).
+    """
+    check_args(args)
+    check_paths(args.model, args.inputs)
+    import_tensorflow_quietly()
+    members = load_ensemble(args.model, weights=args.model_weights, unsafe=args.unsafe)
+    names, multi = members[0].class_names, members[0].multi_label
+    specs = plan_inputs(args.inputs, names, split=args.split, cache_dir=args.cache_dir, planes=members[0].planes)
+    if (args.evaluate or args.tune_thresholds) and not all(s.labelled for s in specs):
+        bad = next(s.name for s in specs if not s.labelled)
+        raise UsageError(f"--evaluate/--tune-thresholds need labelled input; {bad} has no labels the model knows")
+    if args.tune_thresholds and not multi:
+        raise UsageError("--tune-thresholds is for multi-label models (sigmoid or per-class head)")
+    thresholds = resolve_thresholds(members, threshold=args.threshold, thresholds_file=args.thresholds)
+    fmt = args.format or ("multilabel" if multi else "label")
+    unit = "products" if any(s.unit == "products" for s in specs) else "images"
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+
+    skipped: list = []
+    rows = stream.group_rows(stream.predict_stream(members, specs, tta=args.tta, batch_size=args.batch_size,
+                                                   skipped=skipped, progress=not args.no_progress))
+    if fmt == "cdiscount":  # every product must have a row, even one whose photos all failed
+        rows = stream.fill_missing_products(rows, skipped)
+    fmt_kw = dict(k=args.k, ids=args.ids, at_least_one=args.at_least_one)
+    if not (args.evaluate or args.tune_thresholds):
+        header, fmt_row = output.header_and_formatter(fmt, names, thresholds=thresholds, **fmt_kw)
+        n = output.write_rows(args.out, header, fmt_row, rows)
+        output.report_skipped(args.out, skipped)
+        print(f"wrote {n} predictions ({fmt}) to {args.out}")
+        return 0
+
+    rows = list(rows)
+    output.report_skipped(args.out, skipped)
+    y_true, probs = _labelled_matrices(rows)
+    if args.tune_thresholds:
+        thresholds, score, path = tune_and_save(members, y_true, probs, args.tune_metric,
+                                                output.sidecar(args.out, ".thresholds.json"))
+        print(f"tuned thresholds (macro {args.tune_metric} {score:.4f} on the tuning data) saved to {path}")
+    header, fmt_row = output.header_and_formatter(fmt, names, thresholds=thresholds, **fmt_kw)
+    n = output.write_rows(args.out, header, fmt_row, rows)
+    print(f"wrote {n} predictions ({fmt}) to {args.out}")
+    if args.evaluate:
+        evaluate.write_evaluation(output.sidecar(args.out, ".eval"), y_true, probs, names, multi_label=multi,
+                                  thresholds=thresholds, unit=unit)
+    return 0
+
+
+def _labelled_matrices(rows: list[stream.Row]) -> tuple[np.ndarray, np.ndarray]:
+    """Collected rows -> (y_true multi-hot [N, K], probs [N, K]); every row must carry a label."""
+    if not rows:
+        raise UsageError("no input could be read: nothing to evaluate")
+    unlabelled = [r.id for r in rows if not r.label]
+    if unlabelled:
+        raise UsageError(f"{len(unlabelled)} input(s) have no label the model knows (first: {unlabelled[0]}): "
+                         "cannot evaluate or tune on them")
+    probs = np.stack([r.probs for r in rows])
+    y_true = np.zeros_like(probs)
+    for i, r in enumerate(rows):
+        y_true[i, list(r.label)] = 1.0
+    return y_true, probs
