@@ -50,27 +50,6 @@ def _flag_labels(flags: list[str], names: list[str]) -> tuple[str, ...]:
     return tuple(names[i] for i, v in enumerate(flags) if v == "1")
 
 
-def read_label_names(value: str) -> list[str]:
-    """`--label-names` value: a file (one name per line, or one comma-separated
-    line) when such a file exists, else the names separated by commas."""
-    if os.path.isfile(value):
-        try:
-            with open(value, encoding="utf-8-sig") as f:
-                lines = [ln.strip() for ln in f if ln.strip()]
-        except UnicodeDecodeError:
-            raise SourceError(f"--label-names {value}: not a UTF-8 text file") from None
-        if len(lines) == 1:
-            lines = lines[0].split(",")
-    else:
-        lines = value.split(",")
-    names = [n.strip() for n in lines]
-    if not names or any(not n for n in names):
-        raise SourceError(f"--label-names: empty name in {value!r}")
-    if len(set(names)) != len(names):
-        raise SourceError(f"--label-names: duplicate names in {value!r}")
-    return names
-
-
 def _parse(lines, k: int, names: list[str]) -> list[Row | Skip]:
     """Rows and Skips in file order (every non-blank line becomes one of them)."""
     out: list[Row | Skip] = []

@@ -5,7 +5,8 @@ import pytest
 
 from tests.sources.test_download import http_server  # noqa: F401  (the local HTTP server fixture)
 from utils.sources.base import Item, Skip, SourceError
-from utils.sources.urls import UrlListSource, read_label_names, read_url_list
+from utils.sources.table import read_label_names
+from utils.sources.urls import UrlListSource, read_url_list
 
 FAST = dict(timeout=0.4, retries=1, concurrency=4, progress=False)
 
