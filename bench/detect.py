@@ -63,7 +63,7 @@ def main() -> int:
 
     import detect
     from utils.errors import run_cli
-    from utils.input.pipeline import eval_image
+    from utils.input.image_ops import eval_image
     from utils.detect.inputs import plan_inputs
     from utils.detect.models import Member, open_predictor
     from utils.detect.stream import predict_stream

@@ -82,7 +82,7 @@ def test_keras_savedmodel_and_per_class_head(images, tmp_path, capsys):
         # the same numbers as calling the model on eval_image's output
         if path.suffix == ".keras":
             import tensorflow as tf
-            from utils.input.pipeline import eval_image
+            from utils.input.image_ops import eval_image
 
             m = keras.models.load_model(model, compile=False)
             x = eval_image(tf.constant([open(single, "rb").read()]), (32, 32))[None]

@@ -82,7 +82,7 @@ def _view_batches(gen, keys: list[tuple], *, planes: int, tta: int, batch_size: 
     """(index, planes) elements -> batches of (index [B], one [B, V, h, w, C] tensor per key)."""
     import tensorflow as tf  # lazy: see the module docstring
 
-    from utils.input.pipeline import eval_image
+    from utils.input.image_ops import eval_image
 
     def preprocess(index, encoded):
         views = tuple(tta_views(eval_image(encoded, size, channels, planes), tta) for size, channels in keys)
