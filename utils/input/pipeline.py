@@ -43,7 +43,6 @@ from utils.dataset import schema
 from utils.dataset.manifest import DatasetError, load_labels, load_manifest, select_shards, split_count
 from utils.errors import UsageError
 from utils.input import augment as aug
-# (until they import utils.input.image_ops directly)
 from utils.input.image_ops import as_hw, eval_image, train_crop_image
 from utils.input.labels import HEADS, dense_labels, split_labels
 
