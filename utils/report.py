@@ -75,10 +75,12 @@ SORT_SCRIPT = """
 
 
 def esc(text) -> str:
+    """Any value as HTML text (quotes escaped too, so it is safe inside attributes)."""
     return html.escape(str(text), quote=True)
 
 
 def data_uri(data: bytes, mime: str = "image/png") -> str:
+    """Bytes -> a base64 data: URI (the page then needs no file beside it)."""
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
@@ -126,6 +128,7 @@ class Page:
         return self
 
     def pre(self, text: str) -> "Page":
+        """Preformatted text (a YAML config, a log excerpt)."""
         self.parts.append(f"<pre>{esc(text)}</pre>")
         return self
 

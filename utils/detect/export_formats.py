@@ -68,6 +68,7 @@ def write_saved_model(model, path: str, meta: dict) -> None:
 
 
 def write_onnx(model, path: str, meta: dict) -> None:
+    """`model` -> one .onnx file through Keras's export (tf2onnx underneath, default opset)."""
     require("tf2onnx", "the onnx export")
     with _normalization_as_constants(model), warnings.catch_warnings():
         # Keras 3.15's patch_tf2onnx probes `hasattr(np, "object")`, which numpy 2 answers
@@ -116,6 +117,7 @@ def litert_options(quantize: str | None) -> dict:
 
 
 def write_litert(model, path: str, meta: dict, quantize: str | None = None) -> None:
+    """`model` -> one .tflite file through Keras's export; `quantize`: None | dynamic | float16."""
     model.export(path, format="litert", verbose=False, **litert_options(quantize))
 
 

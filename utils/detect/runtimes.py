@@ -26,7 +26,7 @@ import os
 
 import numpy as np
 
-from utils.errors import UsageError
+from utils.errors import UsageError, first_line
 
 META_IN_FOLDER = "metadata.json"
 SIGNATURE = "serving_default"
@@ -120,8 +120,6 @@ class SavedModelPredictor(Predictor):
         try:
             self.loaded = tf.saved_model.load(path)
         except Exception as e:  # noqa: BLE001 - TF raises many types for a bad folder
-            from utils.errors import first_line
-
             raise UsageError(f"cannot load SavedModel {path}: {first_line(e, 300)}") from None
         if SIGNATURE not in self.loaded.signatures:
             raise UsageError(f"{path} has no {SIGNATURE} signature")
@@ -156,8 +154,6 @@ class OnnxPredictor(Predictor):
         try:
             self.session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph types
-            from utils.errors import first_line
-
             raise UsageError(f"cannot load ONNX model {path}: {first_line(e, 300)}") from None
         self._input = self.session.get_inputs()[0].name
 
@@ -176,8 +172,6 @@ class LiteRTPredictor(Predictor):
         try:
             self.interpreter = interpreter.Interpreter(model_path=path)
         except Exception as e:  # noqa: BLE001 - the interpreter raises ValueError/RuntimeError alike
-            from utils.errors import first_line
-
             raise UsageError(f"cannot load LiteRT model {path}: {first_line(e, 300)}") from None
         signatures = self.interpreter.get_signature_list()
         key = SIGNATURE if SIGNATURE in signatures else next(iter(signatures))
