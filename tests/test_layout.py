@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (without a cycle). The leaves import nothing of ours.
 ORDER = [
     ("utils.errors", "utils.files"),  # leaves
-    ("utils.plots",),
+    ("utils.plots", "utils.report"),
     ("utils.dataset",),
     ("utils.sources",),
     ("utils.image",),
