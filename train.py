@@ -28,7 +28,7 @@ from utils.train import config
 def main(argv=None) -> int:
     cfg = config.resolve(config.build_parser(__doc__.split("\n\n")[0]).parse_args(argv))
     import_tensorflow_quietly()
-    from utils.train.loop import run  # here, not at the top: TensorFlow loads only once the flags are good
+    from utils.train.loop import run  # not at the top: --help and flag errors need no TensorFlow
 
     out = run(cfg)
     if out.get("preview"):

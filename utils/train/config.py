@@ -24,6 +24,8 @@ from utils.input.labels import HEADS
 
 @dataclass(frozen=True)
 class Option:
+    """One setting: its default, --help text, type and allowed values."""
+
     default: Any
     help: str
     type: Any = str  # str | int | float | bool ("bool" flags get --x / --no-x)

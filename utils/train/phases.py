@@ -32,9 +32,11 @@ class Phase:
 
     @property
     def epochs(self) -> int:
+        """The phase's length; its LR schedule spans exactly these epochs."""
         return self.end - self.start
 
     def peak_lr(self, lr: float) -> float:
+        """The phase's peak LR for --lr `lr`."""
         return lr * self.lr_mult
 
 
