@@ -48,11 +48,11 @@ def main(argv=None) -> int:
     if not os.path.isdir(args.data) and args.data == os.path.join(ROOT, "data", "demo"):
         subprocess.run([sys.executable, os.path.join(ROOT, "generate_dataset.py")], check=True, cwd=ROOT)
 
+    # imported here, not at the top: --help and the demo-data build need no TensorFlow
     import keras
     import tensorflow as tf
 
     from model import build, heads, losses, metrics
-    from utils.train.config import augment_list
     from utils.input.pipeline import dataset_info, make_dataset
 
     info = dataset_info(args.data)
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
                   metrics=metrics.make_metrics(head, info["num_classes"], names))
 
     pipeline = make_dataset(args.data, "train", image_size=size, batch_size=args.batch_size, training=True,
-                            head=head, output_names=names, augment=augment_list(args.augment), seed=0,
+                            head=head, output_names=names, augment=args.augment, seed=0,
                             repeat=True, drop_remainder=True)
     images, labels = next(iter(pipeline))
     memory = tf.data.Dataset.from_tensors((images, labels)).repeat()

@@ -28,6 +28,7 @@ import re
 import urllib.error
 
 import keras
+from keras.src.utils import file_utils  # private API: _weights_file_as_download patches it
 
 from model import registry
 from model.heads import build_head, check_head
@@ -38,7 +39,14 @@ BACKBONE = "backbone"
 
 
 def resolve_size(spec: registry.ModelSpec, input_size) -> tuple[int, int]:
-    """None -> the spec's default; int -> square; (h, w) as given; below min -> UsageError."""
+    """The (height, width) to build `spec` at.
+
+    Args:
+        input_size: None (the spec's default size), an int (square) or (h, w).
+
+    Raises:
+        UsageError: a side below the spec's minimum.
+    """
     if input_size is None:
         h = w = spec.default_size
     elif isinstance(input_size, int):
@@ -54,9 +62,17 @@ def resolve_size(spec: registry.ModelSpec, input_size) -> tuple[int, int]:
 
 @contextlib.contextmanager
 def _weights_file_as_download(path: str):
-    """Make keras.applications' ImageNet download return `path` for the duration."""
-    from keras.src.utils import file_utils
+    """Make keras.applications' ImageNet download return `path` for the duration.
 
+    Workaround, Keras 3.15: keras.applications builds a different graph for
+    weights=PATH than for weights="imagenet" (EfficientNet B0-B7 add their ImageNet
+    std Rescaling only `if weights == "imagenet"`, keras/src/applications/
+    efficientnet.py, cf. tensorflow/tensorflow#49930), so an ImageNet no-top file
+    passed as a path would load into the wrong graph. The ImageNet code path is
+    kept and its download (the private keras.src.utils.file_utils.get_file) answers
+    with the local file. Remove when keras.applications builds the same graph for
+    a path; then pass weights=path directly (tests/model/test_io.py covers both).
+    """
     original = file_utils.get_file
 
     def local_file(*args, **kwargs):
@@ -70,13 +86,25 @@ def _weights_file_as_download(path: str):
 
 
 def _is_download_error(e: BaseException) -> bool:
-    # keras' get_file wraps URLError/HTTPError in a bare Exception("URL fetch failure ...")
+    # Keras 3.15's get_file wraps URLError/HTTPError in a bare Exception("URL fetch failure ...")
+    # and reports a hash mismatch as "Incomplete or corrupted file"; on a Keras upgrade re-check
+    # these strings (tests/model/test_io.py::test_imagenet_without_network pins the first).
     msg = str(e)
     return isinstance(e, (OSError, urllib.error.URLError)) or "URL fetch failure" in msg or "corrupted file" in msg
 
 
 def build_backbone(arch: str, input_size=None, weights: str | None = "none") -> keras.Model:
-    """The no-top, average-pooled keras.applications model for `arch`, named "backbone"."""
+    """The no-top, average-pooled keras.applications model for `arch`, named "backbone".
+
+    Args:
+        arch: a registry name.
+        input_size: see resolve_size.
+        weights: "none", "imagenet" or a local no-top weights file (module docstring).
+
+    Raises:
+        UsageError: an unknown arch, a size below its minimum, no network for
+            "imagenet", or a weights file that is missing or not this arch's.
+    """
     backbone = _construct(registry.get(arch), input_size, weights)
     # renamed afterwards: EfficientNetV2 looks its block layout up by the name argument
     backbone.name = BACKBONE
@@ -111,7 +139,20 @@ def _construct(spec: registry.ModelSpec, input_size, weights) -> keras.Model:
 def build_model(arch: str, num_classes: int, *, input_size=None, channels: int = 3, weights: str = "none",
                 head: str = "softmax", dropout: float = 0.2, head_bn: bool = False,
                 class_names: list[str] | None = None, head_units: int = 64) -> keras.Model:
-    """Input float32 RGB [0, 255] -> (adapter) -> Preprocess -> backbone -> head."""
+    """Input float32 RGB [0, 255] -> (adapter) -> Preprocess -> backbone -> head.
+
+    Args:
+        arch: a registry name.
+        num_classes: K, the classifier's width.
+        input_size: see resolve_size.
+        channels: of the input image; other than 3 puts a ChannelAdapter in front.
+        weights: see build_backbone.
+        head, dropout, head_bn, class_names, head_units: see model.heads.build_head.
+
+    Raises:
+        UsageError: an unknown arch or head, too few classes, channels < 1, and
+            build_backbone's errors.
+    """
     spec = registry.get(arch)
     check_head(head)
     h, w = resolve_size(spec, input_size)
@@ -133,6 +174,11 @@ def build_model(arch: str, num_classes: int, *, input_size=None, channels: int =
 
 
 def get_backbone(model: keras.Model) -> keras.Model:
+    """The nested "backbone" model of a build_model model.
+
+    Raises:
+        UsageError: `model` was not built by build_model.
+    """
     try:
         return model.get_layer(BACKBONE)
     except ValueError:
@@ -149,17 +195,22 @@ def _leaf_layers(layer):
 
 
 def set_trainable(model: keras.Model, layers: str) -> int:
-    """Choose what trains; returns the number of trainable weight arrays.
+    """Choose what trains. Call before compile(): Keras collects trainable variables then.
 
-    "heads": everything but the backbone (head + input adapter). The backbone is
-             frozen with trainable=False, which in Keras 3 also runs its
-             BatchNormalization in inference mode, so neither weights nor moving
-             statistics change.
-    "all":   everything.
-    REGEX:   layers (backbone and head alike, at any depth) whose names match
-             (re.search) train; all others are frozen, frozen BN in inference mode.
-             Head layers are all named "head_*".
-    Call before compile(): Keras collects trainable variables when it compiles.
+    Args:
+        layers: "heads": everything but the backbone (head + input adapter); the
+            backbone is frozen with trainable=False, which in Keras 3 also runs its
+            BatchNormalization in inference mode, so neither weights nor moving
+            statistics change. "all": everything. Otherwise a REGEX: layers
+            (backbone and head alike, at any depth) whose names match (re.search)
+            train; all others are frozen, frozen BN in inference mode. Head layers
+            are all named "head_*".
+
+    Returns:
+        the number of trainable weight arrays.
+
+    Raises:
+        UsageError: an invalid regex, or one that matches no layer with weights.
     """
     backbone = get_backbone(model)
     model.trainable = True  # resets every layer; each mode then freezes what it must
@@ -184,10 +235,18 @@ def set_trainable(model: keras.Model, layers: str) -> int:
 def save_backbone_weights(source, path: str, *, input_size=None, weights: str = "none") -> str:
     """Write a no-top backbone weights file usable as build_model(weights=path).
 
-    source: a registry name (a fresh backbone, `weights` init) or a model built by
-    build_model (its trained backbone, e.g. to start another run from it).
-    path: ".weights.h5" (Keras 3 format) or ".h5" (legacy whole-model HDF5, the
-    layout of the files Keras distributes; load_weights reads either).
+    Args:
+        source: a registry name (a fresh backbone, `weights` init) or a model built
+            by build_model (its trained backbone, e.g. to start another run from it).
+        path: ".weights.h5" (Keras 3 format) or ".h5" (legacy whole-model HDF5, the
+            layout of the files Keras distributes; load_weights reads either).
+        input_size, weights: for a registry name, see build_backbone.
+
+    Returns:
+        path.
+
+    Raises:
+        UsageError: any other extension.
     """
     if isinstance(source, str):
         backbone = build_backbone(source, input_size, weights)

@@ -19,8 +19,12 @@ from utils.errors import UsageError
 from utils.input.labels import HEADS
 
 
-
 def check_head(head: str) -> str:
+    """`head` itself when it is one of utils.input.labels.HEADS.
+
+    Raises:
+        UsageError: any other name; the message lists the valid heads.
+    """
     if head not in HEADS:
         raise UsageError(f"unknown head {head!r}; valid heads: {', '.join(HEADS)}")
     return head
@@ -37,6 +41,9 @@ def output_names(head: str, num_classes: int, class_names: list[str] | None = No
 
     The index prefix makes names unique (two classes may sanitise alike) and keeps
     them in class order when sorted.
+
+    Raises:
+        UsageError: an unknown head, or class_names not num_classes long.
     """
     check_head(head)
     if head != "per-class":
@@ -82,7 +89,21 @@ def per_class_head(x, names: list[str], *, dropout: float = 0.2, head_bn: bool =
 
 def build_head(x, head: str, num_classes: int, *, dropout: float = 0.2, head_bn: bool = False,
                class_names: list[str] | None = None, units: int = 64):
-    """Pooled features [B, F] -> the model output(s) for `head`."""
+    """Pooled features [B, F] -> the model output(s) for `head`.
+
+    Args:
+        head: softmax, sigmoid or per-class (module docstring).
+        dropout: before the classifier (and inside each per-class branch).
+        head_bn: a BatchNormalization on the pooled features first.
+        class_names: name the per-class outputs (output_names).
+        units: width of each per-class branch's hidden layer.
+
+    Returns:
+        one output tensor, or a list of [B, 1] tensors for per-class.
+
+    Raises:
+        UsageError: an unknown head or a dropout outside [0, 1).
+    """
     check_head(head)
     if not 0.0 <= dropout < 1.0:
         raise UsageError(f"dropout must be in [0, 1), not {dropout}")

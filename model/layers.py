@@ -22,8 +22,8 @@ than rebuilding the backbone's first convolution. Why:
 """
 from __future__ import annotations
 
-import numpy as np
 import keras
+import numpy as np
 from keras import ops
 
 PACKAGE = "imgcls"

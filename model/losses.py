@@ -161,15 +161,22 @@ def class_weights(counts, mode: str, num_samples: int | None = None, *,
                   class_names: list[str] | None = None, multi_label: bool = False) -> np.ndarray | None:
     """Per-class weights for make_loss, or None for no weighting.
 
-    mode "none": None.
-    mode "balanced": n / (K * count_k) (sklearn's "balanced"; n = num_samples or
-      sum(counts)), so the weighted class frequencies are equal. With
-      multi_label=True the weights are positive weights for the binary losses:
-      (n - count_k) / count_k, the negatives-to-positives ratio of each class;
-      num_samples is then required (multi-label counts sum to the number of
-      positive labels, not of samples).
-      A class with no examples gets 1 (it never appears as a true label anyway).
-    otherwise: a file path, see _read_weights_file.
+    Args:
+        counts: training examples (single-label) or positive labels (multi-label) per class.
+        mode: "none" -> None. "balanced" -> n / (K * count_k) (sklearn's "balanced";
+            n = num_samples or sum(counts)), so the weighted class frequencies are
+            equal; with multi_label=True, positive weights for the binary losses:
+            (n - count_k) / count_k, the negatives-to-positives ratio of each class.
+            A class with no examples gets 1 (it never appears as a true label
+            anyway). Otherwise a file path (see _read_weights_file).
+        num_samples: required for multi-label "balanced" (multi-label counts sum
+            to the number of positive labels, not of samples).
+        class_names: for files that name classes.
+
+    Raises:
+        ValueError: multi-label "balanced" without num_samples (a caller's bug).
+        UsageError: a mode that is neither none, balanced nor an existing file,
+            or a bad file.
     """
     counts = np.asarray(counts, np.float64).reshape(-1)
     k = len(counts)
@@ -209,10 +216,22 @@ def _per_output_weights(loss_weights, names: list[str]) -> dict[str, float]:
 
 def make_loss(head: str, num_classes: int, output_names, *, class_weights=None, label_smoothing: float = 0.0,
               focal: bool = False, focal_gamma: float = 2.0, loss_weights=None):
-    """-> (loss, loss_weights) for model.compile.
+    """The loss (and per-output loss weights) for model.compile.
 
-    class_weights: K values (softmax: per true class; sigmoid/per-class: positive weights).
-    loss_weights: per-class head only: K values or {output_name: weight}; None -> all 1.
+    Args:
+        output_names: model.heads.output_names of the model.
+        class_weights: K values (softmax: per true class; sigmoid/per-class:
+            positive weights), or None.
+        loss_weights: per-class head only: K values or {output_name: weight};
+            None -> all 1.
+
+    Returns:
+        (loss, loss_weights): a loss and None, or per-class a dict of losses and a
+        dict of weights, both keyed by output name.
+
+    Raises:
+        UsageError: an unknown head, label smoothing outside [0, 1), or weights
+            that do not fit the classes / outputs.
     """
     check_head(head)
     if not 0.0 <= label_smoothing < 1.0:

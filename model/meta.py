@@ -23,7 +23,7 @@ Written by train.py beside NAME.h5 / NAME.keras; read by detect.py. Keys:
 from __future__ import annotations
 
 import json
-import os
+
 from utils.files import atomic_write_json
 
 FORMAT_VERSION = 1
@@ -42,6 +42,7 @@ def meta_path(model_path: str) -> str:
 
 
 def save_meta(model_path: str, meta: dict) -> str:
+    """Write `meta` (plus format_version) to meta_path(model_path), atomically; returns that path."""
     path = meta_path(model_path)
     meta = dict(meta, format_version=FORMAT_VERSION)
     atomic_write_json(path, meta, indent=2)
@@ -49,6 +50,7 @@ def save_meta(model_path: str, meta: dict) -> str:
 
 
 def load_meta(model_path: str) -> dict:
+    """The metadata beside a model file (meta_path), as written by save_meta."""
     path = meta_path(model_path)
     with open(path) as f:
         return json.load(f)

@@ -16,6 +16,11 @@ from model.heads import check_head
 
 
 def make_metrics(head: str, num_classes: int, output_names):
+    """Fresh compile() metrics for `head` (module docstring): a list, or per-class a dict.
+
+    Raises:
+        UsageError: an unknown head.
+    """
     check_head(head)
     if head == "softmax":
         metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]

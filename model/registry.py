@@ -16,30 +16,28 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import keras
+
 from utils.errors import UsageError
 
 
 @dataclass(frozen=True)
 class ModelSpec:
+    """How to build and feed one backbone.
+
+    Attributes:
+        name: the registry (command-line) name.
+        constructor: a keras.applications function (include_top=False is passed).
+        default_size: the ImageNet training resolution: the sensible default input size.
+        min_size: smallest input side keras.applications accepts.
+        preprocess: "torch", "tf", "caffe" or "none" (see the module docstring).
+    """
+
     name: str
-    constructor: Callable  # a keras.applications function (include_top=False is passed)
-    default_size: int  # the ImageNet training resolution: the sensible default input size
-    min_size: int  # smallest input side keras.applications accepts
-    preprocess: str  # "torch" | "tf" | "caffe" | "none"
-
-
-def _app(attr: str) -> Callable:
-    """Resolve keras.applications.<attr> on first use: importing keras is slow and the
-    registry is also consulted by code paths (e.g. --help) that never build a model."""
-
-    def constructor(*args, **kwargs):
-        import keras
-
-        return getattr(keras.applications, attr)(*args, **kwargs)
-
-    constructor.__name__ = attr
-    constructor.__qualname__ = attr
-    return constructor
+    constructor: Callable
+    default_size: int
+    min_size: int
+    preprocess: str
 
 
 # name: (keras.applications attribute, default size, min size, preprocess)
@@ -64,8 +62,9 @@ _TABLE = {
     "efficientnetv2s": ("EfficientNetV2S", 384, 32, "none"),
 }
 
+# `import model` has loaded Keras already (model/__init__.py), so no lazy lookup is needed here
 _SPECS = {
-    name: ModelSpec(name, _app(attr), default, minimum, prep)
+    name: ModelSpec(name, getattr(keras.applications, attr), default, minimum, prep)
     for name, (attr, default, minimum, prep) in _TABLE.items()
 }
 
@@ -76,7 +75,11 @@ def names() -> list[str]:
 
 
 def get(name: str) -> ModelSpec:
-    """The spec for `name` (case-insensitive); unknown -> UsageError listing valid names."""
+    """The spec for `name` (case-insensitive).
+
+    Raises:
+        UsageError: an unknown name; the message lists the valid ones.
+    """
     key = str(name).strip().lower()
     if key not in _SPECS:
         raise UsageError(f"unknown model {name!r}; valid names: {', '.join(names())}")

@@ -4,15 +4,18 @@ One table (OPTIONS) holds every setting with its default, unit and help text,
 nanoGPT style; train.py's argparse flags are generated from it, so a flag, its
 YAML key and its saved value cannot drift apart. Precedence, lowest first:
 the defaults below < `--config x.yaml` < command-line flags. The resolved
-config (after train.py fills in dataset-dependent values such as the head and
-the image size) is saved as model_save/NAME.config.yaml and inside NAME.json.
+config (after `resolve_run` fills in dataset-dependent values such as the head
+and the image size) is saved as model_save/NAME.config.yaml and inside NAME.json.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
+
+import yaml
 
 from utils.errors import OneLineParser, UsageError, read_yaml_mapping
 from utils.files import atomic_write_text
@@ -21,6 +24,8 @@ from utils.input.labels import HEADS
 
 @dataclass(frozen=True)
 class Option:
+    """One setting: its default, --help text, type and allowed values."""
+
     default: Any
     help: str
     type: Any = str  # str | int | float | bool ("bool" flags get --x / --no-x)
@@ -87,10 +92,12 @@ RESUME_MUTABLE = {"resume", "early_stop", "strategy", "preview", "config", "val_
 
 
 def defaults() -> dict:
+    """{option name: default} for every OPTIONS entry."""
     return {k: o.default for k, o in OPTIONS.items()}
 
 
 def flag(name: str) -> str:
+    """An option name as its command-line flag: batch_size -> --batch-size."""
     return "--" + name.replace("_", "-")
 
 
@@ -114,6 +121,11 @@ def build_parser(description: str) -> argparse.ArgumentParser:
 
 
 def load_yaml(path: str) -> dict:
+    """A --config file -> {option name: value of the option's type}.
+
+    Raises:
+        UsageError: a missing or malformed file, an unknown key or a bad value.
+    """
     out = {}
     for name, value in read_yaml_mapping(path).items():
         if name not in OPTIONS:
@@ -123,12 +135,16 @@ def load_yaml(path: str) -> dict:
 
 
 def coerce(name: str, value, where: str):
-    """A YAML value -> the option's type (argparse does this for flags only)."""
+    """A YAML value -> the option's type (argparse does this for flags only).
+
+    Raises:
+        UsageError: the value does not convert, or is not one of the choices.
+    """
     o = OPTIONS[name]
     if value is None:
         return None
     if name == "augment" and isinstance(value, (dict, list)):
-        return value  # YAML may give {name: {kwargs}} (see utils/augment.py) or a list of names
+        return value  # YAML may give {name: {kwargs}} (see utils/input/augment.py) or a list of names
     try:
         if o.type is bool:
             if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
@@ -189,26 +205,47 @@ def validate(cfg: dict) -> None:
     if cfg["fold"] is not None and cfg["fold"] < 0:
         raise UsageError(f"--fold must be >= 0, got {cfg['fold']}")
     if cfg["layers"] not in ("heads", "all"):
-        import re
-
         try:
             re.compile(cfg["layers"])
         except re.error as e:
             raise UsageError(f"--layers {cfg['layers']!r} is not heads, all or a valid regex: {e}") from None
 
 
-def augment_list(spec):
-    """'flip,rrc' -> ['flip', 'rrc']; '' / 'none' -> []; a YAML list or dict passes through."""
-    if isinstance(spec, (dict, list)):
-        return spec
-    if not spec or spec.strip().lower() == "none":
-        return []
-    return [s.strip() for s in spec.split(",") if s.strip()]
+def resolve_run(cfg: dict, info: dict, spec) -> dict:
+    """Fill the dataset-dependent settings: head, image size, output path.
+
+    Args:
+        cfg: from `resolve`.
+        info: utils.input.pipeline.dataset_info of --data.
+        spec: the model.registry.ModelSpec of --model.
+
+    Returns:
+        a new dict; `model` is the registry's spelling of the name.
+
+    Raises:
+        UsageError: a softmax head on multi-label data, an image size below the
+            backbone's minimum, or --out without .h5 / .keras.
+    """
+    cfg = dict(cfg)
+    if cfg["head"] is None:
+        cfg["head"] = "sigmoid" if info["multi_label"] else "softmax"
+    if info["multi_label"] and cfg["head"] == "softmax":
+        raise UsageError(f"{cfg['data']} is multi-label: use --head sigmoid or per-class, not softmax")
+    cfg["image_size"] = cfg["image_size"] or spec.default_size
+    if cfg["image_size"] < spec.min_size:
+        raise UsageError(f"{spec.name} needs --image-size >= {spec.min_size}, got {cfg['image_size']}")
+    if not cfg["out"]:
+        data_name = os.path.basename(os.path.normpath(cfg["data"]))
+        fold = f"_fold{cfg['fold']}" if cfg["fold"] is not None else ""
+        cfg["out"] = os.path.join("model_save", f"{data_name}_{spec.name}{fold}.h5")
+    if not cfg["out"].endswith((".h5", ".keras")):
+        raise UsageError(f"--out must end in .h5 (the .keras twin is written beside it), got {cfg['out']}")
+    cfg["model"] = spec.name
+    return cfg
 
 
 def save_yaml(cfg: dict, path: str) -> str:
-    import yaml
-
+    """The resolved config as YAML (model_save/NAME.config.yaml), in OPTIONS order."""
     atomic_write_text(path, yaml.safe_dump(cfg, sort_keys=False))
     return path
 

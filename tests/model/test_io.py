@@ -4,20 +4,19 @@ import subprocess
 import sys
 import urllib.error
 
+import keras
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
+import model  # noqa: F401
+from model.build import build_model, get_backbone, save_backbone_weights
+from model.heads import output_names
+from model.layers import ChannelAdapter, Preprocess, group_average_kernel
+from model.losses import make_loss
+from model.metrics import make_metrics
+from tests.conftest import ROOT
+from utils.errors import UsageError
 
-import model  # noqa: E402,F401
-from model.build import build_model, get_backbone, save_backbone_weights  # noqa: E402
-from model.heads import output_names  # noqa: E402
-from model.layers import ChannelAdapter, Preprocess, group_average_kernel  # noqa: E402
-from model.losses import make_loss  # noqa: E402
-from model.metrics import make_metrics  # noqa: E402
-from utils.errors import UsageError  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 32
 
 
@@ -40,9 +39,10 @@ def _predict(m, x):
 
 # (arch, head): DenseNet with a softmax head; EfficientNet (its own Normalization
 # layers inside the backbone) with the multi-output per-class head
-CASES = [("densenet121", "softmax"), pytest.param("efficientnetb0", "per-class", marks=pytest.mark.slow)]
+CASES = [("densenet121", "softmax"), ("efficientnetb0", "per-class")]
 
 
+@pytest.mark.slow  # a fresh interpreter loads TensorFlow again: 10-15 s
 @pytest.mark.parametrize("arch,head", CASES)
 def test_save_h5_and_keras_then_load_in_fresh_process(tmp_path, arch, head):
     names = ["a", "b", "c"]
@@ -79,7 +79,8 @@ def test_save_h5_and_keras_then_load_in_fresh_process(tmp_path, arch, head):
 
 # ------------------------------------------------------------------ weights files
 
-@pytest.mark.parametrize("arch,fname", [("densenet121", "bb.weights.h5"), ("efficientnetb0", "bb.h5")])
+@pytest.mark.parametrize("arch,fname", [pytest.param("densenet121", "bb.weights.h5", marks=pytest.mark.slow),
+                                        ("efficientnetb0", "bb.h5")])
 def test_local_weights_file_loads_into_backbone(tmp_path, arch, fname):
     src = build_model(arch, 2, input_size=SIZE)
     path = save_backbone_weights(src, str(tmp_path / fname))
@@ -152,6 +153,7 @@ def test_group_average_kernel():
     np.testing.assert_allclose(group_average_kernel(4).sum(axis=0), [1, 1, 1])
 
 
+@pytest.mark.slow
 def test_six_channel_model_builds_runs_and_starts_as_group_average(tmp_path):
     m = build_model("densenet121", 3, input_size=SIZE, channels=6)
     assert m.input_shape == (None, SIZE, SIZE, 6)

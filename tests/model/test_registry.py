@@ -1,15 +1,11 @@
 """Registry: every backbone builds at its minimum size and runs; bad names/sizes are one-line errors."""
+import keras
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
-
-from model import registry  # noqa: E402
-from model.build import build_model, resolve_size  # noqa: E402
-from utils.errors import UsageError  # noqa: E402
-
-SLOW = {"efficientnetb4", "efficientnetb5", "efficientnetb6", "efficientnetb7", "efficientnetv2s",
-        "densenet169", "densenet201"}
+from model import registry
+from model.build import _leaf_layers, build_model, resolve_size
+from utils.errors import UsageError
 
 EXPECTED = {
     "densenet121", "densenet169", "densenet201", "inceptionv3", "resnet50",
@@ -45,9 +41,8 @@ def test_size_below_minimum_is_usage_error():
     assert resolve_size(registry.get("resnet50"), (40, 48)) == (40, 48)
 
 
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in sorted(EXPECTED)]
-)
+@pytest.mark.slow  # 18 backbones: about a minute in all
+@pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_every_backbone_builds_at_min_size_and_runs(name):
     spec = registry.get(name)
     m = build_model(name, 3, input_size=spec.min_size, weights="none")
@@ -57,5 +52,4 @@ def test_every_backbone_builds_at_min_size_and_runs(name):
     np.testing.assert_allclose(y.sum(axis=-1), 1.0, rtol=1e-5)
     assert m.get_layer("backbone") is not None
     # no Python lambdas anywhere: detect.py refuses them in safe mode
-    from model.build import _leaf_layers
     assert not any(isinstance(l, keras.layers.Lambda) for l in _leaf_layers(m))

@@ -4,7 +4,8 @@ bad input, two-worker MultiWorkerMirroredStrategy.
 Speed: a registry backbone's first train step takes 1-2 minutes just to trace
 on 2 busy cores, so these tests register a tiny conv backbone ("tinynet") in
 model.registry (test-only) and train it at 32 px for a few steps. Subprocess
-tests go through `runner()`, which registers it in the child too.
+tests go through `runner()`, which registers it in the child too. The runs
+that train are marked slow; the preview and the bad-input checks stay fast.
 """
 import json
 import os
@@ -17,7 +18,8 @@ import time
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import ROOT, encode_image, write_dataset
+
 CLASSES = ["red", "green", "blue"]
 COLOURS = [(220, 30, 30), (30, 200, 40), (40, 60, 230)]
 
@@ -38,75 +40,58 @@ def tinynet(weights=None, include_top=False, input_shape=None, pooling="avg", na
     return keras.Model(inp, x, name=name)
 
 
-def register_tiny():
+def tiny_spec():
     from model import registry
 
-    registry._SPECS["tinynet"] = registry.ModelSpec("tinynet", tinynet, 32, 16, "torch")
+    return registry.ModelSpec("tinynet", tinynet, 32, 16, "torch")
 
 
-def png(colour, rng, size=32) -> bytes:
-    import cv2
+def register_tiny():
+    """For the subprocess runs; in this process the `tiny` fixture registers it and removes it again."""
+    from model import registry
+
+    registry._SPECS["tinynet"] = tiny_spec()
+
+
+def shape_record(label: int, rng, key: str, size: int = 32) -> bytes:
+    """A dark noisy square image with a square of the class's colour, as a serialized record."""
+    from utils.dataset import schema
 
     img = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
     a, b = rng.integers(4, 12), rng.integers(20, 28)
-    img[a:b, a:b] = colour
-    ok, buf = cv2.imencode(".png", img[..., ::-1])
-    assert ok
-    return buf.tobytes()
+    img[a:b, a:b] = COLOURS[label]
+    return schema.serialize([encode_image(img, "png")], "png", size, size, 3, [label], key)
 
 
-def write_dataset(root, *, n_train=30, n_val=12, folds=0, val=True, seed=0) -> str:
-    """A folder in the generate_dataset.py layout: shards + manifest.json + labels.json."""
-    from utils.dataset import schema
-
+def shapes_dataset(root, *, n_train=30, n_val=12, folds=0, val=True, seed=0) -> str:
+    """data/NAME in the generate_dataset.py layout: 2 train shards (or one per fold) + 1 val shard."""
     rng = np.random.default_rng(seed)
-    os.makedirs(root, exist_ok=True)
     k = len(CLASSES)
 
-    def shard(fname, labels, fold=None):
-        with open(os.path.join(root, fname), "wb") as f:
-            pass
-        import tensorflow as tf
+    def shard(name, labels):
+        return [shape_record(c, rng, f"{name}-{i}") for i, c in enumerate(labels)]
 
-        with tf.io.TFRecordWriter(os.path.join(root, fname)) as w:
-            for i, c in enumerate(labels):
-                w.write(schema.serialize([png(COLOURS[c], rng)], "png", 32, 32, 3, [c], f"{fname}-{i}"))
-        counts = [labels.count(c) for c in range(k)]
-        return {"file": fname, "count": len(labels), "bytes": os.path.getsize(os.path.join(root, fname)),
-                "sha256": "", "fold": fold, "class_counts": counts}
-
-    splits = {}
     if folds:
-        per = [[i % k for i in range(n_train // folds)] for _ in range(folds)]
-        shards = [shard(f"train-{f:05d}-of-{folds:05d}.tfrecord", per[f], f) for f in range(folds)]
+        splits = {"train": [(shard(f"train{f}", [i % k for i in range(n_train // folds)]), f)
+                            for f in range(folds)]}
     else:
         labels = [i % k for i in range(n_train)]
-        shards = [shard("train-00000-of-00002.tfrecord", labels[::2]),
-                  shard("train-00001-of-00002.tfrecord", labels[1::2])]
-    splits["train"] = {"count": sum(s["count"] for s in shards),
-                       "class_counts": list(np.sum([s["class_counts"] for s in shards], 0).tolist()),
-                       "shards": shards}
+        splits = {"train": [shard("train0", labels[::2]), shard("train1", labels[1::2])]}
     if val and not folds:
-        s = shard("val-00000-of-00001.tfrecord", [i % k for i in range(n_val)])
-        splits["val"] = {"count": s["count"], "class_counts": s["class_counts"], "shards": [s]}
-    manifest = {"schema_version": 1, "name": os.path.basename(root), "num_classes": k, "multi_label": False,
-                "planes": 1, "channels": 3, "folds": folds, "seed": 0, "splits": splits,
-                "skipped": {"count": 0, "by_reason": {}}, "readable_names": None}
-    with open(os.path.join(root, "manifest.json"), "w") as f:
-        json.dump(manifest, f)
-    with open(os.path.join(root, "labels.json"), "w") as f:
-        json.dump(CLASSES, f)
-    return root
+        splits["val"] = [shard("val", [i % k for i in range(n_val)])]
+    return write_dataset(root, splits, class_names=CLASSES, folds=folds)
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return write_dataset(str(tmp_path_factory.mktemp("ds") / "shapes"))
+    return shapes_dataset(str(tmp_path_factory.mktemp("ds") / "shapes"))
 
 
 @pytest.fixture
 def tiny(monkeypatch, tmp_path):
-    register_tiny()
+    from model import registry
+
+    monkeypatch.setitem(registry._SPECS, "tinynet", tiny_spec())
     monkeypatch.chdir(tmp_path)  # log/NAME and model_save/ land here
     yield
     import keras
@@ -131,18 +116,18 @@ def run_main(argv, capsys):
 # ----------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow
 def test_end_to_end_artefacts_and_reload(tiny, data, capsys, tmp_path):
     import keras
 
     import model  # noqa: F401 - registers our layers for load_model
-    import train
     from model.meta import load_meta
-    from utils.train import config as C
+    from utils.train import config, loop
 
     y = tmp_path / "run.yaml"
     y.write_text("epochs: 2\nlr: 0.01\noptimizer: sgd\n")
-    cfg = C.resolve(C.build_parser("t").parse_args(quick(data, "--config", str(y), "--out", "model_save/t.h5")))
-    out = train.train(cfg)
+    cfg = config.resolve(config.build_parser("t").parse_args(quick(data, "--config", str(y), "--out", "model_save/t.h5")))
+    out = loop.run(cfg)
     files = sorted(os.listdir("model_save"))
     assert files == ["t.best.h5", "t.best.keras", "t.config.yaml", "t.h5", "t.json", "t.keras"]
     assert sorted(os.listdir("log/t"))[:2] == ["curves.png", "epochs.csv"]
@@ -171,6 +156,7 @@ def test_end_to_end_artefacts_and_reload(tiny, data, capsys, tmp_path):
     assert stdout.strip().splitlines()[-1].startswith("val_accuracy ") and "(best epoch 1)" in stdout
 
 
+@pytest.mark.slow
 def test_head_warmup_then_finetune(tiny, data, capsys):
     import keras
 
@@ -187,6 +173,7 @@ def test_head_warmup_then_finetune(tiny, data, capsys):
     keras.models.load_model("model_save/w.h5")
 
 
+@pytest.mark.slow
 def test_mixed_precision_jit_cache_step_early_stop(tiny, data, capsys):
     import keras
 
@@ -205,6 +192,7 @@ def test_mixed_precision_jit_cache_step_early_stop(tiny, data, capsys):
                                                                verbose=0).shape == (1, 3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head, monitor", [("sigmoid", "val_f1"), ("per-class", "val_loss")])
 def test_multi_label_heads(tiny, data, capsys, head, monitor):
     import keras
@@ -220,11 +208,16 @@ def test_multi_label_heads(tiny, data, capsys, head, monitor):
     assert (len(pred) == 3) if head == "per-class" else pred.shape == (2, 3)
 
 
+@pytest.mark.slow
 def test_fold_trains_on_other_folds(tiny, tmp_path, capsys):
-    data = write_dataset(str(tmp_path / "kf"), n_train=30, folds=3)
+    data = shapes_dataset(str(tmp_path / "kf"), n_train=30, folds=3)
     code, out, err = run_main(quick(data, "--epochs", "1", "--fold", "1"), capsys)
     assert code == 0, err
     assert os.path.isfile("model_save/kf_tinynet_fold1.h5")
+
+
+def test_fold_out_of_range_is_one_line(tiny, tmp_path, capsys):
+    data = shapes_dataset(str(tmp_path / "kf"), n_train=30, folds=3)
     code, out, err = run_main(quick(data, "--epochs", "1", "--fold", "3"), capsys)
     assert code == 2 and err.startswith("error: fold 3 does not exist") and "Traceback" not in err
 
@@ -248,7 +241,7 @@ def bad(argv, capsys):
 
 def test_bad_input_one_line(tiny, data, tmp_path, capsys):
     assert "no dataset folder" in bad(quick(str(tmp_path / "missing")), capsys)
-    empty = write_dataset(str(tmp_path / "noval"), val=False)
+    empty = shapes_dataset(str(tmp_path / "noval"), val=False)
     assert "val" in bad(quick(empty), capsys)
     assert "unknown model 'resnet9000'" in bad(quick(data, "--model", "resnet9000"), capsys)
     assert "inceptionv3 needs --image-size >= 75" in bad(quick(data, "--model", "inceptionv3"), capsys)
@@ -274,7 +267,7 @@ def test_imagenet_without_network(tiny, data, monkeypatch, capsys):
 
 # ----------------------------------------------------------------- subprocesses
 
-RUNNER = ("import sys; sys.path.insert(0, {root!r}); from tests.test_train_cli import register_tiny; "
+RUNNER = ("import sys; sys.path.insert(0, {root!r}); from tests.train.test_cli import register_tiny; "
           "register_tiny(); import train; from utils.errors import run_cli; sys.exit(run_cli(train.main))")
 
 
@@ -292,10 +285,11 @@ def csv_rows(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume(tiny, data, tmp_path, capsys):
     """kill -9 after epoch 1's checkpoint; --resume finishes with each epoch logged once,
     and LR per epoch + the optimizer step count equal an uninterrupted run's."""
-    from utils.train.training import load_state
+    from utils.train.checkpoint import load_state
 
     argv = quick(data, "--epochs", "5", "--steps-per-epoch", "24", "--lr", "0.05", "--lr-warmup-epochs", "1",
                  "--out", "model_save/r.h5")

@@ -1,14 +1,13 @@
 """Which arrays a train step changes: --layers heads / all / REGEX, and per-class loss weights."""
+import keras
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
-
-import model  # noqa: E402,F401
-from model.build import _leaf_layers, build_model, get_backbone, set_trainable  # noqa: E402
-from model.heads import output_names  # noqa: E402
-from model.losses import make_loss  # noqa: E402
-from utils.errors import UsageError  # noqa: E402
+import model  # noqa: F401
+from model.build import _leaf_layers, build_model, get_backbone, set_trainable
+from model.heads import output_names
+from model.losses import make_loss
+from utils.errors import UsageError
 
 SIZE = 32
 BATCH = 4

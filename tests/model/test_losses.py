@@ -1,16 +1,15 @@
 """Class weights, weighted losses (checked against hand computation) and metrics per head."""
 import json
 
+import keras
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
-
-import model  # noqa: E402,F401
-from model.losses import (WeightedBinaryCrossentropy, WeightedCategoricalCrossentropy,  # noqa: E402
+import model  # noqa: F401
+from model.losses import (WeightedBinaryCrossentropy, WeightedCategoricalCrossentropy,
                           class_weights, make_loss)
-from model.metrics import make_metrics  # noqa: E402
-from utils.errors import UsageError  # noqa: E402
+from model.metrics import make_metrics
+from utils.errors import UsageError
 
 EPS = 1e-7
 

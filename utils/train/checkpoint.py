@@ -1,0 +1,271 @@
+"""What a run leaves on disk and reads back: the resume state, the model files, epochs.csv.
+
+Resume design (why not keras.callbacks.BackupAndRestore): in Keras 3.15 it saves
+the model weights and a separate epoch JSON non-atomically (a kill between the
+two leaves them out of step), it restores only `fit`'s epoch counter (not our
+best score, early-stopping patience, plateau LR scale or freeze/fine-tune phase)
+and it knows nothing about our epoch CSV. So at every epoch end ONE file,
+model_save/NAME.resume/state.npz, is written atomically (tmp + fsync + rename):
+all model variables, all optimizer variables (iteration counter, moments, EMA and
+gradient accumulators included) and the JSON run record (`new_run`). The LR
+schedule is a function of the optimizer's iteration counter (see optim.py), so
+the state file alone puts a resumed run back exactly where it was.
+
+`Checkpoint` is the only owner of that state: the loop and the callbacks read and
+change the run record through it, and `save_state` is its one writer.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import shutil
+import sys
+
+import keras
+import numpy as np
+
+from utils.errors import UsageError
+from utils.files import atomic_open, atomic_path, atomic_write_text
+from utils.train.config import resume_mismatch
+from utils.train.optim import iterations
+
+STATE_FILE = "state.npz"
+
+
+def new_run(cfg: dict | None = None) -> dict:
+    """The run record that survives --resume (JSON inside state.npz), at its start.
+
+    Keys: epoch (epochs completed), phase (name of the phase being trained), best
+    (best monitored score), best_epoch (1-based), wait (epochs since the best, for
+    --early-stop), plateau_wait (for --schedule plateau), lr_scale (the plateau
+    rule's LR factor), stopped (early-stopped), iterations (optimizer updates in the
+    current phase), config (the resolved config).
+    """
+    return {"epoch": 0, "phase": None, "best": None, "best_epoch": None, "wait": 0, "plateau_wait": 0,
+            "lr_scale": 1.0, "stopped": False, "iterations": 0, "config": cfg}
+
+
+class Checkpoint:
+    """The resume state of one run (state.npz + the run record) and its epoch CSV.
+
+    In the order loop.run uses it:
+        ckpt = Checkpoint(resume_dir, csv_path, cfg)
+        ckpt.load()                                   # --resume: read, refuse changed settings
+        ckpt.restore(model, scale)                    # weights, run record; CSV cut to saved epochs
+        ckpt.enter_phase(name, scale)                 # per phase; and after compile:
+        ckpt.restore_phase_optimizer(name, model, optimizer)
+        ckpt.end_epoch(epoch, row, model, optimizer)  # from callbacks.EpochEnd
+        ckpt.finish()                                 # run complete: the state folder goes
+
+    Args:
+        resume_dir: model_save/NAME.resume (created on the first save).
+        csv_path: log/NAME/epochs.csv.
+        cfg: the resolved config, saved in the run record.
+    """
+
+    def __init__(self, resume_dir: str, csv_path: str, cfg: dict):
+        self.resume_dir, self.csv_path, self.cfg = resume_dir, csv_path, cfg
+        self.run = new_run(cfg)
+        self.rows: list[dict] = []
+        self.saved: dict | None = None
+
+    def load(self) -> None:
+        """With --resume, read the saved state (a note when there is none).
+
+        Raises:
+            UsageError: the interrupted run had other settings (config.RESUME_MUTABLE
+                lists those that may change).
+        """
+        if not self.cfg["resume"]:
+            return
+        self.saved = load_state(self.resume_dir)
+        if self.saved is None:
+            print(f"note: no resume state in {self.resume_dir}; starting from epoch 1", file=sys.stderr)
+            return
+        changed = resume_mismatch(self.saved["run"]["config"], self.cfg)
+        if changed:
+            raise UsageError(f"--resume with different settings ({', '.join(changed)}): use the interrupted run's flags")
+
+    def restore(self, model, scale) -> None:
+        """Put the saved weights, run record and LR scale back; keep the CSV rows of saved epochs only."""
+        rows = []
+        if self.saved:
+            self.run.update(self.saved["run"], config=self.cfg)
+            restore_model(model, self.saved)
+            scale.assign(self.run["lr_scale"])
+            rows = rows_up_to(read_csv_rows(self.csv_path), self.run["epoch"])
+            print(f"resuming after epoch {self.run['epoch']} ({self.run['phase']} phase)", file=sys.stderr)
+        if rows:
+            write_csv_rows(self.csv_path, rows)  # drops rows of an epoch that died before its checkpoint
+        elif os.path.exists(self.csv_path):
+            os.remove(self.csv_path)
+        self.rows = rows
+
+    def enter_phase(self, name: str, scale) -> None:
+        """A phase not yet started begins with fresh patience counters and LR scale."""
+        if self.run["phase"] != name:
+            self.run.update(phase=name, wait=0, plateau_wait=0, lr_scale=1.0)
+            scale.assign(1.0)
+
+    def restore_phase_optimizer(self, name: str, model, optimizer) -> None:
+        """The saved optimizer state, when the run was interrupted inside phase `name`."""
+        if self.saved and self.saved["run"]["phase"] == name:
+            restore_optimizer(model, optimizer, self.saved)
+
+    def end_epoch(self, epoch: int, row: dict, model, optimizer) -> None:
+        """The epoch's CSV row, then the state (last: state epoch N implies row N is written).
+
+        Args:
+            epoch: 0-based, as fit counts.
+            row: the epochs.csv row ("epoch" from 0, like keras.callbacks.CSVLogger).
+        """
+        self.run["iterations"] = iterations(optimizer)
+        self.rows = rows_up_to(self.rows, epoch) + [row]
+        write_csv_rows(self.csv_path, self.rows)
+        save_state(self.resume_dir, model, optimizer, self.run)
+
+    def finish(self) -> None:
+        """The run is complete: --resume has nothing left to do."""
+        remove_dir(self.resume_dir)
+
+
+# ----------------------------------------------------------------- the state file
+
+
+def save_state(resume_dir: str, model, optimizer, run: dict) -> str:
+    """Model + optimizer variables + run record -> resume_dir/state.npz, atomically."""
+    os.makedirs(resume_dir, exist_ok=True)
+    arrays = {f"m{i:05d}": np.asarray(v.numpy()) for i, v in enumerate(model.weights)}
+    arrays.update({f"o{i:05d}": np.asarray(v.numpy()) for i, v in enumerate(optimizer.variables)})
+    arrays["run"] = np.array(json.dumps(run))
+    path = os.path.join(resume_dir, STATE_FILE)
+    with atomic_open(path, "wb") as f:
+        np.savez(f, **arrays)
+    return path
+
+
+def load_state(resume_dir: str) -> dict | None:
+    """{'run': dict, 'model': [arrays], 'optimizer': [arrays]}, or None when there is none."""
+    path = os.path.join(resume_dir, STATE_FILE)
+    if not os.path.isfile(path):
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        keys = sorted(z.files)
+        return {"run": json.loads(str(z["run"])),
+                "model": [z[k] for k in keys if k.startswith("m")],
+                "optimizer": [z[k] for k in keys if k.startswith("o")]}
+
+
+def _assign_all(variables, arrays, what: str) -> None:
+    if len(variables) != len(arrays):
+        raise UsageError(f"resume state does not fit this run ({what}: {len(arrays)} saved vs {len(variables)} "
+                         "variables): drop --resume or delete the .resume folder")
+    for v, a in zip(variables, arrays):
+        if tuple(v.shape) != tuple(a.shape):
+            raise UsageError(f"resume state does not fit this run ({what} {v.path}: {a.shape} vs {tuple(v.shape)})")
+    for v, a in zip(variables, arrays):
+        v.assign(a)
+
+
+def restore_model(model, saved: dict) -> None:
+    """The saved model variables, in order.
+
+    Raises:
+        UsageError: their number or shapes differ from this model's.
+    """
+    _assign_all(model.weights, saved["model"], "model")
+
+
+def restore_optimizer(model, optimizer, saved: dict) -> None:
+    """Build the optimizer's slots for the current trainable set, then overwrite them."""
+    if not optimizer.built:
+        optimizer.build(model.trainable_variables)
+    _assign_all(optimizer.variables, saved["optimizer"], "optimizer")
+
+
+def remove_dir(path: str) -> None:
+    """The resume folder once a run is complete; a non-chief worker's temp dirs."""
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# ----------------------------------------------------------------- model files
+
+
+def inference_view(model):
+    """The same layers as an uncompiled functional model (no optimizer, losses, schedule).
+
+    Saved files then load with nothing but `import model`, whatever training
+    objects were used; a dict of outputs stays a dict.
+    """
+    try:
+        return keras.Model(model.inputs, model.output, name=model.name)
+    except (AttributeError, ValueError):
+        return model
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record) -> bool:
+        return self.text not in record.getMessage()
+
+
+def save_model_files(model, base: str) -> list[str]:
+    """base.h5 and base.keras, each written under a temp name and renamed into place."""
+    view = inference_view(model)
+    written = []
+    # Keras 3.15's saving_api logs "You are saving your model as an HDF5 file ... legacy" on every
+    # .h5 save; .h5 is in our contract on purpose. Drop the filter if Keras stops logging it.
+    quiet = _DropMessage("saving your model as an HDF5 file")
+    logging.getLogger("absl").addFilter(quiet)
+    try:
+        for ext in (".h5", ".keras"):
+            # Keras picks the format from the extension, so the temp name keeps it
+            with atomic_path(base + ext, tmp_suffix=f".tmp{ext}") as tmp:
+                view.save(tmp)
+            written.append(base + ext)
+    finally:
+        logging.getLogger("absl").removeFilter(quiet)
+    return written
+
+
+# ----------------------------------------------------------------- epochs.csv
+
+
+def read_csv_rows(path: str) -> list[dict]:
+    """epochs.csv as dicts of strings; [] when it does not exist."""
+    if not os.path.isfile(path):
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_csv_rows(path: str, rows: list[dict]) -> None:
+    """Rewrite the whole (small) CSV atomically; columns = union in first-seen order."""
+    cols: list[str] = []
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, restval="", lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def rows_up_to(rows: list[dict], n: int) -> list[dict]:
+    """Rows of the first `n` epochs, the last one kept per epoch (a resumed run rewrites).
+
+    The "epoch" column counts from 0, as keras.callbacks.CSVLogger does (and
+    utils.plots.save_history_plot expects).
+    """
+    by_epoch = {}
+    for r in rows:
+        e = int(float(r["epoch"]))
+        if e < n:
+            by_epoch[e] = r
+    return [by_epoch[e] for e in sorted(by_epoch)]
