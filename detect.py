@@ -3,6 +3,7 @@
     python detect.py --model model_save/demo.h5 data/demo --split val --evaluate
     python detect.py --model a.h5 --model b.keras test_images/ --tta 4 --format probs --out sub.csv
     python detect.py --model cd.h5 test.bson --format cdiscount --out submission.csv
+    python detect.py --model model_save/demo.h5 --export exports/demo --export-format saved_model
 
 The work lives in utils/detect/ (models, inputs, stream, thresholds, output, evaluate, run).
 """
@@ -14,7 +15,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")   # before TensorFlow loads: keep stderr for our messages
 
-from utils.detect import FORMATS, SPLITS, TUNE_METRICS, VIEWS, run
+from utils.detect import EXPORT_FORMATS, FORMATS, QUANTIZE, SPLITS, TUNE_METRICS, VIEWS, run
 from utils.errors import OneLineParser, run_cli
 
 
@@ -33,12 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(
         prog="detect.py", description=__doc__.split("\n\n")[0],
         formatter_class=_HelpFormatter)
-    p.add_argument("inputs", nargs="+", metavar="INPUT",
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
                    help="image files, folders (recursive; a parent folder named after a class is the label), "
                         "globs, a URL list (.txt/.csv of `id,url` lines), a .bson file (one prediction per "
                         "product), or a dataset folder data/NAME (see --split)")
     p.add_argument("--model", action="append", required=True, metavar="PATH",
-                   help="a saved model (.h5, .keras or SavedModel folder) with its NAME.json beside it; "
+                   help="a saved model (.h5, .keras or SavedModel folder) with its NAME.json beside it, "
+                        "or an export of detect.py --export (SavedModel folder, .onnx, .tflite); "
                         "repeat to average several models")
     p.add_argument("--model-weights", metavar="W1,W2,...",
                    help="weight of each --model in the average (normalised to sum 1); default equal")
@@ -73,6 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--evaluate", action="store_true",
                    help="labelled input: accuracy, top-5, macro F1/F2, per-class CSV, confusion matrix / "
                         "PR curves in PREFIX.eval/; the last stdout line is the headline score")
+    p.add_argument("--export", metavar="OUT",
+                   help="instead of predicting, export --model to OUT (a SavedModel folder, x.onnx or x.tflite) "
+                        "with its metadata beside it, then check it against Keras on a few images "
+                        "(the INPUTs if given)")
+    p.add_argument("--export-format", choices=EXPORT_FORMATS, default="saved_model",
+                   help="saved_model (TF Serving; also a serve_bytes signature taking encoded images), "
+                        "onnx (onnxruntime) or litert (.tflite)")
+    p.add_argument("--quantize", choices=QUANTIZE,
+                   help="litert only: dynamic (int8 weights) or float16 weights; checked with a looser bound")
+    p.add_argument("--overwrite", action="store_true", help="--export: replace an existing OUT")
     p.add_argument("--unsafe", action="store_true",
                    help="allow models with Lambda layers (they run Python code stored in the file)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -183,7 +183,7 @@ def test_adapted_normalization_layer_exports_to_onnx(tmp_path):
 
 
 def test_tuned_thresholds_go_into_the_metadata(models, tmp_path):
-    from utils.detect.predict import save_thresholds, thresholds_path
+    from utils.detect.thresholds import save_thresholds, thresholds_path
 
     src = str(tmp_path / "ml.h5")
     tiny_model(src, "sigmoid")

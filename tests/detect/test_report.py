@@ -15,7 +15,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from utils.detect import evaluate as ev
+from utils.detect import evaluate
+from utils.detect.thresholds import tune_thresholds
 from utils.detect.report import (HEADLINE, MAX_MATRIX, TOP_LOSSES, most_confused_pairs, sample_losses,
                                  write_eval_report)
 
@@ -83,7 +84,7 @@ def parse(text: str) -> Tables:
 
 def expected_csv(tmp_path, metrics):
     path = str(tmp_path / "per_class.csv")
-    ev.write_report_csv(metrics["per_class"], path)
+    evaluate.write_report_csv(metrics["per_class"], path)
     return list(csv.reader(open(path, newline="")))
 
 
@@ -128,9 +129,9 @@ def test_single_label_page_holds_the_csv_numbers(tmp_path):
     assert "c&lt;0&gt;" in text and "<0>" not in text     # class names are escaped
     assert "http://" not in text and "https://" not in text and "<script src" not in text
     page = parse(text)
-    metrics = ev.evaluate(y_true, y_prob, names, multi_label=False)
+    metrics = evaluate.evaluate(y_true, y_prob, names, multi_label=False)
     check_numbers(page, metrics, expected_csv(tmp_path, metrics))
-    cm = ev.confusion_matrix(y_true, y_prob)
+    cm = evaluate.confusion_matrix(y_true, y_prob)
     assert page.tables["confusion"][0] == ["true \\ predicted"] + names
     assert [[int(v) for v in r[1:]] for r in page.tables["confusion"][1:]] == cm.tolist()
     losses = sample_losses(y_true, y_prob, False)
@@ -146,17 +147,17 @@ def test_many_classes_list_the_most_confused_pairs(tmp_path):
     page = parse(open(write_eval_report(str(tmp_path), class_names=names, y_true=y_true, y_prob=y_prob, ids=ids,
                                         multi_label=False)).read())
     assert "confusion" not in page.tables and "top-losses-grid" not in open(tmp_path / "index.html").read()
-    pairs = most_confused_pairs(ev.confusion_matrix(y_true, y_prob), names)
+    pairs = most_confused_pairs(evaluate.confusion_matrix(y_true, y_prob), names)
     assert page.tables["most-confused"][1:] == [[t, p, str(c)] for t, p, c in pairs]
     assert not (tmp_path / "top_losses.png").exists()   # no thumbnails given
 
 
 def test_multi_label_page_shows_tuned_thresholds(tmp_path):
     names, y_true, y_prob, ids, thumbs = synthetic(multi=True, k=4)
-    thresholds, _ = ev.tune_thresholds(y_true, y_prob)
+    thresholds, _ = tune_thresholds(y_true, y_prob)
     page = parse(open(write_eval_report(str(tmp_path), class_names=names, y_true=y_true, y_prob=y_prob, ids=ids,
                                         multi_label=True, thresholds=thresholds, thumbnails=thumbs.__getitem__)).read())
-    metrics = ev.evaluate(y_true, y_prob, names, multi_label=True, thresholds=thresholds)
+    metrics = evaluate.evaluate(y_true, y_prob, names, multi_label=True, thresholds=thresholds)
     check_numbers(page, metrics, expected_csv(tmp_path, metrics))
     assert [float(k[1]) for k in page.sort_keys["thresholds"][1:]] == thresholds
     assert [r[0] for r in page.tables["thresholds"][1:]] == names
@@ -174,7 +175,7 @@ def test_products_are_scored_and_shown_together(tmp_path):
                                   products=products)).read()
     page = parse(text)
     prob = np.stack([y_prob[r].mean(0) for r in products.values()])
-    metrics = ev.evaluate(y_true[::3], prob, names, multi_label=False)
+    metrics = evaluate.evaluate(y_true[::3], prob, names, multi_label=False)
     assert [float(k[1]) for k in page.sort_keys["product-metrics"][1:]] == [metrics[k] for k in HEADLINE[False]]
     assert {r[0] for r in page.tables["worst-products"][1:]} <= set(products)
     assert text.count('class="group"') == 10 and all(r[1] == "3" for r in page.tables["worst-products"][1:])
@@ -228,7 +229,7 @@ def test_page_in_headless_chromium(tmp_path):
     page = parse(res.stdout)
     found = json.loads(html.unescape(res.stdout.split('<pre id="check"')[1].split(">", 1)[1].split("</pre>")[0]))
     assert len(found["images"]) >= 2 + TOP_LOSSES and all(i["ok"] for i in found["images"]), found["images"]
-    metrics = ev.evaluate(y_true, y_prob, names, multi_label=False)
+    metrics = evaluate.evaluate(y_true, y_prob, names, multi_label=False)
     csv_rows = expected_csv(tmp_path, metrics)
     # the DOM after sorting: the same rows, ordered by f1 descending
     assert found["sort"] == "descending"

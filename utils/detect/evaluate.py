@@ -157,27 +157,19 @@ def summary_table(metrics: dict, max_rows: int = 10) -> str:
 
 def write_evaluation(out_dir: str, y_true, probs, class_names: list[str], *, multi_label: bool,
                      thresholds, unit: str = "images") -> dict:
-    """--evaluate: per_class.csv, metrics.json and a plot in `out_dir`; the summary on stdout.
+    """--evaluate: per_class.csv and metrics.json in `out_dir`; the summary on stdout.
 
-    The plot is the confusion matrix (single-label) or the PR curves (multi-label).
+    The plots are the page's (utils/detect/report.py writes them beside index.html).
     The last stdout line is the headline score.
 
     Returns:
         the metrics (as `evaluate` returns them).
     """
-    from utils import plots  # lazy: matplotlib loads only when evaluating
-
     metrics = evaluate(y_true, probs, class_names, multi_label=multi_label, thresholds=thresholds)
     os.makedirs(out_dir, exist_ok=True)
     write_report_csv(metrics["per_class"], os.path.join(out_dir, "per_class.csv"))
     atomic_write_text(os.path.join(out_dir, "metrics.json"),
                       json.dumps({k: v for k, v in metrics.items() if k != "per_class"}, indent=1))
-    if multi_label:
-        plots.save_pr_curves(np.asarray(y_true), np.asarray(probs), class_names,
-                             os.path.join(out_dir, "pr_curves.png"))
-    else:
-        plots.save_confusion_matrix(confusion_matrix(y_true, probs), class_names,
-                                    os.path.join(out_dir, "confusion_matrix.png"), max_classes=30)
     print(summary_table(metrics))
     print(f"evaluation files in {out_dir}/")
     print(headline(metrics, unit))

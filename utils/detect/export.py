@@ -47,12 +47,12 @@ import shutil
 import numpy as np
 
 from utils.detect.export_formats import BYTES_INPUT, INPUT, OUTPUT, probs_model, write_artifact
+from utils.detect.export_names import EXPORT_FORMATS as FORMATS
+from utils.detect.export_names import QUANTIZE
 from utils.detect.runtimes import export_meta_path, open_exported, require
 from utils.errors import UsageError, first_line
 from utils.files import atomic_write_json
 
-FORMATS = ("saved_model", "onnx", "litert")
-QUANTIZE = ("dynamic", "float16")
 SUFFIX = {"onnx": ".onnx", "litert": ".tflite"}
 FLOAT_BOUND = 1e-4
 QUANT_BOUND = {"float16": 5e-3, "dynamic": 5e-2}
@@ -78,42 +78,27 @@ def check_request(out: str, fmt: str, *, quantize: str | None = None, overwrite:
 
 
 def load_for_export(model_path: str, *, unsafe: bool = False):
-    """A Keras model file + its NAME.json -> (keras.Model, meta dict); refuses Lambda layers."""
-    from model.meta import load_meta, meta_path
-    from utils.detect.predict import lambda_layers, read_model_config
+    """A Keras model file + its NAME.json -> (keras.Model, meta dict).
+
+    Raises:
+        UsageError: missing model or metadata, not a Keras file, a refused Lambda
+            layer, or a file Keras cannot load; one line each (detect's own checks).
+    """
+    from utils.detect.models import load_keras_model, read_meta, read_model_config, refuse_lambdas
 
     if not os.path.exists(model_path):
         raise UsageError(f"model not found: {model_path}")
     if os.path.isdir(model_path) or not model_path.endswith((".h5", ".keras")):
         raise UsageError(f"export reads a Keras model file (.h5 or .keras), not {model_path}")
-    found = lambda_layers(read_model_config(model_path))
-    if found and not unsafe:
-        raise UsageError(f"refusing {model_path}: it contains a Lambda layer ({', '.join(found[:3])}) that would "
-                         "run Python code from the file; pass --unsafe if you trust it")
-    try:
-        meta = load_meta(model_path)
-    except FileNotFoundError:
-        raise UsageError(f"no metadata for {model_path}: expected {meta_path(model_path)} (train.py writes it)") from None
-    except ValueError as e:
-        raise UsageError(f"{meta_path(model_path)} is not valid JSON: {e}") from None
-    missing = [k for k in ("class_names", "input_size") if k not in meta]
-    if missing:
-        raise UsageError(f"{meta_path(model_path)} lacks {', '.join(missing)}")
-
-    import keras
-
-    import model  # noqa: F401  (registers the custom layers the file refers to)
-
-    try:
-        loaded = keras.models.load_model(model_path, compile=False, safe_mode=not unsafe)
-    except Exception as e:  # noqa: BLE001 - Keras raises many types for a bad file; all mean the same here
-        raise UsageError(f"cannot load model {model_path}: {first_line(e, 300)}") from None
-    return loaded, meta
+    config = read_model_config(model_path)
+    refuse_lambdas(model_path, config, unsafe)
+    meta = read_meta(model_path)
+    return load_keras_model(model_path, config, unsafe=unsafe), meta
 
 
 def export_metadata(model_path: str, meta: dict, fmt: str, quantize: str | None) -> dict:
     """What a consumer of the artifact needs; the training config stays with the model."""
-    from utils.detect.predict import load_thresholds, thresholds_path
+    from utils.detect.thresholds import load_thresholds, thresholds_path
 
     h, w = (int(v) for v in meta["input_size"])
     channels, planes = int(meta.get("channels", 3)), int(meta.get("planes", 1))

@@ -27,8 +27,8 @@ import zipfile
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+from utils.detect.runtimes import export_meta_path, is_exported, open_exported, outputs_to_matrix
 from utils.errors import UsageError, first_line
-from utils.files import natural_key
 
 
 def _walk_configs(node) -> Iterator[dict]:
@@ -103,26 +103,6 @@ def read_meta(path: str) -> dict:
     return meta
 
 
-def outputs_to_matrix(out, names: list[str] | None):
-    """A model's output (tensor, list of [B, 1] per class, or dict) -> one [B, K] tensor.
-
-    Per-class heads have one output per class; concatenating them in the
-    NAME.json "outputs" order gives the same [N, K] matrix as a sigmoid head.
-    """
-    import tensorflow as tf  # lazy: see the module docstring
-
-    if isinstance(out, dict):
-        keys = [n for n in (names or []) if n in out]
-        if len(keys) != len(out):
-            # a SavedModel export names them output_0, output_1, ..., output_10: numeric order
-            keys = sorted(out, key=natural_key)
-        out = [out[k] for k in keys]
-    if isinstance(out, (list, tuple)):
-        out = [tf.reshape(tf.cast(o, tf.float32), [tf.shape(o)[0], -1]) for o in out]
-        return out[0] if len(out) == 1 else tf.concat(out, axis=-1)
-    return tf.cast(out, tf.float32)
-
-
 def load_keras_model(path: str, config: dict | None, *, unsafe: bool = False):
     """The Keras object of a .h5 / .keras file, or a TFSMLayer over a SavedModel folder (config None)."""
     import keras  # lazy: see the module docstring
@@ -161,7 +141,11 @@ class KerasPredictor:
 
 
 def open_predictor(path: str, *, unsafe: bool = False):
-    """A model file (.h5, .keras) or SavedModel folder + its NAME.json -> a predictor.
+    """A model file (.h5, .keras), a SavedModel folder, or one of our exports -> a predictor.
+
+    Exports (`detect.py --export`: a SavedModel folder with metadata.json, x.onnx +
+    x.onnx.json, x.tflite + x.tflite.json) run in their own runtime; a SavedModel
+    folder without our metadata runs through Keras with a NAME.json beside it.
 
     Raises:
         UsageError: missing model or metadata, not a model, a refused Lambda layer,
@@ -169,6 +153,8 @@ def open_predictor(path: str, *, unsafe: bool = False):
     """
     if not os.path.exists(path):
         raise UsageError(f"model not found: {path}")
+    if is_exported(path) and os.path.exists(export_meta_path(path)):
+        return open_exported(path)     # our own export: its runtime, its metadata.json
     config = read_model_config(path)
     refuse_lambdas(path, config, unsafe)
     meta = read_meta(path)

@@ -13,6 +13,7 @@ import numpy as np
 from utils.detect import evaluate, output, stream
 from utils.detect.inputs import check_paths, plan_inputs
 from utils.detect.models import load_ensemble
+from utils.detect.report import sample_losses, write_eval_report
 from utils.detect.thresholds import resolve_thresholds, tune_and_save
 from utils.errors import UsageError, import_tensorflow_quietly
 
@@ -29,6 +30,12 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--threshold must be in [0, 1], got {args.threshold}")
     if args.threshold is not None and args.thresholds:
         raise UsageError("give --threshold or --thresholds, not both")
+    if args.export is None and not args.inputs:
+        raise UsageError("the following arguments are required: INPUT (see detect.py --help)")
+    if args.export is not None and len(args.model) != 1:
+        raise UsageError("--export takes exactly one --model")
+    if args.quantize and args.export_format != "litert":
+        raise UsageError("--quantize is for --export-format litert")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
         UsageError, SourceError, DatasetError: bad flags, models or inputs (one line each).
     """
     check_args(args)
+    if args.export is not None:
+        return _export(args)
     check_paths(args.model, args.inputs)
     import_tensorflow_quietly()
     members = load_ensemble(args.model, weights=args.model_weights, unsafe=args.unsafe)
@@ -77,9 +86,61 @@ def run(args: argparse.Namespace) -> int:
     n = output.write_rows(args.out, header, fmt_row, rows)
     print(f"wrote {n} predictions ({fmt}) to {args.out}")
     if args.evaluate:
-        evaluate.write_evaluation(output.sidecar(args.out, ".eval"), y_true, probs, names, multi_label=multi,
-                                  thresholds=thresholds, unit=unit)
+        out_dir = output.sidecar(args.out, ".eval")
+        thumbs = Thumbnails(lambda: plan_inputs(args.inputs, names, split=args.split, cache_dir=args.cache_dir,
+                                                planes=members[0].planes), members[0], [r.id for r in rows])
+        page = write_eval_report(out_dir, class_names=names, y_true=y_true, y_prob=probs, ids=[r.id for r in rows],
+                                 multi_label=multi, thumbnails=thumbs.wanted(sample_losses(y_true, probs, multi)),
+                                 thresholds=thresholds if multi else None)
+        print(f"evaluation page: {page}")
+        evaluate.write_evaluation(out_dir, y_true, probs, names, multi_label=multi, thresholds=thresholds, unit=unit)
     return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    """--export: one model -> OUT in --export-format, checked against Keras (prints the difference)."""
+    import_tensorflow_quietly()
+    from utils.detect.export import export_model  # lazy: the converters load only when exporting
+
+    check = [[p] for p in args.inputs] or None
+    result = export_model(args.model[0], args.export, args.export_format, quantize=args.quantize,
+                          overwrite=args.overwrite, unsafe=args.unsafe, check_images=check)
+    print(f"exported {args.model[0]} to {result['path']} (metadata {result['meta_path']})")
+    return 0
+
+
+class Thumbnails:
+    """The images of the rows the page shows, decoded as prediction decoded them.
+
+    Rows do not keep their pixels (N images would not fit in memory), so the inputs
+    are read once more, for the few rows asked for: the TOP_LOSSES worst.
+    """
+
+    def __init__(self, plan, member, row_ids: list[str]):
+        self.plan, self.member, self.row_ids = plan, member, row_ids
+
+    def wanted(self, losses) -> dict[int, np.ndarray]:
+        """Row index -> image [h, w, C] in [0, 255] for the highest-loss rows."""
+        from utils.detect.report import TOP_LOSSES
+        from utils.input.image_ops import eval_image
+
+        rows = [int(i) for i in np.argsort(-np.asarray(losses), kind="stable")[:TOP_LOSSES]]
+        by_id = {self.row_ids[i]: i for i in rows}
+        out: dict[int, np.ndarray] = {}
+        size, m = tuple(self.member.meta["input_size"]), self.member
+        for spec in self.plan():
+            for s in spec.samples():
+                i = by_id.get(s.group or s.id)
+                if i is None or i in out:
+                    continue
+                try:
+                    img = eval_image(np.array(s.load(), dtype=object), size, m.channels, m.planes)
+                except Exception:  # noqa: BLE001  an unreadable one has no thumbnail; the page says so
+                    continue
+                out[i] = img.numpy()[..., :3] if img.shape[-1] >= 3 else img.numpy()
+                if len(out) == len(by_id):
+                    return out
+        return out
 
 
 def _labelled_matrices(rows: list[stream.Row]) -> tuple[np.ndarray, np.ndarray]:

@@ -27,6 +27,7 @@ import os
 import numpy as np
 
 from utils.errors import UsageError, first_line
+from utils.files import natural_key
 
 META_IN_FOLDER = "metadata.json"
 SIGNATURE = "serving_default"
@@ -82,6 +83,26 @@ def require(module: str, what: str):
                          f"(pip install {pip.get(module, module)})") from None
 
 
+def outputs_to_matrix(out, names: list[str] | None):
+    """A model's output (tensor, list of [B, 1] per class, or dict) -> one [B, K] tensor.
+
+    Per-class heads have one output per class; concatenating them in the
+    NAME.json "outputs" order gives the same [N, K] matrix as a sigmoid head.
+    """
+    import tensorflow as tf  # lazy: only a dict/list output needs it
+
+    if isinstance(out, dict):
+        keys = [n for n in (names or []) if n in out]
+        if len(keys) != len(out):
+            # a SavedModel export names them output_0, output_1, ..., output_10: numeric order
+            keys = sorted(out, key=natural_key)
+        out = [out[k] for k in keys]
+    if isinstance(out, (list, tuple)):
+        out = [tf.reshape(tf.cast(o, tf.float32), [tf.shape(o)[0], -1]) for o in out]
+        return out[0] if len(out) == 1 else tf.concat(out, axis=-1)
+    return tf.cast(out, tf.float32)
+
+
 class Predictor:
     """Base: `predictor(x)` with x float32 [B, H, W, C] in [0, 255] -> float32 [B, K]."""
 
@@ -99,8 +120,6 @@ class Predictor:
         raise NotImplementedError
 
     def _matrix(self, out) -> np.ndarray:
-        from utils.detect.predict import outputs_to_matrix
-
         return np.asarray(outputs_to_matrix(out, self.meta.get("outputs")), dtype=np.float32)
 
     def __repr__(self) -> str:
