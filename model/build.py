@@ -34,6 +34,7 @@ from model import registry
 from model.heads import build_head, check_head
 from model.layers import ChannelAdapter, Preprocess
 from utils.errors import UsageError, first_line
+from utils.input.image_ops import as_hw
 
 BACKBONE = "backbone"
 
@@ -47,12 +48,7 @@ def resolve_size(spec: registry.ModelSpec, input_size) -> tuple[int, int]:
     Raises:
         UsageError: a side below the spec's minimum.
     """
-    if input_size is None:
-        h = w = spec.default_size
-    elif isinstance(input_size, int):
-        h = w = input_size
-    else:
-        h, w = (int(v) for v in input_size)
+    h, w = as_hw(spec.default_size if input_size is None else input_size)
     if min(h, w) < spec.min_size:
         raise UsageError(
             f"{spec.name} needs at least {spec.min_size}x{spec.min_size} input, got {h}x{w}"

@@ -23,7 +23,7 @@ def save_preview(cfg: dict, info: dict, log_dir: str) -> str:
     """
     # the per-class head's {output: [B, 1]} labels are shown from the one multi-hot tensor
     head = "sigmoid" if cfg["head"] == "per-class" else cfg["head"]
-    ds = make_dataset(cfg["data"], "train", image_size=(cfg["image_size"],) * 2, batch_size=PREVIEW_BATCH,
+    ds = make_dataset(cfg["data"], "train", image_size=cfg["image_size"], batch_size=PREVIEW_BATCH,
                       training=True, head=head, fold=cfg["fold"], augment=cfg["augment"], seed=cfg["seed"],
                       shuffle_buffer=cfg["shuffle_buffer"])
     images, labels = next(iter(ds))
