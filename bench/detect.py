@@ -8,6 +8,8 @@ Both sides use the same saved model and the same images in the same run:
             detect.py does per image, minus writing the CSV.
   cli       the whole `detect.py --model M folder --out x.csv`, model loading excluded
             only in the sense that it is timed separately (reported for information).
+  exports   the same prediction path with the model exported (`detect.py --export`) to a
+            SavedModel, ONNX and LiteRT, each in its own runtime: images/s next to Keras's.
 Target: detect >= 0.8x baseline. Both get one untimed warm-up pass (graph tracing).
 
     .venv/bin/python bench/detect.py [--arch efficientnetb0 --size 96 --images 192]
@@ -49,6 +51,31 @@ def make_model(path: str, arch: str, size: int, classes: list[str]) -> None:
                      "channels": 3, "planes": 1, "head": "softmax", "multi_label": False, "outputs": ["probs"]})
 
 
+def bench_exports(model_path, specs, tmp, batch_size, keras_probs, ips_keras, n) -> None:
+    """Export to each format, then time the same files -> probabilities path through it."""
+    import numpy as np
+
+    from utils.detect.export import export_model
+    from utils.detect.models import Member, open_predictor
+    from utils.detect.stream import predict_stream
+
+    targets = {"saved_model": os.path.join(tmp, "exp_sm"), "onnx": os.path.join(tmp, "exp.onnx"),
+               "litert": os.path.join(tmp, "exp.tflite")}
+    for fmt, out in targets.items():
+        export_model(model_path, out, fmt)
+        member = Member(open_predictor(out))
+
+        def stream():
+            return np.stack([r.probs for r in predict_stream([member], specs, batch_size=batch_size, progress=False)])
+
+        stream()   # warm-up
+        t0 = time.perf_counter()
+        probs = stream()
+        ips = n / (time.perf_counter() - t0)
+        print(f"detect path on the {fmt:<11} export:     {ips:8.1f} images/s  ratio {ips / ips_keras:.2f}x of Keras; "
+              f"max |diff| vs Keras {float(np.abs(probs - keras_probs).max()):.2e}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--arch", default="efficientnetb0", help="model/registry.py name of the benchmarked model")
@@ -56,6 +83,7 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=192, help="number of JPEG files predicted")
     ap.add_argument("--image-side", type=int, default=256, help="side of the JPEG files on disk (pixels)")
     ap.add_argument("--batch-size", type=int, default=32, help="batch size of both paths")
+    ap.add_argument("--no-exports", action="store_true", help="skip timing the SavedModel / ONNX / LiteRT exports")
     args = ap.parse_args()
 
     import numpy as np
@@ -114,6 +142,8 @@ def main() -> int:
     print(f"detect prediction path (files -> probs):     {ips_detect:8.1f} images/s  "
           f"ratio {ips_detect / ips_base:.2f}x (target >= 0.8x); max |diff| vs baseline {max_diff:.2e}")
     print(f"detect.py CLI incl. model load + CSV:        {ips_cli:8.1f} images/s")
+    if not args.no_exports:
+        bench_exports(model_path, specs, tmp, args.batch_size, probs, ips_detect, n)
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
