@@ -68,3 +68,27 @@ def test_evaluate_writes_the_page_with_thumbnails_of_the_top_losses(h5_model, im
     html = page.read_text()
     assert html.count("data:image/png;base64,") >= 9 + 2   # 9 thumbnails (all rows) + confusion + PR curves
     assert (tmp_path / "ev.eval" / "top_losses.png").stat().st_size > 1000
+
+
+def test_bson_evaluation_page_shows_each_products_photos_together(tmp_path, capsys):
+    import bson
+
+    from tests.detect.common import image_bytes
+
+    cats = ["1000010653", "1000010654", "1000010655"]
+    model = tiny_model(tmp_path / "cd.h5", class_names=cats)
+    path = tmp_path / "train.bson"
+    with open(path, "wb") as f:
+        for pid, n in ((101, 3), (102, 1), (103, 2)):
+            f.write(bson.encode({"_id": pid, "category_id": int(cats[pid % 3]),
+                                 "imgs": [{"picture": image_bytes(pid + i, "jpeg")} for i in range(n)]}))
+    out = tmp_path / "cd.csv"
+    code, stdout, err = run(["--model", model, str(path), "--evaluate", "--out", str(out)], capsys)
+    assert code == 0, err
+    assert stdout.strip().splitlines()[-1].endswith("on 3 products")
+    html = (tmp_path / "cd.eval" / "index.html").read_text()
+    assert "3 products of 6 photos" in html
+    for pid in (101, 102, 103):
+        assert f"product {pid}:" in html
+    # 6 photo thumbnails in the top losses + each product's photos again beside it
+    assert html.count("data:image/png;base64,") >= 6 + 6

@@ -78,7 +78,7 @@ def test_group_rows_averages_consecutive_rows_of_a_product():
     rows = [Row("p#0", np.array([1.0, 0.0], np.float32), None, "p"), Row("p#1", np.array([0.0, 1.0], np.float32), None, "p"),
             Row("x", np.array([0.2, 0.8], np.float32), None, None), Row("y", np.array([0.4, 0.6], np.float32), None, None)]
     out = list(group_rows(iter(rows)))
-    assert [(r.id, r.views) for r in out] == [("p#0", 2), ("x", 1), ("y", 1)]
+    assert [(r.id, r.views) for r in out] == [("p", 2), ("x", 1), ("y", 1)]   # named after its product
     np.testing.assert_allclose(out[0].probs, [0.5, 0.5])
     assert out[0].probs.dtype == np.float32
 

@@ -13,7 +13,7 @@ import numpy as np
 from utils.detect import evaluate, output, stream
 from utils.detect.inputs import check_paths, plan_inputs
 from utils.detect.models import load_ensemble
-from utils.detect.report import sample_losses, write_eval_report
+from utils.detect.report import PRODUCTS_SHOWN, TOP_LOSSES, sample_losses, write_eval_report
 from utils.detect.thresholds import resolve_thresholds, tune_and_save
 from utils.errors import UsageError, import_tensorflow_quietly
 
@@ -63,8 +63,11 @@ def run(args: argparse.Namespace) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
 
     skipped: list = []
-    rows = stream.group_rows(stream.predict_stream(members, specs, tta=args.tta, batch_size=args.batch_size,
-                                                   skipped=skipped, progress=not args.no_progress))
+    photos = stream.predict_stream(members, specs, tta=args.tta, batch_size=args.batch_size,
+                                   skipped=skipped, progress=not args.no_progress)
+    if args.evaluate:   # the page shows a product's photos together: keep the photo rows
+        photos = list(photos)
+    rows = stream.group_rows(iter(photos))
     if fmt == "cdiscount":  # every product must have a row, even one whose photos all failed
         rows = stream.fill_missing_products(rows, skipped)
     fmt_kw = dict(k=args.k, ids=args.ids, at_least_one=args.at_least_one)
@@ -86,15 +89,34 @@ def run(args: argparse.Namespace) -> int:
     n = output.write_rows(args.out, header, fmt_row, rows)
     print(f"wrote {n} predictions ({fmt}) to {args.out}")
     if args.evaluate:
-        out_dir = output.sidecar(args.out, ".eval")
-        thumbs = Thumbnails(lambda: plan_inputs(args.inputs, names, split=args.split, cache_dir=args.cache_dir,
-                                                planes=members[0].planes), members[0], [r.id for r in rows])
-        page = write_eval_report(out_dir, class_names=names, y_true=y_true, y_prob=probs, ids=[r.id for r in rows],
-                                 multi_label=multi, thumbnails=thumbs.wanted(sample_losses(y_true, probs, multi)),
-                                 thresholds=thresholds if multi else None)
-        print(f"evaluation page: {page}")
-        evaluate.write_evaluation(out_dir, y_true, probs, names, multi_label=multi, thresholds=thresholds, unit=unit)
+        _evaluate(args, members, photos, rows, y_true, probs, thresholds, unit)
     return 0
+
+
+def _evaluate(args, members, photos: list, rows: list, y_true, probs, thresholds, unit: str) -> None:
+    """--evaluate: the page (photo rows, with products side by side when grouped), then the CSVs.
+
+    metrics.json and per_class.csv score the output rows (products for a BSON input),
+    as the page's product section does; the page's top sections score the photos.
+    """
+    names, multi = members[0].class_names, members[0].multi_label
+    out_dir = output.sidecar(args.out, ".eval")
+    grouped = any(r.group is not None for r in photos)
+    y_page, p_page = _labelled_matrices(photos) if grouped else (y_true, probs)
+    products, extra = None, []
+    if grouped:
+        products = {}
+        for i, r in enumerate(photos):
+            products.setdefault(r.group, []).append(i)
+        worst = np.argsort(-sample_losses(y_true, probs, multi), kind="stable")[:PRODUCTS_SHOWN]
+        extra = [i for j in worst for i in products[rows[j].id]]
+    thumbs = Thumbnails(lambda: plan_inputs(args.inputs, names, split=args.split, cache_dir=args.cache_dir,
+                                            planes=members[0].planes), members[0], [r.id for r in photos])
+    page = write_eval_report(out_dir, class_names=names, y_true=y_page, y_prob=p_page, ids=[r.id for r in photos],
+                             multi_label=multi, thumbnails=thumbs.wanted(sample_losses(y_page, p_page, multi), extra),
+                             thresholds=thresholds if multi else None, products=products)
+    print(f"evaluation page: {page}")
+    evaluate.write_evaluation(out_dir, y_true, probs, names, multi_label=multi, thresholds=thresholds, unit=unit)
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -119,18 +141,17 @@ class Thumbnails:
     def __init__(self, plan, member, row_ids: list[str]):
         self.plan, self.member, self.row_ids = plan, member, row_ids
 
-    def wanted(self, losses) -> dict[int, np.ndarray]:
-        """Row index -> image [h, w, C] in [0, 255] for the highest-loss rows."""
-        from utils.detect.report import TOP_LOSSES
+    def wanted(self, losses, extra=()) -> dict[int, np.ndarray]:
+        """Row index -> image [h, w, C] in [0, 255] for the highest-loss rows and `extra` rows."""
         from utils.input.image_ops import eval_image
 
-        rows = [int(i) for i in np.argsort(-np.asarray(losses), kind="stable")[:TOP_LOSSES]]
+        rows = [int(i) for i in np.argsort(-np.asarray(losses), kind="stable")[:TOP_LOSSES]] + list(extra)
         by_id = {self.row_ids[i]: i for i in rows}
         out: dict[int, np.ndarray] = {}
         size, m = tuple(self.member.meta["input_size"]), self.member
         for spec in self.plan():
             for s in spec.samples():
-                i = by_id.get(s.group or s.id)
+                i = by_id.get(s.id)
                 if i is None or i in out:
                     continue
                 try:

@@ -164,7 +164,7 @@ def predict_stream(members: list[Member], specs: list[InputSpec], *, tta: int = 
                     _, s = pending.popleft()
                     skipped.append((s.id, _decode_reason(s)))
                 _, s = pending.popleft()
-                yield Row(s.id if s.group is None else s.group, probs[i], s.label, s.group)
+                yield Row(s.id, probs[i], s.label, s.group)    # a photo's own id; group_rows names the product
             bar.update(len(probs))
         while pending:
             _, s = pending.popleft()
@@ -190,7 +190,8 @@ def _decode_reason(s: Sample) -> str:
 
 
 def group_rows(rows: Iterator[Row]) -> Iterator[Row]:
-    """Average consecutive rows of the same group (a product's photos); others pass through."""
+    """Average consecutive rows of the same group (a product's photos) into one row named
+    after the group; others pass through."""
     acc: Row | None = None
     for r in rows:
         if acc is not None and r.group is not None and r.group == acc.group:
@@ -199,7 +200,7 @@ def group_rows(rows: Iterator[Row]) -> Iterator[Row]:
             continue
         if acc is not None:
             yield _finish(acc)
-        acc = Row(r.id, r.probs.astype(np.float64), r.label, r.group)
+        acc = Row(r.id if r.group is None else r.group, r.probs.astype(np.float64), r.label, r.group)
     if acc is not None:
         yield _finish(acc)
 
