@@ -39,13 +39,31 @@ def build(args: argparse.Namespace) -> int:
     from utils.generate.writer import write_dataset  # on use: see the module docstring
     from utils.sources import open_source
 
+    shard_writer = _shard_writer(args)   # before the source: a bad Beam option costs no index
     source = open_source(args.kind, args.source, args)
     name = os.path.basename(os.path.normpath(args.out))
     write_dataset(source, args.out, name=name, val_fraction=args.val_fraction, folds=args.folds, fraction=args.fraction,
                   shard_mb=args.shard_mb, max_side=args.max_side, short_side=args.short_side, max_pixels=args.max_pixels,
                   dedupe=args.dedupe, strict=args.strict, seed=args.seed, workers=args.workers, progress=not args.no_progress,
-                  overwrite=args.overwrite)
+                  overwrite=args.overwrite, shard_writer=shard_writer)
     return 0
+
+
+def _shard_writer(args: argparse.Namespace):
+    """--runner: None (write_dataset's own local writer) or a Beam one.
+
+    Raises:
+        UsageError: --beam-option without --runner beam, or an option or runner Beam refuses.
+    """
+    runner, options = getattr(args, "runner", "local") or "local", getattr(args, "beam_option", None) or []
+    if runner == "local":
+        if options:
+            raise UsageError("--beam-option needs --runner beam")
+        return None
+    from utils.generate.beam import BeamShardWriter, check_out
+
+    check_out(args.out)
+    return BeamShardWriter(options, workers=args.workers)
 
 
 def verify(args: argparse.Namespace) -> int:
