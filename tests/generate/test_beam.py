@@ -161,7 +161,7 @@ def test_killed_run_resumes_without_rewriting_finished_shards(tmp_path, monkeypa
 
     from utils.generate import beam
     monkeypatch.setattr(beam, "write_shard", dies_on_third)
-    with pytest.raises(SourceError, match="the Beam run failed.*No space left on device"):
+    with pytest.raises(SourceError, match="the Beam run failed: .*No space left on device"):
         build(src, tmp_path / "out", *args, "--runner", "beam", *IN_PROCESS)
     out = tmp_path / "out"
     assert not (out / MANIFEST).exists()

@@ -22,6 +22,7 @@ Beam is imported on use: `--runner local` must not pay for it.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -110,6 +111,7 @@ class BeamShardWriter:
         Raises:
             UsageError: a rejected option, an unknown runner, or one not installed.
         """
+        _import_beam_quietly()
         from apache_beam.options.pipeline_options import StandardOptions
         from apache_beam.runners.runner import create_runner
 
@@ -143,8 +145,8 @@ class BeamShardWriter:
             except (UsageError, SourceError):
                 raise
             except Exception as e:  # a worker's error arrives wrapped in the runner's; its last line names it
-                raise SourceError(f"the Beam run failed ({len(done)} shard(s) finished before, rerun to resume): "
-                                  f"{_root_cause(e)}") from None
+                raise SourceError(f"the Beam run failed: {_root_cause(e)} (a rerun with the same arguments "
+                                  "keeps the shards it finished)") from None
         for s in plan:
             if s.file not in done:
                 done[s.file] = read_sidecar(out_dir, s.file)
@@ -165,7 +167,7 @@ class BeamShardWriter:
         loads = [(si, [(items[i].key, items[i].load) for i in s.members]) for si, s in todo]
         specs = [(si, (s.file, s.split, s.fold, [(items[i].key, items[i].source_id) for i in s.members],
                        [labels[i] for i in s.members])) for si, s in todo]
-        with beam.Pipeline(runner=self.runner, options=self.options) as p:
+        with _beam_logs_quiet(), beam.Pipeline(runner=self.runner, options=self.options) as p:
             prepared = (p | "shards" >> beam.Create(loads)
                         | "items" >> beam.FlatMap(lambda e: ((e[0], pos, key, load)
                                                              for pos, (key, load) in enumerate(e[1])))
@@ -179,6 +181,46 @@ class BeamShardWriter:
             ({"spec": p | "specs" >> beam.Create(specs), "res": prepared | "by shard" >> beam.Map(_by_shard)}
              | "group" >> beam.CoGroupByKey()
              | "write" >> beam.Map(write_grouped, out_dir, num_classes, dedupe, prior, winners))
+
+
+def _import_beam_quietly() -> None:
+    """Import Beam without its import-time root-logger warning ("apitools not found ...").
+
+    That logging.warning() on a root logger without handlers would also call
+    basicConfig, after which every Beam INFO/ERROR record lands on stderr.
+    """
+    import logging
+
+    if "apache_beam" in sys.modules:
+        return
+    root = logging.getLogger()
+    guard = None if root.handlers else logging.NullHandler()
+    if guard:
+        root.addHandler(guard)
+    try:
+        import apache_beam  # noqa: F401
+    finally:
+        if guard:
+            root.removeHandler(guard)
+
+
+@contextlib.contextmanager
+def _beam_logs_quiet():
+    """Beam's driver-side records off during a run (IMGCLS_VERBOSE=1 keeps them).
+
+    A failed worker's traceback would come before our one `error:` line, which
+    already names its root cause.
+    """
+    import logging
+
+    log = logging.getLogger("apache_beam")
+    level = log.level
+    if not os.environ.get("IMGCLS_VERBOSE"):
+        log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def _prepare(e: tuple, resize: dict, max_pixels: int, dedupe: bool) -> tuple:
@@ -254,6 +296,7 @@ def check_out(out_dir: str) -> None:
     Raises:
         UsageError: a scheme Beam has no filesystem for, or any remote scheme.
     """
+    _import_beam_quietly()
     from apache_beam.io.filesystems import FileSystems
 
     if _is_local(out_dir):
