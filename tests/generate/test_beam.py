@@ -9,9 +9,12 @@ from __future__ import annotations
 import csv
 import json
 import os
+import tempfile
 
 import bson
 import pytest
+from apache_beam.io.filesystem import FileMetadata, MatchResult
+from apache_beam.io.localfilesystem import LocalFileSystem
 
 import generate_dataset as gd
 from tests.conftest import encode_image, random_image, write_image
@@ -168,7 +171,7 @@ def test_killed_run_resumes_without_rewriting_finished_shards(tmp_path, monkeypa
     finished = sorted(n for n in os.listdir(out / outdir.WORK) if n.endswith(".tfrecord.json"))
     total = len([n for n in os.listdir(tmp_path / "clean") if n.endswith(".tfrecord")])
     assert 1 <= len(finished) < total
-    assert not [n for n in os.listdir(out) if n.endswith(".tfrecord") and n + ".json" not in finished]
+    assert all(os.path.exists(out / n[:-5]) for n in finished)   # a shard may also be there without one
     stamps = {n[:-5]: os.stat(out / n[:-5]).st_mtime_ns for n in finished}
 
     monkeypatch.setattr(beam, "write_shard", real)
@@ -205,3 +208,84 @@ def test_output_without_a_filesystem_and_options_without_beam(tmp_path):
     with pytest.raises(UsageError, match="--beam-option needs --runner beam"):
         build(src, tmp_path / "out", "--beam-option", "runner=DirectRunner")
     assert not (tmp_path / "out").exists()
+
+
+class FakeRemoteFS(LocalFileSystem):
+    """fakefs://PATH -> ROOT/PATH: a remote --out's code path (FileSystems, no os calls) on local disk."""
+
+    root = ""
+
+    @classmethod
+    def scheme(cls):
+        return "fakefs"
+
+    def _local(self, path):
+        if not path.startswith("fakefs://"):   # FileSystem.match calls back with the translated path
+            return path
+        return os.path.join(FakeRemoteFS.root, path[len("fakefs://"):])
+
+    def create(self, path, *a, **kw):
+        os.makedirs(os.path.dirname(self._local(path)), exist_ok=True)
+        return super().create(self._local(path), *a, **kw)
+
+    def open(self, path, *a, **kw):
+        return super().open(self._local(path), *a, **kw)
+
+    def rename(self, src, dst):
+        return super().rename([self._local(p) for p in src], [self._local(p) for p in dst])
+
+    def exists(self, path):
+        return super().exists(self._local(path))
+
+    def delete(self, paths):   # not super's: it matches through our match(), which maps paths back
+        for p in paths:
+            os.remove(self._local(p))
+
+    def match(self, patterns, limits=None):
+        out = []
+        for pat, res in zip(patterns, super().match([self._local(p) for p in patterns], limits)):
+            back = [FileMetadata("fakefs://" + os.path.relpath(m.path, FakeRemoteFS.root), m.size_in_bytes)
+                    for m in res.metadata_list]
+            out.append(MatchResult(pat, back))
+        return out
+
+
+def test_remote_out_through_filesystems_same_bytes_and_resume(tmp_path, monkeypatch):
+    FakeRemoteFS.root = str(tmp_path / "bucket")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))   # the local mirror
+    os.makedirs(tmp_path / "tmp")
+    src = folder(str(tmp_path / "src"), (6, 6, 6), bad=True)
+    args = ("--shard-mb", "0.003", "--val-fraction", "0.2")
+    assert build(src, tmp_path / "clean", *args) == 0
+    remote_dir = tmp_path / "bucket" / "ds"
+
+    real, calls = shards.write_shard, []
+
+    def dies_on_third(entry, *a, **kw):
+        calls.append(entry.file)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return real(entry, *a, **kw)
+
+    from utils.generate import beam
+    monkeypatch.setattr(beam, "write_shard", dies_on_third)
+    with pytest.raises(SourceError, match="No space left on device"):
+        build(src, "fakefs://ds", *args, "--runner", "beam", *IN_PROCESS)
+    assert not (remote_dir / MANIFEST).exists()
+    side = [n[:-5] for n in os.listdir(remote_dir / outdir.WORK) if n.endswith(".tfrecord.json")]
+    kept = {n: os.stat(remote_dir / n).st_mtime_ns for n in side}   # a worker may die between shard and sidecar
+    assert kept and outdir.STATE in os.listdir(remote_dir / outdir.WORK)
+
+    monkeypatch.setattr(beam, "write_shard", real)
+    assert build(src, "fakefs://ds", *args, "--runner", "beam", *IN_PROCESS) == 0
+    assert {n: os.stat(remote_dir / n).st_mtime_ns for n in kept} == kept   # not rewritten
+    assert files(remote_dir) == files(tmp_path / "clean")
+    assert not os.listdir(remote_dir / outdir.WORK)   # an object store has no empty folders to remove
+
+    assert build(src, "fakefs://ds", *args, "--runner", "beam", *IN_PROCESS) == 0   # already built
+    assert {n: os.stat(remote_dir / n).st_mtime_ns for n in kept} == kept
+    with pytest.raises(SourceError, match="already holds a different finished dataset"):
+        build(src, "fakefs://ds", "--seed", "3", "--runner", "beam", *IN_PROCESS)
+    assert build(src, "fakefs://ds", "--seed", "3", "--overwrite", "--runner", "beam", *IN_PROCESS) == 0
+    assert json.loads((remote_dir / MANIFEST).read_text())["seed"] == 3
+    assert sum(n.endswith(".tfrecord") for n in os.listdir(remote_dir)) == 1

@@ -23,15 +23,12 @@ Beam is imported on use: `--runner local` must not pay for it.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
-import tempfile
 from typing import Callable, Sequence
 
 from utils.errors import SourceError, UsageError, first_line
-from utils.files import TMP_SUFFIX
-from utils.generate import outdir
+from utils.generate import outdir, remote
 from utils.generate.index import Index
 from utils.generate.plan import ShardPlan
 from utils.generate.shards import prepare_item, write_shard
@@ -101,12 +98,14 @@ class BeamShardWriter:
     """
 
     def __init__(self, options: Sequence[str] = (), workers: int | None = None,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None, remote_out: str | None = None) -> None:
         """
         Args:
             options: the --beam-option KEY=VALUE entries.
             workers: DirectRunner worker processes (default: the CPU count).
             log: gets one status line (default: stderr).
+            remote_out: where the workers write when write_dataset's out_dir is
+                the local mirror of a remote --out (utils.generate.remote).
 
         Raises:
             UsageError: a rejected option, an unknown runner, or one not installed.
@@ -121,7 +120,7 @@ class BeamShardWriter:
             self.runner = create_runner(name)
         except (ImportError, ValueError, RuntimeError) as e:
             raise UsageError(f"--beam-option runner={name}: {first_line(e, 300)}") from None
-        self.runner_name = name
+        self.runner_name, self.remote_out = name, remote_out
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
 
     def __call__(self, index: Index, plan: list[ShardPlan], out_dir: str, *, resize: dict, max_pixels: int,
@@ -131,7 +130,12 @@ class BeamShardWriter:
         Raises:
             SourceError: the Beam run failed (the shards it finished stay done for a rerun).
         """
-        done = outdir.load_done(out_dir, plan, dedupe)
+        if self.remote_out:
+            remote.push_state(out_dir, self.remote_out)
+            done = remote.remote_done(out_dir, self.remote_out, plan, dedupe)
+            out_dir = self.remote_out      # the workers write there; the mirror only keeps the state
+        else:
+            done = outdir.load_done(out_dir, plan, dedupe)
         todo = [(si, s) for si, s in enumerate(plan) if s.file not in done]
         if todo:
             prior = {}
@@ -149,7 +153,7 @@ class BeamShardWriter:
                                   "keeps the shards it finished)") from None
         for s in plan:
             if s.file not in done:
-                done[s.file] = read_sidecar(out_dir, s.file)
+                done[s.file] = remote.read_sidecar(out_dir, s.file)
         return done
 
     def _run(self, index: Index, todo: list[tuple[int, ShardPlan]], out_dir: str, *, resize: dict,
@@ -279,91 +283,11 @@ def write_grouped(kv: tuple, out_dir: str, num_classes: int, dedupe: bool, prior
                 elif winners and d in winners and winners[d][0] < si:
                     seen[d] = winners[d][2]
     entry = ShardPlan(file, split, fold, list(range(len(rows))))
-    meta = _write_to(out_dir, file, lambda path: write_shard(
+    meta = remote.write_to(out_dir, file, lambda path: write_shard(
         entry, [_Row(k, s) for k, s in rows], labels, (r for _, r in res), path,
         num_classes=num_classes, seen=seen))
-    _write_sidecar(out_dir, meta)
+    remote.write_sidecar(out_dir, meta)
     return file
-
-
-def check_out(out_dir: str) -> None:
-    """Refuse an --out this run cannot write, before any work.
-
-    The workers write shards and sidecars through Beam's FileSystems (any
-    scheme), but the driver's resume state and final files (utils.generate.
-    outdir, writer) are still local-path code, so a remote --out stops here.
-
-    Raises:
-        UsageError: a scheme Beam has no filesystem for, or any remote scheme.
-    """
-    _import_beam_quietly()
-    from apache_beam.io.filesystems import FileSystems
-
-    if _is_local(out_dir):
-        return
-    try:
-        FileSystems.get_filesystem(out_dir)
-    except ValueError as e:
-        raise UsageError(f"--out {out_dir}: {first_line(e, 200)}") from None
-    raise UsageError(f"--out {out_dir}: a remote --out is not supported yet (the driver keeps the resume state "
-                     "and manifest on a local path); write to a local folder and copy it")
-
-
-def _is_local(out_dir: str) -> bool:
-    from apache_beam.io.filesystems import FileSystems
-
-    return FileSystems.get_scheme(out_dir) in (None, "file")
-
-
-def _write_to(out_dir: str, file: str, write: Callable[[str], dict]) -> dict:
-    """write(path) -> meta, into out_dir/file: in place locally, else staged and copied through FileSystems."""
-    from apache_beam.io.filesystems import FileSystems
-
-    if _is_local(out_dir):
-        return write(os.path.join(out_dir, file))
-    with tempfile.TemporaryDirectory() as tmp:
-        local = os.path.join(tmp, file)
-        meta = write(local)
-        dest = FileSystems.join(out_dir, file)
-        with open(local, "rb") as src, FileSystems.create(dest + TMP_SUFFIX) as dst:
-            while chunk := src.read(8 << 20):
-                dst.write(chunk)
-        FileSystems.rename([dest + TMP_SUFFIX], [dest])
-    return meta
-
-
-def _sidecar(out_dir: str, file: str) -> str:
-    from apache_beam.io.filesystems import FileSystems
-
-    return FileSystems.join(out_dir, outdir.WORK, file + ".json")
-
-
-def _write_sidecar(out_dir: str, meta: dict) -> None:
-    """outdir.save_done's sidecar, through FileSystems: written after the shard is in place."""
-    from apache_beam.io.filesystems import FileSystems
-
-    if _is_local(out_dir):
-        outdir.save_done(out_dir, meta)
-        return
-    path = _sidecar(out_dir, meta["file"])
-    with FileSystems.create(path + TMP_SUFFIX) as f:
-        f.write(json.dumps(meta, indent=1).encode())
-    FileSystems.rename([path + TMP_SUFFIX], [path])
-
-
-def read_sidecar(out_dir: str, file: str) -> dict:
-    """A shard's metadata from its sidecar (the workers' only channel back to the driver).
-
-    Raises:
-        SourceError: the runner finished without writing it.
-    """
-    from apache_beam.io.filesystems import FileSystems
-
-    try:
-        with FileSystems.open(_sidecar(out_dir, file)) as f:
-            return json.loads(f.read())
-    except (OSError, ValueError) as e:
-        raise SourceError(f"the Beam run ended without shard {file} ({first_line(e, 200)}); rerun to resume") from None
 
 
 def _root_cause(e: BaseException) -> str:

@@ -40,12 +40,22 @@ def build(args: argparse.Namespace) -> int:
     from utils.sources import open_source
 
     shard_writer = _shard_writer(args)   # before the source: a bad Beam option costs no index
-    source = open_source(args.kind, args.source, args)
     name = os.path.basename(os.path.normpath(args.out))
-    write_dataset(source, args.out, name=name, val_fraction=args.val_fraction, folds=args.folds, fraction=args.fraction,
-                  shard_mb=args.shard_mb, max_side=args.max_side, short_side=args.short_side, max_pixels=args.max_pixels,
-                  dedupe=args.dedupe, strict=args.strict, seed=args.seed, workers=args.workers, progress=not args.no_progress,
-                  overwrite=args.overwrite, shard_writer=shard_writer)
+
+    def run(out: str) -> dict:
+        source = open_source(args.kind, args.source, argparse.Namespace(**{**vars(args), "out": out}))
+        return write_dataset(source, out, name=name, val_fraction=args.val_fraction, folds=args.folds,
+                             fraction=args.fraction, shard_mb=args.shard_mb, max_side=args.max_side,
+                             short_side=args.short_side, max_pixels=args.max_pixels, dedupe=args.dedupe,
+                             strict=args.strict, seed=args.seed, workers=args.workers,
+                             progress=not args.no_progress, overwrite=args.overwrite, shard_writer=shard_writer)
+
+    if getattr(shard_writer, "remote_out", None):   # gs://, s3://, ...: the state lives in a local mirror
+        from utils.generate.remote import write_remote
+
+        write_remote(args.out, args.overwrite, run)
+    else:
+        run(args.out)
     return 0
 
 
@@ -60,10 +70,12 @@ def _shard_writer(args: argparse.Namespace):
         if options:
             raise UsageError("--beam-option needs --runner beam")
         return None
-    from utils.generate.beam import BeamShardWriter, check_out
+    from utils.generate.beam import BeamShardWriter
+    from utils.generate.remote import check_out, is_local
 
+    writer = BeamShardWriter(options, workers=args.workers, remote_out=None if is_local(args.out) else args.out)
     check_out(args.out)
-    return BeamShardWriter(options, workers=args.workers)
+    return writer
 
 
 def verify(args: argparse.Namespace) -> int:
