@@ -197,7 +197,12 @@ def test_refused_option_is_one_line_before_any_work(tmp_path, capsys, opt, messa
 
 def test_runner_not_installed_is_a_usage_error():
     from utils.generate.beam import BeamShardWriter
-    with pytest.raises(UsageError, match="runner=nosuch_beam_pkg.Runner: No module named 'nosuch_beam_pkg'"):
+    try:
+        import google.auth  # noqa: F401
+    except ImportError:   # as here: apache-beam without its [gcp] extra
+        with pytest.raises(UsageError, match=r"runner=DataflowRunner: not installed .*pip install 'apache-beam\[gcp\]"):
+            BeamShardWriter(["runner=DataflowRunner"])
+    with pytest.raises(UsageError, match="runner=nosuch_beam_pkg.Runner: not installed .No module named 'nosuch_beam_pkg'"):
         BeamShardWriter(["runner=nosuch_beam_pkg.Runner"])
 
 

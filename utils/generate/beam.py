@@ -23,6 +23,7 @@ Beam is imported on use: `--runner local` must not pay for it.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import sys
 from typing import Callable, Sequence
@@ -90,6 +91,11 @@ def pipeline_options(flags: Sequence[str]):
     return po.PipelineOptions(list(flags))
 
 
+# Runners whose class imports without their extras and fails only once a job is
+# submitted, after the index: the module each needs, and what installs it.
+_RUNNER_NEEDS = {"DataflowRunner": ("apache_beam.runners.dataflow.internal.apiclient", "apache-beam[gcp]==2.77.0")}
+
+
 class BeamShardWriter:
     """writer.write_dataset's shard executor for Beam: `write_dataset(..., shard_writer=BeamShardWriter(...))`.
 
@@ -110,15 +116,22 @@ class BeamShardWriter:
         Raises:
             UsageError: a rejected option, an unknown runner, or one not installed.
         """
-        _import_beam_quietly()
+        remote.import_beam_quietly()
         from apache_beam.options.pipeline_options import StandardOptions
         from apache_beam.runners.runner import create_runner
 
         self.options = pipeline_options(beam_flags(options, int(workers or os.cpu_count() or 1)))
         name = self.options.view_as(StandardOptions).runner or "DirectRunner"
+        needs = None
         try:
             self.runner = create_runner(name)
-        except (ImportError, ValueError, RuntimeError) as e:
+            needs = _RUNNER_NEEDS.get(type(self.runner).__name__)
+            if needs:
+                importlib.import_module(needs[0])
+        except ImportError as e:
+            extra = f"; pip install '{needs[1]}'" if needs else ""
+            raise UsageError(f"--beam-option runner={name}: not installed ({first_line(e, 200)}){extra}") from None
+        except (ValueError, RuntimeError) as e:
             raise UsageError(f"--beam-option runner={name}: {first_line(e, 300)}") from None
         self.runner_name, self.remote_out = name, remote_out
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -185,27 +198,6 @@ class BeamShardWriter:
             ({"spec": p | "specs" >> beam.Create(specs), "res": prepared | "by shard" >> beam.Map(_by_shard)}
              | "group" >> beam.CoGroupByKey()
              | "write" >> beam.Map(write_grouped, out_dir, num_classes, dedupe, prior, winners))
-
-
-def _import_beam_quietly() -> None:
-    """Import Beam without its import-time root-logger warning ("apitools not found ...").
-
-    That logging.warning() on a root logger without handlers would also call
-    basicConfig, after which every Beam INFO/ERROR record lands on stderr.
-    """
-    import logging
-
-    if "apache_beam" in sys.modules:
-        return
-    root = logging.getLogger()
-    guard = None if root.handlers else logging.NullHandler()
-    if guard:
-        root.addHandler(guard)
-    try:
-        import apache_beam  # noqa: F401
-    finally:
-        if guard:
-            root.removeHandler(guard)
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from typing import Callable
 
@@ -34,7 +35,33 @@ from utils.generate.plan import ShardPlan
 _FILES = (MANIFEST, LABELS, SKIPPED)
 
 
+def import_beam_quietly() -> None:
+    """Import Beam without its import-time root-logger warning ("apitools not found ...").
+
+    That logging.warning() on a root logger without handlers would also call
+    basicConfig, after which every Beam INFO/ERROR record lands on stderr.
+    """
+    import logging
+
+    if "apache_beam" in sys.modules:
+        return
+    root = logging.getLogger()
+    guard = None if root.handlers else logging.NullHandler()
+    if guard:
+        root.addHandler(guard)
+    try:
+        import apache_beam  # noqa: F401
+        try:   # the module that warns, imported later by the DirectRunner, io and FileSystems
+            import apache_beam.io.gcp.internal.clients.bigquery  # noqa: F401
+        except ImportError:
+            pass
+    finally:
+        if guard:
+            root.removeHandler(guard)
+
+
 def _fs():
+    import_beam_quietly()
     from apache_beam.io.filesystems import FileSystems
 
     return FileSystems
