@@ -4,9 +4,10 @@ TFDS builds its big datasets this way: one plan, two executors. The driver
 indexes and plans exactly as the local run does (utils.generate.writer); Beam
 then does the per-item work in its workers and writes each shard as one unit:
 
-  plan  -> one element per shard (its members' loaders) -> items, reshuffled
-        -> prepare_item (read bytes, check, resize / re-encode) in the workers
-        -> grouped again by shard (CoGroupByKey with the shard's keys/labels)
+  plan  -> .work/<shard>.items (keys, labels, loaders), one element per shard
+        -> its items, reshuffled over the workers
+        -> prepare_item (read bytes, check, resize / re-encode)
+        -> grouped again by shard (GroupByKey), in plan order
         -> write_shard, the local run's own code: the same framing, the same
            bytes, the same sha256 -> the shard's sidecar in .work/
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import pickle
 import sys
 from typing import Callable, Sequence
 
@@ -94,6 +96,9 @@ def pipeline_options(flags: Sequence[str]):
 # Runners whose class imports without their extras and fails only once a job is
 # submitted, after the index: the module each needs, and what installs it.
 _RUNNER_NEEDS = {"DataflowRunner": ("apache_beam.runners.dataflow.internal.apiclient", "apache-beam[gcp]==2.77.0")}
+
+
+SPEC_SUFFIX = ".items"   # .work/<shard>.items: the shard's plan, for the workers
 
 
 class BeamShardWriter:
@@ -180,14 +185,17 @@ class BeamShardWriter:
         path = os.environ.get("PYTHONPATH", "")
         if root not in path.split(os.pathsep):
             os.environ["PYTHONPATH"] = root + (os.pathsep + path if path else "")
-        # One element per shard: Create then carries #shards elements, not #items.
-        loads = [(si, [(items[i].key, items[i].load) for i in s.members]) for si, s in todo]
-        specs = [(si, (s.file, s.split, s.fold, [(items[i].key, items[i].source_id) for i in s.members],
-                       [labels[i] for i in s.members])) for si, s in todo]
+        # The plan goes to the workers as one file per shard in .work/ (its keys,
+        # labels and loaders), not inside the pipeline: Create's elements are
+        # part of the job graph a runner submits (Dataflow caps it near 20 MB;
+        # a 12M-photo plan is GBs).
+        for si, s in todo:
+            spec = (s.file, s.split, s.fold, [(items[i].key, items[i].source_id) for i in s.members],
+                    [labels[i] for i in s.members], [items[i].load for i in s.members])
+            remote.write_work(out_dir, s.file + SPEC_SUFFIX, pickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL))
         with _beam_logs_quiet(), beam.Pipeline(runner=self.runner, options=self.options) as p:
-            prepared = (p | "shards" >> beam.Create(loads)
-                        | "items" >> beam.FlatMap(lambda e: ((e[0], pos, key, load)
-                                                             for pos, (key, load) in enumerate(e[1])))
+            prepared = (p | "shards" >> beam.Create([(si, s.file) for si, s in todo])
+                        | "items" >> beam.FlatMap(_items_of, out_dir)
                         | "spread" >> beam.Reshuffle()
                         | "prepare" >> beam.Map(_prepare, resize, max_pixels, dedupe))
             winners = None
@@ -195,9 +203,20 @@ class BeamShardWriter:
                 winners = beam.pvalue.AsDict(
                     prepared | "digests" >> beam.FlatMap(_digest)
                     | "by digest" >> beam.GroupByKey() | "repeats" >> beam.FlatMap(_first_of_repeats))
-            ({"spec": p | "specs" >> beam.Create(specs), "res": prepared | "by shard" >> beam.Map(_by_shard)}
-             | "group" >> beam.CoGroupByKey()
+            (prepared | "by shard" >> beam.Map(_by_shard) | "group" >> beam.GroupByKey()
              | "write" >> beam.Map(write_grouped, out_dir, num_classes, dedupe, prior, winners))
+
+
+def _read_spec(out_dir: str, file: str) -> tuple:
+    """A shard's plan file: (file, split, fold, [(key, source_id)], labels, loaders)."""
+    return pickle.loads(remote.read_work(out_dir, file + SPEC_SUFFIX))
+
+
+def _items_of(e: tuple, out_dir: str):
+    si, file = e
+    *_, rows, _, loads = _read_spec(out_dir, file)
+    for pos, ((key, _), load) in enumerate(zip(rows, loads)):
+        yield si, file, pos, key, load
 
 
 @contextlib.contextmanager
@@ -220,17 +239,17 @@ def _beam_logs_quiet():
 
 
 def _prepare(e: tuple, resize: dict, max_pixels: int, dedupe: bool) -> tuple:
-    si, pos, key, load = e
-    return si, pos, key, prepare_item(load, resize, max_pixels, dedupe)
+    si, file, pos, key, load = e
+    return si, file, pos, key, prepare_item(load, resize, max_pixels, dedupe)
 
 
 def _by_shard(e: tuple) -> tuple:
-    si, pos, _, res = e
-    return si, (pos, res)
+    si, file, pos, _, res = e
+    return (si, file), (pos, res)
 
 
 def _digest(e: tuple):
-    si, pos, key, res = e
+    si, _, pos, key, res = e
     if res[0] == "ok":
         yield res[3], (si, pos, key)
 
@@ -248,8 +267,8 @@ def write_grouped(kv: tuple, out_dir: str, num_classes: int, dedupe: bool, prior
     """Write one shard from its grouped spec and prepared results; runs in a worker.
 
     Args:
-        kv: (shard index, {"spec": [(file, split, fold, [(key, source_id)], labels)],
-            "res": [(position, prepare_item result), ...]}).
+        kv: ((shard index, file), [(position, prepare_item result), ...]); the
+            rest of the shard's plan is in its plan file in .work/.
         out_dir: the dataset folder (a local path or any Beam FileSystems URL).
         num_classes: for the class counts.
         dedupe: --dedupe.
@@ -260,9 +279,9 @@ def write_grouped(kv: tuple, out_dir: str, num_classes: int, dedupe: bool, prior
     Returns:
         the shard's file name.
     """
-    si, grouped = kv
-    (file, split, fold, rows, labels), = grouped["spec"]
-    res = sorted(grouped["res"], key=lambda r: r[0])
+    (si, file), grouped = kv
+    _, split, fold, rows, labels, _ = _read_spec(out_dir, file)
+    res = sorted(grouped, key=lambda r: r[0])
     assert [r[0] for r in res] == list(range(len(rows))), (file, len(res), len(rows))
     seen = None
     if dedupe:   # write_shard's `seen`: the repeats whose first occurrence is in an EARLIER shard

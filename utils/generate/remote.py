@@ -28,7 +28,7 @@ from typing import Callable
 
 from utils.dataset.manifest import LABELS, MANIFEST, SKIPPED
 from utils.errors import SourceError, UsageError, first_line
-from utils.files import TMP_SUFFIX
+from utils.files import TMP_SUFFIX, atomic_write_bytes
 from utils.generate import outdir
 from utils.generate.plan import ShardPlan
 
@@ -206,15 +206,29 @@ def write_to(out_dir: str, file: str, write: Callable[[str], dict]) -> dict:
     return meta
 
 
+def write_work(out_dir: str, name: str, data: bytes) -> None:
+    """out_dir/.work/name through name.tmp and a rename, local or remote."""
+    if is_local(out_dir):
+        atomic_write_bytes(os.path.join(out_dir, outdir.WORK, name), data, fsync=False)
+        return
+    path = _join(out_dir, outdir.WORK, name)
+    with _fs().create(path + TMP_SUFFIX) as f:
+        f.write(data)
+    _fs().rename([path + TMP_SUFFIX], [path])
+
+
+def read_work(out_dir: str, name: str) -> bytes:
+    """out_dir/.work/name, local or remote."""
+    with _fs().open(_join(out_dir, outdir.WORK, name)) as f:
+        return f.read()
+
+
 def write_sidecar(out_dir: str, meta: dict) -> None:
     """outdir.save_done's sidecar, through FileSystems for a remote folder: after the shard is in place."""
     if is_local(out_dir):
         outdir.save_done(out_dir, meta)
-        return
-    path = _join(out_dir, outdir.WORK, meta["file"] + ".json")
-    with _fs().create(path + TMP_SUFFIX) as f:
-        f.write(json.dumps(meta, indent=1).encode())
-    _fs().rename([path + TMP_SUFFIX], [path])
+    else:
+        write_work(out_dir, meta["file"] + ".json", json.dumps(meta, indent=1).encode())
 
 
 def read_sidecar(out_dir: str, file: str) -> dict:
@@ -224,7 +238,6 @@ def read_sidecar(out_dir: str, file: str) -> dict:
         SourceError: the runner finished without writing it.
     """
     try:
-        with _fs().open(_join(out_dir, outdir.WORK, file + ".json")) as f:
-            return json.loads(f.read())
+        return json.loads(read_work(out_dir, file + ".json"))
     except (OSError, ValueError) as e:
         raise SourceError(f"the Beam run ended without shard {file} ({first_line(e, 200)}); rerun to resume") from None
