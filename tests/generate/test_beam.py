@@ -294,3 +294,22 @@ def test_remote_out_through_filesystems_same_bytes_and_resume(tmp_path, monkeypa
     assert build(src, "fakefs://ds", "--seed", "3", "--overwrite", "--runner", "beam", *IN_PROCESS) == 0
     assert json.loads((remote_dir / MANIFEST).read_text())["seed"] == 3
     assert sum(n.endswith(".tfrecord") for n in os.listdir(remote_dir)) == 1
+
+
+def test_publish_drops_remote_shards_the_manifest_does_not_list(tmp_path):
+    from utils.generate import remote
+    FakeRemoteFS.root = str(tmp_path / "bucket")
+    local, bucket = tmp_path / "local", tmp_path / "bucket" / "ds"
+    os.makedirs(local)
+    os.makedirs(bucket / outdir.WORK)
+    man = {"splits": {"train": {"shards": [{"file": "train-00000-of-00001.tfrecord"}]}}}
+    (local / MANIFEST).write_text(json.dumps(man))
+    (local / "labels.json").write_text("[]")
+    (local / "skipped.csv").write_text("key,reason\n")
+    for n in ("train-00000-of-00001.tfrecord", "train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord",
+              "notes.txt", f"{outdir.WORK}/state.json"):
+        (bucket / n).write_text(n)
+    remote.publish(str(local), "fakefs://ds")
+    assert sorted(os.listdir(bucket)) == sorted([".work", MANIFEST, "labels.json", "notes.txt", "skipped.csv",
+                                                 "train-00000-of-00001.tfrecord"])
+    assert json.loads((bucket / MANIFEST).read_text()) == man and not os.listdir(bucket / outdir.WORK)

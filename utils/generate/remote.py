@@ -175,7 +175,17 @@ def push_state(local: str, out_dir: str) -> None:
 
 
 def publish(local: str, out_dir: str) -> None:
-    """The finished staging folder's labels.json, skipped.csv, then manifest.json -> remote; remote .work/ goes."""
+    """The finished staging folder's labels.json, skipped.csv, then manifest.json -> remote; remote .work/ goes.
+
+    Remote shards the manifest does not list (a plan that changed since a
+    killed run: outdir.start_run cleared only the mirror) are removed first.
+    """
+    with open(os.path.join(local, MANIFEST)) as f:
+        listed = {s["file"] for v in json.load(f)["splits"].values() for s in v["shards"]}
+    stale = [p for p in _list(out_dir)
+             if outdir.SHARD_RE.match(os.path.basename(p)) and os.path.basename(p) not in listed]
+    if stale:
+        _fs().delete(stale)
     for name in _FILES:   # in this order: manifest.json last
         _copy(os.path.join(local, name), _join(out_dir, name))
     work = _list(_join(out_dir, outdir.WORK))
