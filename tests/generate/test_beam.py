@@ -313,3 +313,14 @@ def test_publish_drops_remote_shards_the_manifest_does_not_list(tmp_path):
     assert sorted(os.listdir(bucket)) == sorted([".work", MANIFEST, "labels.json", "notes.txt", "skipped.csv",
                                                  "train-00000-of-00001.tfrecord"])
     assert json.loads((bucket / MANIFEST).read_text()) == man and not os.listdir(bucket / outdir.WORK)
+
+
+def test_remote_shards_of_an_unknown_build_are_not_overwritten(tmp_path):
+    from utils.generate import remote
+    FakeRemoteFS.root = str(tmp_path / "bucket")
+    os.makedirs(tmp_path / "bucket" / "ds")
+    (tmp_path / "bucket" / "ds" / "train-00000-of-00001.tfrecord").write_bytes(b"theirs")
+    with pytest.raises(SourceError, match="shards of an unknown build"):
+        remote.pull("fakefs://ds", str(tmp_path / "local"), overwrite=False)
+    remote.pull("fakefs://ds", str(tmp_path / "local"), overwrite=True)
+    assert os.listdir(tmp_path / "bucket" / "ds") == []

@@ -125,9 +125,18 @@ def remove_remote(out_dir: str) -> None:
 
 
 def pull(out_dir: str, local: str, overwrite: bool) -> None:
-    """Mirror the remote folder's small files into a fresh `local` (its URL cache is kept)."""
+    """Mirror the remote folder's small files into a fresh `local` (its URL cache is kept).
+
+    Raises:
+        SourceError: the remote folder has shards but no manifest or run state (and not `overwrite`).
+    """
     if overwrite:
         remove_remote(out_dir)
+    elif not (_fs().exists(_join(out_dir, MANIFEST)) or _fs().exists(_join(out_dir, outdir.WORK, outdir.STATE))) \
+            and any(outdir.SHARD_RE.match(os.path.basename(p)) for p in _list(out_dir)):
+        # outdir.check_out_dir's rule, which sees only the mirror
+        raise SourceError(f"{out_dir} already holds shards of an unknown build: choose another --out, "
+                          "or add --overwrite")
     os.makedirs(local, exist_ok=True)
     outdir.remove_ours(local)
     os.makedirs(os.path.join(local, outdir.WORK))
