@@ -255,6 +255,7 @@ class FakeRemoteFS(LocalFileSystem):
         return out
 
 
+@pytest.mark.slow   # three Beam runs and two local ones: ~5-8 s
 def test_remote_out_through_filesystems_same_bytes_and_resume(tmp_path, monkeypatch):
     FakeRemoteFS.root = str(tmp_path / "bucket")
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))   # the local mirror
