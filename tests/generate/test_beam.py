@@ -138,7 +138,7 @@ def test_url_list_same_bytes_as_local(tmp_path, http_server):  # noqa: F811
     got = same_as_local(tmp_path, tmp_path / "list.txt", "--timeout", "2")
     man = json.loads(got[MANIFEST])
     assert man["inputs"] == 7 and man["skipped"]["count"] == 1
-    assert http_server.counts[f"/img/0.jpg"] == 2   # each run has its own cache in its --out
+    assert http_server.counts["/img/0.jpg"] == 2   # each run has its own cache in its --out
 
 
 @pytest.mark.slow   # two Beam worker processes start for ~4 s
