@@ -95,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, metavar="N", help="processes for --max-side/--short-side resizing (default: CPU count); pass-through runs in one process, which measured faster")
     p.add_argument("--concurrency", type=int, metavar="N", help="URL lists: parallel downloads (default 16)")
     p.add_argument("--timeout", type=float, metavar="S", help="URL lists: per-request timeout in seconds (default 10)")
+    p.add_argument("--runner", choices=("local", "beam"), default="local",
+                   help="who writes the shards: local (this machine's processes) or beam (Apache Beam: the same "
+                        "plan and the same bytes; locally the DirectRunner with --workers processes, or any runner "
+                        "--beam-option names)")
+    p.add_argument("--beam-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="--runner beam: a Beam pipeline option, repeatable, e.g. runner=DataflowRunner, "
+                        "project=P, region=R, temp_location=gs://B/tmp, flink_master=HOST:8081")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a dataset already in --out (default: refuse a different one, skip the same one)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -39,13 +39,43 @@ def build(args: argparse.Namespace) -> int:
     from utils.generate.writer import write_dataset  # on use: see the module docstring
     from utils.sources import open_source
 
-    source = open_source(args.kind, args.source, args)
+    shard_writer = _shard_writer(args)   # before the source: a bad Beam option costs no index
     name = os.path.basename(os.path.normpath(args.out))
-    write_dataset(source, args.out, name=name, val_fraction=args.val_fraction, folds=args.folds, fraction=args.fraction,
-                  shard_mb=args.shard_mb, max_side=args.max_side, short_side=args.short_side, max_pixels=args.max_pixels,
-                  dedupe=args.dedupe, strict=args.strict, seed=args.seed, workers=args.workers, progress=not args.no_progress,
-                  overwrite=args.overwrite)
+
+    def run(out: str) -> dict:
+        source = open_source(args.kind, args.source, argparse.Namespace(**{**vars(args), "out": out}))
+        return write_dataset(source, out, name=name, val_fraction=args.val_fraction, folds=args.folds,
+                             fraction=args.fraction, shard_mb=args.shard_mb, max_side=args.max_side,
+                             short_side=args.short_side, max_pixels=args.max_pixels, dedupe=args.dedupe,
+                             strict=args.strict, seed=args.seed, workers=args.workers,
+                             progress=not args.no_progress, overwrite=args.overwrite, shard_writer=shard_writer)
+
+    if getattr(shard_writer, "remote_out", None):   # gs://, s3://, ...: the state lives in a local mirror
+        from utils.generate.remote import write_remote
+
+        write_remote(args.out, args.overwrite, run)
+    else:
+        run(args.out)
     return 0
+
+
+def _shard_writer(args: argparse.Namespace):
+    """--runner: None (write_dataset's own local writer) or a Beam one.
+
+    Raises:
+        UsageError: --beam-option without --runner beam, or an option or runner Beam refuses.
+    """
+    runner, options = getattr(args, "runner", "local") or "local", getattr(args, "beam_option", None) or []
+    if runner == "local":
+        if options:
+            raise UsageError("--beam-option needs --runner beam")
+        return None
+    from utils.generate.beam import BeamShardWriter
+    from utils.generate.remote import check_out, is_local
+
+    writer = BeamShardWriter(options, workers=args.workers, remote_out=None if is_local(args.out) else args.out)
+    check_out(args.out)
+    return writer
 
 
 def verify(args: argparse.Namespace) -> int:

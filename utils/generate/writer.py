@@ -59,7 +59,8 @@ def write_dataset(source: Source, out_dir: str, *, name: str, val_fraction: floa
                   max_side: int | None = None, short_side: int | None = None,
                   max_pixels: int = 100_000_000, dedupe: bool = False,
                   strict: bool = False, seed: int = 0, workers: int | None = None, progress: bool = True,
-                  overwrite: bool = False, log: Callable[[str], None] | None = None) -> dict:
+                  overwrite: bool = False, log: Callable[[str], None] | None = None,
+                  shard_writer: Callable[..., dict[str, dict]] | None = None) -> dict:
     """Convert `source` into a finished dataset folder (or resume / skip it).
 
     Args:
@@ -75,6 +76,8 @@ def write_dataset(source: Source, out_dir: str, *, name: str, val_fraction: floa
         progress: show progress bars.
         overwrite: replace a different dataset in `out_dir`.
         log: gets the summary and status lines (default: stderr).
+        shard_writer: what writes the shards, called as `_write_shards` is
+            (default: this process; utils.generate.beam.BeamShardWriter: Beam).
 
     Returns:
         the manifest.
@@ -114,7 +117,7 @@ def write_dataset(source: Source, out_dir: str, *, name: str, val_fraction: floa
                      folds=folds, fraction=fraction, shard_mb=shard_mb, **resize, seed=seed)
     outdir.start_run(out_dir, sig, outdir.plan_hash(sig, index, plan), state == "resume", log)
 
-    done = _write_shards(index, plan, out_dir, resize=resize, max_pixels=max_pixels, dedupe=dedupe,
+    done = (shard_writer or _write_shards)(index, plan, out_dir, resize=resize, max_pixels=max_pixels, dedupe=dedupe,
                          workers=workers, progress=progress)
     manifest, skipped = build_manifest(name, sig, index, plan, done, source=source, folds=folds, seed=seed)
 
