@@ -36,15 +36,17 @@ def build(args: argparse.Namespace) -> int:
         raise UsageError(f"--concurrency must be at least 1, got {args.concurrency}")
     if args.timeout is not None and not args.timeout > 0:   # requests refuses 0 for every URL
         raise UsageError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    from utils.generate.outdir import lock_out_dir
     from utils.generate.writer import write_dataset  # on use: see the module docstring
     from utils.sources import open_source
 
-    source = open_source(args.kind, args.source, args)
+    source = open_source(args.kind, args.source, args)   # checks the input; writes nothing
     name = os.path.basename(os.path.normpath(args.out))
-    write_dataset(source, args.out, name=name, val_fraction=args.val_fraction, folds=args.folds, fraction=args.fraction,
-                  shard_mb=args.shard_mb, max_side=args.max_side, short_side=args.short_side, max_pixels=args.max_pixels,
-                  dedupe=args.dedupe, strict=args.strict, seed=args.seed, workers=args.workers, progress=not args.no_progress,
-                  overwrite=args.overwrite)
+    with lock_out_dir(args.out):
+        write_dataset(source, args.out, name=name, val_fraction=args.val_fraction, folds=args.folds, fraction=args.fraction,
+                      shard_mb=args.shard_mb, max_side=args.max_side, short_side=args.short_side,
+                      max_pixels=args.max_pixels, dedupe=args.dedupe, strict=args.strict, seed=args.seed,
+                      workers=args.workers, progress=not args.no_progress, overwrite=args.overwrite)
     return 0
 
 
@@ -76,9 +78,11 @@ def verify(args: argparse.Namespace) -> int:
 
 def demo(args: argparse.Namespace) -> int:
     """No arguments: draw the demo images into args.source and build args.out from them."""
+    from utils.generate.outdir import lock_out_dir
     from utils.generate.writer import write_dataset  # on use: see the module docstring
     from utils.sources.demo import draw_demo
     from utils.sources.folder import FolderSource
 
-    write_dataset(FolderSource(draw_demo(args.source)), args.out, name="demo", val_fraction=0.2, shard_mb=1)
+    with lock_out_dir(args.out):   # before drawing: two demo runs would draw into one folder
+        write_dataset(FolderSource(draw_demo(args.source)), args.out, name="demo", val_fraction=0.2, shard_mb=1)
     return 0
