@@ -40,8 +40,10 @@ import os
 import tensorflow as tf
 
 from utils.dataset import schema
-from utils.dataset.manifest import DatasetError, load_labels, load_manifest, select_shards, split_count
-from utils.errors import UsageError
+from utils.dataset.manifest import (DatasetError, check_shards_on_disk, corrupted_shard_error, corruption_offset,
+                                    load_labels, load_manifest, select_shards, split_count)
+from utils.dataset.tfrecord import reports_corruption_at
+from utils.errors import UsageError, first_line
 from utils.input import augment as aug
 from utils.input.image_ops import as_hw, eval_image, train_crop_image
 from utils.input.labels import HEADS, dense_labels, split_labels
@@ -129,10 +131,44 @@ def _shards(manifest: dict, data_dir: str, split: str, fold) -> list[dict]:
         have = ", ".join(s for s, v in manifest.get("splits", {}).items() if v.get("count")) or "none"
         what = f"split {split!r}" + (f" (fold {fold})" if fold is not None else "")
         raise DatasetError(f"{what} of {data_dir} is empty or absent (non-empty splits: {have})")
-    for s in shards:
-        if not os.path.isfile(s["path"]):
-            raise DatasetError(f"shard {s['path']} is listed in the manifest but missing")
+    check_shards_on_disk(shards, data_dir)   # before the first step, not hours into an epoch
     return shards
+
+
+def explain_data_error(err: BaseException, data_dir: str) -> DatasetError:
+    """A tf.errors.DataLossError from iterating a make_dataset dataset -> the one line that names the shard.
+
+    TensorFlow's text has the byte offset but not the file (the interleave reads
+    several); the shard is the one whose records lead to a bad one at that offset
+    (utils.dataset.tfrecord.reports_corruption_at reads only record headers).
+    Train's epoch loop catches the error and raises this.
+
+    Args:
+        err: the DataLossError (its text, e.g. "... corrupted record at 456336 ...").
+        data_dir: the dataset folder the pipeline reads.
+    Returns:
+        a DatasetError: "data/NAME/train-00003-of-00008.tfrecord is corrupted near byte
+        456336: run 'generate_dataset.py verify data/NAME', then rebuild or restore that shard".
+    """
+    offset = corruption_offset(str(err))
+    try:
+        manifest = load_manifest(data_dir)
+        shards = [s for sp in manifest.get("splits", {}) for s in select_shards(manifest, data_dir, sp)]
+    except DatasetError as e:
+        return e
+    if offset is not None:
+        for s in shards:
+            if os.path.isfile(s["path"]) and reports_corruption_at(s["path"], offset):
+                return corrupted_shard_error(s["path"], data_dir, offset)
+    return DatasetError(f"a shard of {data_dir} is corrupted ({first_line(_tf_message(err), 120)}): run "
+                        f"'generate_dataset.py verify {os.path.normpath(data_dir)}', then rebuild or restore it")
+
+
+def _tf_message(err: BaseException) -> str:
+    """TensorFlow's error text without its '{{function_node ...}}' prefix and '[Op:...]' suffix."""
+    text = str(getattr(err, "message", None) or err)
+    text = text.split("}}", 1)[-1] if text.startswith("{{") else text
+    return text.split(" [Op:", 1)[0].strip()
 
 
 # --------------------------------------------------------------- dataset assembly
