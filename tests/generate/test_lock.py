@@ -1,74 +1,33 @@
 """One writer per dataset: two generate_dataset.py runs on one --out, as a user would start them.
 
-The source is a URL list served on 127.0.0.1 by a server that holds every
-response until the test opens its gate, so the run that took the lock is
-still writing when the other one starts: no luck of timing either way.
+The source is a URL list served by tests/gated_server.py, so the run that took
+the lock is still writing when the other one starts: no luck of timing either way.
 """
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.conftest import ROOT, encode_image, random_image
+from tests.conftest import ROOT
+from tests.gated_server import gated_server, snapshot, url_list  # noqa: F401  (gated_server: a fixture)
 from utils.files import LockedError
 from utils.generate.outdir import LOCK, lock_out_dir
 
 SCRIPT = os.path.join(ROOT, "generate_dataset.py")
 
 
-class _Gated(BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        self.server.asked.set()
-        self.server.gate.wait(60)
-        i = int(self.path.rsplit("/", 1)[-1].split(".")[0])
-        body = encode_image(random_image(i, 32, 32, blocky=False), "png")
-        self.send_response(200)
-        self.send_header("Content-Type", "image/png")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
-@pytest.fixture
-def gated_server():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Gated)
-    srv.daemon_threads = True
-    srv.gate, srv.asked = threading.Event(), threading.Event()
-    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    yield srv
-    srv.gate.set()
-    srv.shutdown()
-    srv.server_close()
-
-
-def _snapshot(folder) -> dict:
-    out = {}
-    for dirpath, _, files in os.walk(folder):
-        for n in files:
-            p = os.path.join(dirpath, n)
-            out[p] = (os.path.getmtime(p), open(p, "rb").read())
-    return out
-
-
 @pytest.mark.slow   # two subprocess builds and a verify (TensorFlow)
 def test_two_runs_at_once_one_builds_the_other_is_refused_untouched(gated_server, tmp_path):
     from utils.generate.verify import verify_dataset
 
-    base = f"http://127.0.0.1:{gated_server.server_address[1]}"
-    lst = tmp_path / "list.csv"
-    lst.write_text("".join(f"im{i},{base}/img/{i}.png,{i % 2},{1 - i % 2}\n" for i in range(6)))
+    lst = url_list(tmp_path / "list.csv", 6, gated_server.base)
     out = tmp_path / "data" / "pets"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    cmd = [sys.executable, SCRIPT, str(lst), "--out", str(out), "--no-progress"]
+    cmd = [sys.executable, SCRIPT, lst, "--out", str(out), "--no-progress"]
     runs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for _ in range(2)]
     # the loser exits at once; the winner waits for the gate
@@ -82,10 +41,10 @@ def test_two_runs_at_once_one_builds_the_other_is_refused_untouched(gated_server
     err = loser.stderr.read()
     assert loser.returncode == 2, err
     assert err.strip().splitlines() == [line]
-    before = _snapshot(out)                # a third run, while the winner still writes, changes nothing
+    before = snapshot(out)                # a third run, while the winner still writes, changes nothing
     third = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert (third.returncode, third.stderr.strip().splitlines()) == (2, [line])
-    assert _snapshot(out) == before and winner.poll() is None
+    assert snapshot(out) == before and winner.poll() is None
     gated_server.gate.set()
     _, werr = winner.communicate(timeout=120)
     assert winner.returncode == 0, werr
