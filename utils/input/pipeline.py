@@ -36,6 +36,7 @@ count of one run takes the difference before and after it.
 from __future__ import annotations
 
 import os
+import sys
 
 import tensorflow as tf
 
@@ -83,7 +84,8 @@ def _counters() -> dict:
     global _COUNTERS
     if _COUNTERS is None:
         _COUNTERS = {"seen": _local_variable("pipeline_records_seen"),
-                     "ok": _local_variable("pipeline_records_decoded")}
+                     "ok": _local_variable("pipeline_records_decoded"),
+                     "lost": _local_variable("pipeline_records_lost_to_corruption")}
     return _COUNTERS
 
 
@@ -173,20 +175,65 @@ def _tf_message(err: BaseException) -> str:
 
 # --------------------------------------------------------------- dataset assembly
 
-def _read_records(files: list[str], *, training: bool, seed, deterministic: bool, input_context):
+def _read_shard_past_corruption(path, count):
+    """One shard's records; a corrupted one ends where it breaks and the loss is printed and counted.
+
+    ignore_errors() here sees only this shard's reader, whose DataLossError
+    ends the shard (TF moves on to the next file); a sentinel after the last
+    record compares how many came with the manifest's count, so the loss is
+    never silent. The byte offset is TF's error text, which ignore_errors drops.
+    """
+    lost_total = _counters()["lost"]
+    records = tf.data.TFRecordDataset(path, buffer_size=1 << 20).ignore_errors()
+    marked = records.map(lambda r: (r, False)).concatenate(
+        tf.data.Dataset.from_tensors((tf.constant(b""), True)))
+
+    def step(n, x):
+        record, end = x
+        lost = count - n
+
+        def report():
+            with tf.control_dependencies([lost_total.assign_add(lost)]):
+                line = tf.strings.join(["warning: ", path, " is corrupted: skipped its last ",
+                                        tf.strings.as_string(lost), " of ", tf.strings.as_string(count),
+                                        " records (--skip-corrupt-shards)"])
+                return tf.print(line, output_stream=sys.stderr)
+
+        done = tf.cond(tf.logical_and(end, lost > 0), report, tf.no_op)
+        with tf.control_dependencies([done]):
+            return n + 1, (tf.identity(record), end)
+
+    return marked.scan(tf.constant(0, tf.int64), step).filter(lambda r, end: tf.logical_not(end)).map(
+        lambda r, end: r)
+
+
+def corrupt_records_lost() -> int:
+    """Records that skip_corrupt_shards left unread (all datasets, all epochs; see decode_failures)."""
+    return 0 if _COUNTERS is None else int(_COUNTERS["lost"].numpy())
+
+
+def _read_records(files: list[str], *, training: bool, seed, deterministic: bool, input_context,
+                  counts: list[int] | None = None):
     """File names -> serialized records, sharded across input pipelines.
 
     By FILE when every pipeline gets at least one file (each reads only its
     share); else by DATA (each reads everything and keeps every n-th record,
     which needs the same record order in every pipeline: deterministic
     interleave, file order shuffled with a shared seed or not at all).
+    counts: each file's record count (the manifest's): read past a corrupted
+    shard, losing its tail with a warning (_read_shard_past_corruption).
     """
     n, index = 1, 0
     if input_context is not None:
         n, index = input_context.num_input_pipelines, input_context.input_pipeline_id
     by_file = n > 1 and len(files) >= n
     by_data = n > 1 and not by_file
-    ds = tf.data.Dataset.from_tensor_slices(files)
+    if counts is None:
+        ds = tf.data.Dataset.from_tensor_slices(files)
+        read = lambda f: tf.data.TFRecordDataset(f, buffer_size=1 << 20)  # noqa: E731
+    else:
+        ds = tf.data.Dataset.from_tensor_slices((files, tf.constant(counts, tf.int64)))
+        read = _read_shard_past_corruption
     if by_file:
         ds = ds.shard(n, index)
     n_files = len(files) // n if by_file else len(files)
@@ -194,7 +241,7 @@ def _read_records(files: list[str], *, training: bool, seed, deterministic: bool
         # new file order every epoch: records of one shard are not always neighbours
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     ds = ds.interleave(
-        lambda f: tf.data.TFRecordDataset(f, buffer_size=1 << 20),
+        read,
         cycle_length=max(1, min(n_files, 16)),  # parallel reads, one reader per shard
         block_length=1,
         num_parallel_calls=AUTOTUNE,
@@ -260,7 +307,7 @@ def make_dataset(data_dir: str, split: str, *, image_size, batch_size: int, trai
                  channels: int | None = None, fold: int | None = None, augment=None,
                  cache: bool = False, shuffle_buffer: int = 2048, seed: int | None = None,
                  repeat: bool = False, drop_remainder: bool = False, input_context=None,
-                 with_ids: bool = False) -> tf.data.Dataset:
+                 with_ids: bool = False, skip_corrupt_shards: bool = False) -> tf.data.Dataset:
     """A batched dataset of (images float32 [B,h,w,C] in [0,255], labels[, source_ids]).
 
     Args:
@@ -278,6 +325,9 @@ def make_dataset(data_dir: str, split: str, *, image_size, batch_size: int, trai
         seed: None: a new order and new draws every run; an int repeats them.
         input_context: a tf.distribute.InputContext; this pipeline then reads its share.
         with_ids: also yield each record's image/source_id.
+        skip_corrupt_shards: a corrupted shard loses its remaining records with a
+            warning on stderr (corrupt_records_lost() counts them) instead of the
+            DataLossError that explain_data_error turns into one line.
     Raises:
         UsageError: a bad head, size, batch size, channel count or augmentation.
         DatasetError: no dataset, or the split is empty, or a shard is missing.
@@ -296,7 +346,8 @@ def make_dataset(data_dir: str, split: str, *, image_size, batch_size: int, trai
     deterministic = (not training) or seed is not None
 
     ds, n_pipelines, by_file = _read_records(
-        files, training=training, seed=seed, deterministic=deterministic, input_context=input_context)
+        files, training=training, seed=seed, deterministic=deterministic, input_context=input_context,
+        counts=[int(s["count"]) for s in shards] if skip_corrupt_shards else None)
     if cache:
         ds = ds.cache()  # serialized (still encoded) records; decoding stays per epoch
     if training:  # before repeat: epochs stay whole (module docstring)
