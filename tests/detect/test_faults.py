@@ -3,7 +3,6 @@ a corrupted or cut shard in a dataset-folder input. Runs that must overlap or be
 killed are subprocesses; the rest run in-process (tests/detect/common.run)."""
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -14,7 +13,7 @@ import time
 import pytest
 
 from tests.conftest import ROOT, encode_image, random_image
-from tests.detect.common import CLASSES, image_bytes, read_csv, run, tiny_model, write_split
+from tests.detect.common import CLASSES, image_bytes, read_csv, run, tiny_model
 from tests.gated_server import gated_server, snapshot, url_list  # noqa: F401  (gated_server: a fixture)
 
 SCRIPT = os.path.join(ROOT, "detect.py")
@@ -132,8 +131,8 @@ def test_resume_refuses_other_arguments_and_starts_fresh_without_a_partial(h5_mo
 
 def two_shard_dataset(root, per_shard=4):
     """data/NAME with two val shards of `per_shard` records -> (folder, [[record bytes]] per shard)."""
-    from utils.dataset import schema
     from tests.conftest import write_dataset
+    from utils.dataset import schema
 
     shards = [[schema.serialize([image_bytes(10 * s + i)], "png", 40, 40, 3, [i % 3], f"s{s}r{i}")
                for i in range(per_shard)] for s in range(2)]

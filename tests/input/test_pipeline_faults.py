@@ -1,7 +1,7 @@
 """A corrupted or cut shard under the training pipeline: one line naming the file, the offset and the fix.
 
 Train's epoch loop catches TensorFlow's DataLossError (which names only an
-offset) and raises pipeline.explain_data_error's DatasetError; these tests play
+offset) and raises utils.input.corruption.explain_data_error's DatasetError; these tests play
 that loop's part.
 """
 import os
@@ -13,6 +13,7 @@ from tests.input.test_pipeline import dataset, record
 from utils.dataset.manifest import DatasetError
 from utils.dataset.tfrecord import reports_corruption_at
 from utils.input import pipeline
+from utils.input.corruption import explain_data_error
 
 FIX = "then rebuild or restore that shard"
 
@@ -48,7 +49,7 @@ def test_data_loss_while_training_names_the_shard_and_offset(tmp_path, where):
     ds = pipeline.make_dataset(data, "train", image_size=8, batch_size=2, training=True, seed=0)
     with pytest.raises(tf.errors.DataLossError) as info:
         consume(ds)
-    err = pipeline.explain_data_error(info.value, data)
+    err = explain_data_error(info.value, data)
     assert isinstance(err, DatasetError)
     assert str(err) == (f"{path} is corrupted near byte {offset}: run 'generate_dataset.py verify {data}', {FIX}")
     # the other shards hold records at that offset too, but none is bad there
@@ -64,7 +65,7 @@ def test_truncated_tail_is_found_and_an_unknown_error_still_gives_one_line(tmp_p
     with open(path, "r+b") as f:                             # the last record cut: TF says "truncated record at"
         f.truncate(start + 30)
     assert reports_corruption_at(path, start)
-    err = pipeline.explain_data_error(tf.errors.DataLossError(None, None, "no offset here"), data)
+    err = explain_data_error(tf.errors.DataLossError(None, None, "no offset here"), data)
     assert str(err) == (f"a shard of {data} is corrupted (no offset here): run 'generate_dataset.py verify "
                         f"{data}', then rebuild or restore it")
 

@@ -35,17 +35,17 @@ count of one run takes the difference before and after it.
 """
 from __future__ import annotations
 
+import functools
 import os
-import sys
 
 import tensorflow as tf
 
 from utils.dataset import schema
-from utils.dataset.manifest import (DatasetError, check_shards_on_disk, corrupted_shard_error, corruption_offset,
-                                    load_labels, load_manifest, select_shards, split_count)
-from utils.dataset.tfrecord import reports_corruption_at
-from utils.errors import UsageError, first_line
+from utils.dataset.manifest import (DatasetError, check_shards_on_disk, load_labels, load_manifest, select_shards,
+                                    split_count)
+from utils.errors import UsageError
 from utils.input import augment as aug
+from utils.input.corruption import read_shard_past_corruption
 from utils.input.image_ops import as_hw, eval_image, train_crop_image
 from utils.input.labels import HEADS, dense_labels, split_labels
 
@@ -137,75 +137,7 @@ def _shards(manifest: dict, data_dir: str, split: str, fold) -> list[dict]:
     return shards
 
 
-def explain_data_error(err: BaseException, data_dir: str) -> DatasetError:
-    """A tf.errors.DataLossError from iterating a make_dataset dataset -> the one line that names the shard.
-
-    TensorFlow's text has the byte offset but not the file (the interleave reads
-    several); the shard is the one whose records lead to a bad one at that offset
-    (utils.dataset.tfrecord.reports_corruption_at reads only record headers).
-    Train's epoch loop catches the error and raises this.
-
-    Args:
-        err: the DataLossError (its text, e.g. "... corrupted record at 456336 ...").
-        data_dir: the dataset folder the pipeline reads.
-    Returns:
-        a DatasetError: "data/NAME/train-00003-of-00008.tfrecord is corrupted near byte
-        456336: run 'generate_dataset.py verify data/NAME', then rebuild or restore that shard".
-    """
-    offset = corruption_offset(str(err))
-    try:
-        manifest = load_manifest(data_dir)
-        shards = [s for sp in manifest.get("splits", {}) for s in select_shards(manifest, data_dir, sp)]
-    except DatasetError as e:
-        return e
-    if offset is not None:
-        for s in shards:
-            if os.path.isfile(s["path"]) and reports_corruption_at(s["path"], offset):
-                return corrupted_shard_error(s["path"], data_dir, offset)
-    return DatasetError(f"a shard of {data_dir} is corrupted ({first_line(_tf_message(err), 120)}): run "
-                        f"'generate_dataset.py verify {os.path.normpath(data_dir)}', then rebuild or restore it")
-
-
-def _tf_message(err: BaseException) -> str:
-    """TensorFlow's error text without its '{{function_node ...}}' prefix and '[Op:...]' suffix."""
-    text = str(getattr(err, "message", None) or err)
-    text = text.split("}}", 1)[-1] if text.startswith("{{") else text
-    return text.split(" [Op:", 1)[0].strip()
-
-
 # --------------------------------------------------------------- dataset assembly
-
-def _read_shard_past_corruption(path, count):
-    """One shard's records; a corrupted one ends where it breaks and the loss is printed and counted.
-
-    ignore_errors() here sees only this shard's reader, whose DataLossError
-    ends the shard (TF moves on to the next file); a sentinel after the last
-    record compares how many came with the manifest's count, so the loss is
-    never silent. The byte offset is TF's error text, which ignore_errors drops.
-    """
-    lost_total = _counters()["lost"]
-    records = tf.data.TFRecordDataset(path, buffer_size=1 << 20).ignore_errors()
-    marked = records.map(lambda r: (r, False)).concatenate(
-        tf.data.Dataset.from_tensors((tf.constant(b""), True)))
-
-    def step(n, x):
-        record, end = x
-        lost = count - n
-
-        def report():
-            with tf.control_dependencies([lost_total.assign_add(lost)]):
-                line = tf.strings.join(["warning: ", path, " is corrupted: skipped its last ",
-                                        tf.strings.as_string(lost), " of ", tf.strings.as_string(count),
-                                        " records (--skip-corrupt-shards)"])
-                return tf.print(line, output_stream=sys.stderr)
-
-        done = tf.cond(tf.logical_and(end, lost > 0), report, tf.no_op)
-        with tf.control_dependencies([done]):
-            return n + 1, (tf.identity(record), end)
-
-    return marked.scan(tf.constant(0, tf.int64), step).filter(lambda r, end: tf.logical_not(end)).map(
-        lambda r, end: r)
-
 
 def corrupt_records_lost() -> int:
     """Records that skip_corrupt_shards left unread (all datasets, all epochs; see decode_failures)."""
@@ -221,7 +153,7 @@ def _read_records(files: list[str], *, training: bool, seed, deterministic: bool
     which needs the same record order in every pipeline: deterministic
     interleave, file order shuffled with a shared seed or not at all).
     counts: each file's record count (the manifest's): read past a corrupted
-    shard, losing its tail with a warning (_read_shard_past_corruption).
+    shard, losing its tail with a warning (utils.input.corruption).
     """
     n, index = 1, 0
     if input_context is not None:
@@ -233,7 +165,7 @@ def _read_records(files: list[str], *, training: bool, seed, deterministic: bool
         read = lambda f: tf.data.TFRecordDataset(f, buffer_size=1 << 20)  # noqa: E731
     else:
         ds = tf.data.Dataset.from_tensor_slices((files, tf.constant(counts, tf.int64)))
-        read = _read_shard_past_corruption
+        read = functools.partial(read_shard_past_corruption, lost=_counters()["lost"])
     if by_file:
         ds = ds.shard(n, index)
     n_files = len(files) // n if by_file else len(files)
@@ -327,7 +259,7 @@ def make_dataset(data_dir: str, split: str, *, image_size, batch_size: int, trai
         with_ids: also yield each record's image/source_id.
         skip_corrupt_shards: a corrupted shard loses its remaining records with a
             warning on stderr (corrupt_records_lost() counts them) instead of the
-            DataLossError that explain_data_error turns into one line.
+            DataLossError that utils.input.corruption.explain_data_error turns into one line.
     Raises:
         UsageError: a bad head, size, batch size, channel count or augmentation.
         DatasetError: no dataset, or the split is empty, or a shard is missing.
