@@ -87,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="--export: replace an existing OUT")
     p.add_argument("--unsafe", action="store_true",
                    help="allow models with Lambda layers (they run Python code stored in the file)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the unfinished run that --out's OUT.partial holds (killed or stopped by an "
+                        "error), from its last checkpoint; the inputs and options must be the same")
+    p.add_argument("--skip-corrupt-shards", action="store_true",
+                   help="dataset-folder input: a corrupted shard loses its remaining records (the count is "
+                        "printed) instead of stopping the run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 

@@ -18,6 +18,7 @@ from tests.conftest import ROOT, random_image, write_image
 from tests.generate.common import FakeSource, build, huge_png, make_images, records
 from utils.dataset import schema
 from utils.errors import SourceError, UsageError
+from utils.generate.outdir import LOCK
 from utils.sources import detect_kind
 
 SCRIPT = os.path.join(ROOT, "generate_dataset.py")
@@ -165,7 +166,7 @@ def test_kill_9_and_resume_gives_the_clean_result(tmp_path):
     m1, m2 = json.load(open(clean / "manifest.json")), json.load(open(out / "manifest.json"))
     assert m1["splits"] == m2["splits"] and m1["skipped"] == m2["skipped"] and m1["inputs"] == m2["inputs"]
     assert sorted(records(out)) == sorted(records(clean))
-    left = [n for n in os.listdir(out) if n.endswith(".tmp") or n.startswith(".")]
+    left = [n for n in os.listdir(out) if n.endswith(".tmp") or (n.startswith(".") and n != LOCK)]
     assert left == []
 
 

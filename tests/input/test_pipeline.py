@@ -1,6 +1,7 @@
 """utils/input/pipeline.py on tiny datasets written here (schema.serialize + TFRecordWriter),
 independent of the writer: formats, channels, corrupt records, labels per head,
 folds, ids, eval == eval_image, augmentation at train only, input_context sharding."""
+import json
 import os
 
 import numpy as np
@@ -120,9 +121,15 @@ def test_corrupt_record_in_the_middle_is_skipped_and_counted(tmp_path):
     # conftest.write_dataset parses every record to count its labels: give it a stand-in
     # for the unparseable one, then write the shard again with the real records
     d = dataset(tmp_path / "d", {"train": [[r if r != not_an_example else record(99) for r in recs]]})
-    with tf.io.TFRecordWriter(os.path.join(d, "train-00000-of-00001.tfrecord")) as w:
+    shard = os.path.join(d, "train-00000-of-00001.tfrecord")
+    with tf.io.TFRecordWriter(shard) as w:
         for r in recs:
             w.write(r)
+    with open(os.path.join(d, "manifest.json")) as f:   # the size checked when the dataset opens
+        man = json.load(f)
+    man["splits"]["train"]["shards"][0]["bytes"] = os.path.getsize(shard)
+    with open(os.path.join(d, "manifest.json"), "w") as f:
+        json.dump(man, f)
     before = pipeline.decode_failures()  # process-wide: other tests' datasets count too
     for training in (False, True):
         ds = pipeline.make_dataset(d, "train", image_size=(16, 16), batch_size=4, training=training,

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 from utils.errors import DatasetError
 
@@ -101,3 +102,45 @@ def class_counts(shards: list[dict], num_classes: int) -> list[int]:
         for i, c in enumerate(s.get("class_counts") or []):
             out[i] += int(c)
     return out
+
+
+# --------------------------------------------------------------- shards on disk vs the manifest
+
+_TF_CORRUPTION = re.compile(r"(?:corrupted|truncated) record at (\d+)")
+
+
+def shard_error(path: str, data_dir: str, problem: str) -> DatasetError:
+    """The one line for a shard that cannot be read as listed: what is wrong and the fix."""
+    return DatasetError(f"{path} {problem}: run 'generate_dataset.py verify {os.path.normpath(data_dir)}', "
+                        "then rebuild or restore that shard")
+
+
+def check_shards_on_disk(shards: list[dict], data_dir: str) -> None:
+    """Every selected shard exists with the manifest's byte size: checked when a dataset opens.
+
+    A missing or cut-short shard would otherwise surface mid-epoch, hours in, as
+    a TensorFlow traceback; the sha256 is left to `generate_dataset.py verify`
+    (reading every byte is what opening must not cost).
+
+    Args:
+        shards: entries from select_shards (with "path").
+    Raises:
+        DatasetError: the first shard that is missing or has another size.
+    """
+    for s in shards:
+        if not os.path.isfile(s["path"]):
+            raise shard_error(s["path"], data_dir, f"is listed in {MANIFEST} but missing")
+        size = os.path.getsize(s["path"])
+        if "bytes" in s and size != int(s["bytes"]):
+            raise shard_error(s["path"], data_dir, f"is {size:,d} bytes, {MANIFEST} says {int(s['bytes']):,d}")
+
+
+def corruption_offset(message: str) -> int | None:
+    """The byte offset in TensorFlow's DataLossError text ("corrupted record at 456336"), else None."""
+    m = _TF_CORRUPTION.search(message)
+    return int(m.group(1)) if m else None
+
+
+def corrupted_shard_error(path: str, data_dir: str, offset: int | None) -> DatasetError:
+    """`data/NAME/train-00003-of-00008.tfrecord is corrupted near byte 456336: run ... verify ...`."""
+    return shard_error(path, data_dir, "is corrupted" + (f" near byte {offset}" if offset is not None else ""))

@@ -102,3 +102,43 @@ def encode_example(features: dict[str, list[bytes]]) -> bytes:
         vlen = _varint(size)
         entries += (b"\x0a", _varint(len(key) + len(vlen) + size), key, vlen, *v)
     return b"".join(_wrap(1, entries))
+
+
+# --- finding a corruption TensorFlow reported -----------------------------------
+
+_HEADER = 12   # uint64 length + uint32 masked crc of it
+
+
+def reports_corruption_at(path: str, offset: int) -> bool:
+    """Whether tf.data reading `path` stops with "corrupted/truncated record at `offset`".
+
+    TF names a record's start when its length header is bad or the file ends
+    inside it, and the start of its payload (start + 12) when the payload's
+    checksum fails. Only headers are read up to `offset` (one seek per record):
+    finding the shard among a big dataset's hundreds costs seconds, not a re-read.
+
+    Args:
+        path: a TFRecord file.
+        offset: the byte offset from TensorFlow's DataLossError.
+    Returns:
+        True when `path` is the file that error came from.
+    """
+    import os
+
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        pos = 0
+        while pos <= offset and pos < size:
+            f.seek(pos)
+            head = f.read(_HEADER)
+            if len(head) < _HEADER or masked_crc(head[:8]) != struct.unpack("<I", head[8:])[0]:
+                return offset == pos
+            length = struct.unpack("<Q", head[:8])[0]
+            end = pos + _HEADER + length + 4
+            if end > size:
+                return offset in (pos, pos + _HEADER)
+            if offset == pos + _HEADER:
+                data, foot = f.read(length), f.read(4)
+                return masked_crc(data) != struct.unpack("<I", foot)[0]
+            pos = end
+    return False

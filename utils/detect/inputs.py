@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import glob
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from utils.dataset import schema
-from utils.dataset.manifest import MANIFEST, load_labels, load_manifest, select_shards, split_count
+from utils.dataset.manifest import (MANIFEST, check_shards_on_disk, corrupted_shard_error, corruption_offset,
+                                    load_labels, load_manifest, select_shards, split_count)
 from utils.errors import DatasetError, UsageError
 from utils.sources.folder import extension_problem, rel_key, stem, walk_files
 from utils.sources.urls import LIST_EXTENSIONS, default_label_names, read_url_list
@@ -162,7 +164,36 @@ def _bson_spec(path: str, class_names: list[str]) -> InputSpec:
     return InputSpec(path, None, samples, labelled=labelled, unit="products", kind="bson")
 
 
-def _dataset_spec(data_dir: str, split: str | None, class_names: list[str], planes: int) -> InputSpec:
+def read_shard_records(shards: list[dict], data_dir: str, *, skip_corrupt: bool = False) -> Iterator[bytes]:
+    """Serialized records of `shards`, one shard after the other, in manifest order.
+
+    One reader per shard, so a corrupted one is named: its DataLossError becomes
+    the DatasetError "<shard> is corrupted near byte N: run verify ...", or, with
+    `skip_corrupt`, a warning with how many of its records were lost, and the
+    next shard is read.
+
+    Raises:
+        DatasetError: a corrupted shard (unless skip_corrupt).
+    """
+    import tensorflow as tf  # lazy: detect.py --help and flag errors answer before TF loads
+
+    for s in shards:
+        n = 0
+        try:
+            for raw in tf.data.TFRecordDataset(s["path"]).as_numpy_iterator():
+                n += 1
+                yield raw
+        except tf.errors.DataLossError as e:
+            err = corrupted_shard_error(s["path"], data_dir, corruption_offset(str(e)))
+            if not skip_corrupt:
+                raise err from None
+            lost = max(0, int(s["count"]) - n)
+            print(f"warning: {str(err).split(': run ')[0]}: skipped its last {lost} of {s['count']} records "
+                  "(--skip-corrupt-shards)", file=sys.stderr)
+
+
+def _dataset_spec(data_dir: str, split: str | None, class_names: list[str], planes: int,
+                  skip_corrupt: bool = False) -> InputSpec:
     """A data/NAME folder: the records of one split, labels mapped to the model's classes by name."""
     manifest = load_manifest(data_dir)
     splits = manifest.get("splits", {})
@@ -173,19 +204,18 @@ def _dataset_spec(data_dir: str, split: str | None, class_names: list[str], plan
     if int(manifest.get("planes", 1)) != planes:
         raise DatasetError(f"{data_dir} has {manifest.get('planes', 1)} planes per record, the model reads {planes}")
     shards = select_shards(manifest, data_dir, split)
+    check_shards_on_disk(shards, data_dir)        # a missing or cut shard: one line, before any work
     names = load_labels(data_dir)
     index = _class_index(class_names)
     mapping = {i: index.get(str(n)) for i, n in enumerate(names)}
 
     def samples():
-        import tensorflow as tf  # lazy: detect.py --help and flag errors answer before TF loads
-
-        ds = tf.data.TFRecordDataset([s["path"] for s in shards]).map(schema.parse)
-        for n, ex in enumerate(ds.as_numpy_iterator()):
+        for n, raw in enumerate(read_shard_records(shards, data_dir, skip_corrupt=skip_corrupt)):
+            ex = schema.parse_numpy(raw)
             record_planes = [bytes(b) for b in ex[schema.ENCODED]]
             labs = [mapping.get(int(i)) for i in ex[schema.LABEL]]
             label = tuple(labs) if labs and None not in labs else None
-            sid = ex[schema.SOURCE_ID].decode("utf-8", "replace") or f"{split}-{n}"
+            sid = ex[schema.SOURCE_ID] or f"{split}-{n}"
             yield Sample(sid, (lambda p=record_planes: p), label, rereadable=True)
 
     counts = splits[split].get("class_counts") or []
@@ -221,8 +251,11 @@ def _glob_spec(pattern: str, class_names: list[str]) -> InputSpec:
 
 
 def plan_inputs(inputs: list[str], class_names: list[str], *, split: str | None = None,
-                cache_dir: str = ".cache/detect", planes: int = 1) -> list[InputSpec]:
+                cache_dir: str = ".cache/detect", planes: int = 1, skip_corrupt: bool = False) -> list[InputSpec]:
     """Command-line inputs -> InputSpecs, one per argument.
+
+    skip_corrupt: a dataset folder's corrupted shard loses its remaining records
+    with a warning instead of stopping the run (read_shard_records).
 
     Raises:
         UsageError, DatasetError, SourceError: a missing, empty or unsupported input,
@@ -238,7 +271,7 @@ def plan_inputs(inputs: list[str], class_names: list[str], *, split: str | None 
         ext = os.path.splitext(raw)[1].lower()
         if os.path.isdir(raw):
             if os.path.isfile(os.path.join(raw, MANIFEST)):
-                specs.append(_dataset_spec(raw, split, class_names, planes))
+                specs.append(_dataset_spec(raw, split, class_names, planes, skip_corrupt))
                 continue
             files = _walk_folder(raw)
             if not files:

@@ -1,7 +1,8 @@
 """One detect.py run, from its parsed flags: models -> inputs -> stream -> CSV (+ tuning, evaluation).
 
-Plain prediction streams rows straight into the CSV; --evaluate and
---tune-thresholds need every row at once (N x K floats), so they collect them.
+Plain prediction streams rows straight into the CSV (checkpointed: --resume goes
+on after a kill); --evaluate and --tune-thresholds need every row at once
+(N x K floats), so they collect them. One run writes an --out at a time (OUT.lock).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from utils.detect.models import load_ensemble
 from utils.detect.report import PRODUCTS_SHOWN, TOP_LOSSES, sample_losses, write_eval_report
 from utils.detect.thresholds import resolve_thresholds, tune_and_save
 from utils.errors import UsageError, import_tensorflow_quietly
+from utils.files import exclusive_lock
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -30,12 +32,22 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--threshold must be in [0, 1], got {args.threshold}")
     if args.threshold is not None and args.thresholds:
         raise UsageError("give --threshold or --thresholds, not both")
+<<<<<<< HEAD
     if args.export is None and not args.inputs:
         raise UsageError("the following arguments are required: INPUT (see detect.py --help)")
     if args.export is not None and len(args.model) != 1:
         raise UsageError("--export takes exactly one --model")
     if args.quantize and args.export_format != "litert":
         raise UsageError("--quantize is for --export-format litert")
+=======
+    if getattr(args, "resume", False) and (args.evaluate or args.tune_thresholds):
+        raise UsageError("--resume continues plain prediction; --evaluate/--tune-thresholds read every row again")
+
+
+def lock_path(out: str) -> str:
+    """OUT.lock beside the CSV: one run per --out (utils.files.exclusive_lock; left in place)."""
+    return out + ".lock"
+>>>>>>> faults
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,10 +60,17 @@ def run(args: argparse.Namespace) -> int:
     if args.export is not None:
         return _export(args)
     check_paths(args.model, args.inputs)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with exclusive_lock(lock_path(args.out), args.out):   # before anything is written or read
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     import_tensorflow_quietly()
     members = load_ensemble(args.model, weights=args.model_weights, unsafe=args.unsafe)
     names, multi = members[0].class_names, members[0].multi_label
-    specs = plan_inputs(args.inputs, names, split=args.split, cache_dir=args.cache_dir, planes=members[0].planes)
+    specs = plan_inputs(args.inputs, names, split=args.split, cache_dir=args.cache_dir, planes=members[0].planes,
+                        skip_corrupt=getattr(args, "skip_corrupt_shards", False))
     if (args.evaluate or args.tune_thresholds) and not all(s.labelled for s in specs):
         bad = next(s.name for s in specs if not s.labelled)
         raise UsageError(f"--evaluate/--tune-thresholds need labelled input; {bad} has no labels the model knows")
@@ -60,7 +79,13 @@ def run(args: argparse.Namespace) -> int:
     thresholds = resolve_thresholds(members, threshold=args.threshold, thresholds_file=args.thresholds)
     fmt = args.format or ("multilabel" if multi else "label")
     unit = "products" if any(s.unit == "products" for s in specs) else "images"
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    fmt_kw = dict(k=args.k, ids=args.ids, at_least_one=args.at_least_one)
+    if not (args.evaluate or args.tune_thresholds):
+        header, fmt_row = output.header_and_formatter(fmt, names, thresholds=thresholds, **fmt_kw)
+        n, skipped = _predict_to_csv(args, members, specs, fmt, header, fmt_row)
+        output.report_skipped(args.out, skipped)
+        print(f"wrote {n} predictions ({fmt}) to {args.out}")
+        return 0
 
     skipped: list = []
     photos = stream.predict_stream(members, specs, tta=args.tta, batch_size=args.batch_size,
@@ -70,14 +95,6 @@ def run(args: argparse.Namespace) -> int:
     rows = stream.group_rows(iter(photos))
     if fmt == "cdiscount":  # every product must have a row, even one whose photos all failed
         rows = stream.fill_missing_products(rows, skipped)
-    fmt_kw = dict(k=args.k, ids=args.ids, at_least_one=args.at_least_one)
-    if not (args.evaluate or args.tune_thresholds):
-        header, fmt_row = output.header_and_formatter(fmt, names, thresholds=thresholds, **fmt_kw)
-        n = output.write_rows(args.out, header, fmt_row, rows)
-        output.report_skipped(args.out, skipped)
-        print(f"wrote {n} predictions ({fmt}) to {args.out}")
-        return 0
-
     rows = list(rows)
     output.report_skipped(args.out, skipped)
     y_true, probs = _labelled_matrices(rows)
@@ -93,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+<<<<<<< HEAD
 def _evaluate(args, members, photos: list, rows: list, y_true, probs, thresholds, unit: str) -> None:
     """--evaluate: the page (photo rows, with products side by side when grouped), then the CSVs.
 
@@ -162,6 +180,55 @@ class Thumbnails:
                 if len(out) == len(by_id):
                     return out
         return out
+=======
+def run_signature(args: argparse.Namespace, fmt: str) -> dict:
+    """What decides the rows of a run (not how fast they come): a resumed run must match it."""
+    def file_id(path):
+        st = os.stat(path)
+        return [os.path.abspath(path), st.st_size, st.st_mtime_ns]
+
+    return {"models": [file_id(m) for m in args.model], "weights": args.model_weights,
+            "inputs": [os.path.abspath(i) for i in args.inputs], "split": args.split, "format": fmt,
+            "tta": args.tta, "k": args.k, "ids": args.ids, "at_least_one": args.at_least_one,
+            "threshold": args.threshold, "thresholds": args.thresholds,
+            "skip_corrupt_shards": getattr(args, "skip_corrupt_shards", False)}
+
+
+def _predict_to_csv(args, members, specs, fmt: str, header, fmt_row) -> tuple[int, list]:
+    """Stream rows into OUT.partial with checkpoints (or go on from one), then rename it to OUT.
+
+    Returns:
+        (rows written in all, every skipped (id, reason)).
+    """
+    csv_out = output.PartialCsv(args.out, header, run_signature(args, fmt), resume=getattr(args, "resume", False))
+    try:
+        skipped = csv_out.skipped
+        if csv_out.start:
+            for s in specs:
+                s.skipped = []       # the checkpoint's list already holds the planning skips
+        n_pre = len(skipped) + sum(len(s.skipped) for s in specs)
+        positions: list[int] = []
+        prior = csv_out.carry
+        rows = stream.group_rows(stream.predict_stream(
+            members, specs, tta=args.tta, batch_size=args.batch_size, skipped=skipped,
+            progress=not args.no_progress, start=csv_out.start, skip_positions=positions))
+        if fmt == "cdiscount":  # every product must have a row, even one whose photos all failed
+            rows = stream.fill_missing_products(rows, skipped, prior)
+
+        def checkpoint(end: int):
+            k = len(skipped) - n_pre            # positions are appended before their skips
+            keep = skipped[:n_pre] + [x for x, p in zip(skipped[n_pre:n_pre + k], positions) if p < end]
+            carry = dict(prior)
+            if carry.get("sum") is not None:
+                carry["sum"] = [float(v) for v in carry["sum"]]
+            return keep, carry
+
+        for r in rows:
+            csv_out.write([r.id] + fmt_row(r.probs), r.end, checkpoint)
+        return csv_out.finish(), skipped
+    finally:
+        csv_out.close()
+>>>>>>> faults
 
 
 def _labelled_matrices(rows: list[stream.Row]) -> tuple[np.ndarray, np.ndarray]:

@@ -70,6 +70,7 @@ class Row:
     label: tuple[int, ...] | None
     group: str | None
     views: int = 1                    # images averaged into this row
+    end: int = 0                      # samples of the input stream consumed up to this row (--resume's position)
 
 
 class _Failure:
@@ -115,13 +116,20 @@ def _ensemble_probs(members: list[Member], views, key_pos: dict, tta: int) -> np
 
 
 def predict_stream(members: list[Member], specs: list[InputSpec], *, tta: int = 1, batch_size: int = 32,
-                   skipped: list | None = None, progress: bool = True) -> Iterator[Row]:
+                   skipped: list | None = None, progress: bool = True, start: int = 0,
+                   skip_positions: list | None = None) -> Iterator[Row]:
     """Yield one ensemble-averaged Row per readable image, in input order.
 
     Unreadable inputs are appended to `skipped` as (id, reason) and the run goes on:
     a file that cannot be read is caught in the generator; a file that does not
     decode fails inside tf.data's map, `ignore_errors` drops that element, and the
     gap in the running sample index tells us which one it was.
+
+    Args:
+        start: pass over the first `start` samples of the inputs without loading
+            them (a resumed run: Row.end of the last row written).
+        skip_positions: gets the stream position of each skip appended after the
+            specs' own, parallel to `skipped`, so a checkpoint keeps exactly those before a row.
     """
     from tqdm import tqdm  # lazy: with TensorFlow, only when predicting
 
@@ -133,20 +141,29 @@ def predict_stream(members: list[Member], specs: list[InputSpec], *, tta: int = 
     pending: collections.deque = collections.deque()
     failure = _Failure()
 
+    def skip(pos: int, sid: str, reason: str) -> None:
+        if skip_positions is not None:   # first: a reader sizing by len(skipped) finds every position
+            skip_positions.append(pos)
+        skipped.append((sid, reason))
+
     def gen():
         index = 0
+        pos = -1
         try:
             for spec in specs:
                 for s in spec.samples():
+                    pos += 1
+                    if pos < start:
+                        continue              # written by the run being resumed
                     try:
                         encoded = s.load()
                     except Exception as e:   # unreadable input: report it, keep going
-                        skipped.append((s.id, first_line(e, REASON_LIMIT)))
+                        skip(pos, s.id, first_line(e, REASON_LIMIT))
                         continue
                     if len(encoded) != planes:
-                        skipped.append((s.id, f"{len(encoded)} planes, the model reads {planes}"))
+                        skip(pos, s.id, f"{len(encoded)} planes, the model reads {planes}")
                         continue
-                    pending.append((index, s))
+                    pending.append((index, s, pos))
                     yield index, np.array(encoded, dtype=object)
                     index += 1
         except BaseException as e:  # noqa: BLE001  re-raised in the consumer
@@ -161,14 +178,21 @@ def predict_stream(members: list[Member], specs: list[InputSpec], *, tta: int = 
             probs = _ensemble_probs(members, views, key_pos, tta)
             for i, row_index in enumerate(idx.numpy()):
                 while pending and pending[0][0] < row_index:
+<<<<<<< HEAD
                     _, s = pending.popleft()
                     skipped.append((s.id, _decode_reason(s)))
                 _, s = pending.popleft()
                 yield Row(s.id, probs[i], s.label, s.group)    # a photo's own id; group_rows names the product
+=======
+                    _, s, pos = pending.popleft()
+                    skip(pos, s.id, _decode_reason(s))
+                _, s, pos = pending.popleft()
+                yield Row(s.id if s.group is None else s.group, probs[i], s.label, s.group, end=pos + 1)
+>>>>>>> faults
             bar.update(len(probs))
         while pending:
-            _, s = pending.popleft()
-            skipped.append((s.id, _decode_reason(s)))
+            _, s, pos = pending.popleft()
+            skip(pos, s.id, _decode_reason(s))
     finally:
         bar.close()
     if failure.error is not None:
@@ -197,10 +221,18 @@ def group_rows(rows: Iterator[Row]) -> Iterator[Row]:
         if acc is not None and r.group is not None and r.group == acc.group:
             acc.probs = acc.probs + r.probs
             acc.views += 1
+            acc.end = r.end
             continue
         if acc is not None:
+            # the samples between (failed photos, products with none readable) are settled
+            # once the next row exists: a resume goes on from r's own sample
+            acc.end = max(acc.end, r.end - 1)
             yield _finish(acc)
+<<<<<<< HEAD
         acc = Row(r.id if r.group is None else r.group, r.probs.astype(np.float64), r.label, r.group)
+=======
+        acc = Row(r.id, r.probs.astype(np.float64), r.label, r.group, end=r.end)
+>>>>>>> faults
     if acc is not None:
         yield _finish(acc)
 
@@ -210,7 +242,7 @@ def _finish(r: Row) -> Row:
     return r
 
 
-def fill_missing_products(rows: Iterator[Row], skipped: list) -> Iterator[Row]:
+def fill_missing_products(rows: Iterator[Row], skipped: list, prior: dict | None = None) -> Iterator[Row]:
     """A row for EVERY product: Kaggle rejects a submission that lacks any.
 
     A product none of whose photos could be read gets the mean of all other
@@ -218,18 +250,40 @@ def fill_missing_products(rows: Iterator[Row], skipped: list) -> Iterator[Row]:
     class; its photos stay listed in the skipped CSV. `skipped` is complete once
     `rows` is exhausted (predict_stream fills it as it goes). Photo ids are
     "PRODUCT#i"; a product without photos is skipped as "PRODUCT".
+
+    Memory stays flat over millions of products: only products that have a skip
+    are remembered (a product's skips are listed before its row arrives).
+
+    Args:
+        prior: the running state {"sum": [K] list or None, "n": rows, "seen": products
+            with a skip that got a row}, updated in place, so a resumed run goes on
+            from a checkpoint's copy of it.
     """
-    seen: set[str] = set()
-    total, n = None, 0
+    prior = prior if prior is not None else {}
+    prior.setdefault("sum", None)
+    prior.setdefault("n", 0)
+    prior.setdefault("seen", [])
+    total = None if prior["sum"] is None else np.asarray(prior["sum"], np.float64)
+    seen: set[str] = set(prior["seen"])
+    skipped_pids: set[str] = set()
+    listed = 0                                        # skipped[:listed] are in skipped_pids
     for r in rows:
-        seen.add(r.group or r.id)
+        for sid, _ in skipped[listed:]:
+            skipped_pids.add(sid.split("#")[0])
+        listed = len(skipped)
+        pid = r.group or r.id
+        if pid in skipped_pids and pid not in seen:
+            seen.add(pid)
+            prior["seen"].append(pid)
         total = r.probs.astype(np.float64) if total is None else total + r.probs
-        n += 1
+        prior["sum"], prior["n"], prior["last"] = total, prior["n"] + 1, pid
         yield r
+    n = prior["n"]
+    seen.add(prior.get("last"))     # its trailing failed photos may come after a resume's start
     missing = [pid for pid in dict.fromkeys(sid.split("#")[0] for sid, _ in skipped) if pid not in seen]
     if missing and n:
-        prior = (total / n).astype(np.float32)
+        mean = (total / n).astype(np.float32)
         print(f"note: {len(missing)} product(s) have no readable photo; their rows get the mean "
               f"prediction of the other {n} (first: {missing[0]})", file=sys.stderr)
         for pid in missing:
-            yield Row(pid, prior.copy(), None, pid)
+            yield Row(pid, mean.copy(), None, pid)

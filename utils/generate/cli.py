@@ -36,14 +36,16 @@ def build(args: argparse.Namespace) -> int:
         raise UsageError(f"--concurrency must be at least 1, got {args.concurrency}")
     if args.timeout is not None and not args.timeout > 0:   # requests refuses 0 for every URL
         raise UsageError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    from utils.generate.outdir import lock_out_dir
     from utils.generate.writer import write_dataset  # on use: see the module docstring
     from utils.sources import open_source
 
     shard_writer = _shard_writer(args)   # before the source: a bad Beam option costs no index
     name = os.path.basename(os.path.normpath(args.out))
 
-    def run(out: str) -> dict:
-        source = open_source(args.kind, args.source, argparse.Namespace(**{**vars(args), "out": out}))
+    def run(out: str, source=None) -> dict:
+        if source is None:
+            source = open_source(args.kind, args.source, argparse.Namespace(**{**vars(args), "out": out}))
         return write_dataset(source, out, name=name, val_fraction=args.val_fraction, folds=args.folds,
                              fraction=args.fraction, shard_mb=args.shard_mb, max_side=args.max_side,
                              short_side=args.short_side, max_pixels=args.max_pixels, dedupe=args.dedupe,
@@ -55,7 +57,9 @@ def build(args: argparse.Namespace) -> int:
 
         write_remote(args.out, args.overwrite, run)
     else:
-        run(args.out)
+        source = open_source(args.kind, args.source, args)   # checks the input; writes nothing
+        with lock_out_dir(args.out):
+            run(args.out, source)
     return 0
 
 
@@ -106,9 +110,11 @@ def verify(args: argparse.Namespace) -> int:
 
 def demo(args: argparse.Namespace) -> int:
     """No arguments: draw the demo images into args.source and build args.out from them."""
+    from utils.generate.outdir import lock_out_dir
     from utils.generate.writer import write_dataset  # on use: see the module docstring
     from utils.sources.demo import draw_demo
     from utils.sources.folder import FolderSource
 
-    write_dataset(FolderSource(draw_demo(args.source)), args.out, name="demo", val_fraction=0.2, shard_mb=1)
+    with lock_out_dir(args.out):   # before drawing: two demo runs would draw into one folder
+        write_dataset(FolderSource(draw_demo(args.source)), args.out, name="demo", val_fraction=0.2, shard_mb=1)
     return 0

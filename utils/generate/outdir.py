@@ -5,6 +5,8 @@ Inside `--out`, an unfinished run keeps `.work/`:
   <shard>.json      a shard's metadata, written AFTER the shard's rename, so
                     "shard done" == "sidecar exists" (and its sha256 holds)
 A finished dataset has manifest.json (written last) and no `.work/`.
+`.lock` (utils.files.exclusive_lock) stays in the folder: one writer at a time;
+it is no dataset file, so nothing here lists, removes or checks it.
 
 A rerun with the same signature resumes: it keeps every shard whose sidecar
 and sha256 agree and writes the rest; the plan is deterministic, so the result
@@ -18,20 +20,37 @@ import json
 import os
 import re
 import shutil
-from typing import Callable
+from typing import Callable, ContextManager
 
 from utils.dataset.manifest import LABELS, MANIFEST, SHARD_PATTERN, SKIPPED
 from utils.errors import SourceError
-from utils.files import TMP_SUFFIX, atomic_write_json, file_sha256
+from utils.files import TMP_SUFFIX, atomic_write_json, exclusive_lock, file_sha256
 from utils.generate.index import Index
 from utils.generate.plan import ShardPlan
 from utils.sources.base import Source
 
 WORK = ".work"                       # hidden work folder inside out_dir (removed when finished)
+LOCK = ".lock"                       # one writer per folder; never removed (see exclusive_lock)
 STATE = "state.json"                 # signature + plan hash of the unfinished run
 SHARD_RE = re.compile(rf"^{SHARD_PATTERN}({re.escape(TMP_SUFFIX)})?$")
 RUN_ONLY = ("concurrency", "timeout", "retries")   # change how, not what, is written
 _FILES = (MANIFEST, LABELS, SKIPPED)
+
+
+def lock_out_dir(out_dir: str) -> ContextManager[None]:
+    """Make `out_dir` if missing and hold its lock while the block runs: one writer per dataset.
+
+    Taken before anything else in the folder is read or written, so a second run
+    changes nothing (not even .work/state.json) before it is refused.
+
+    Raises:
+        SourceError: `out_dir` is a file.
+        utils.files.LockedError: another live run holds the lock; its text is the line to print.
+    """
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise SourceError(f"--out {out_dir} is a file, not a folder")
+    os.makedirs(out_dir, exist_ok=True)
+    return exclusive_lock(os.path.join(out_dir, LOCK), os.path.normpath(out_dir))
 
 
 def signature(source: Source, name: str, opts: dict) -> dict:

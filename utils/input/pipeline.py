@@ -35,14 +35,17 @@ count of one run takes the difference before and after it.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import tensorflow as tf
 
 from utils.dataset import schema
-from utils.dataset.manifest import DatasetError, load_labels, load_manifest, select_shards, split_count
+from utils.dataset.manifest import (DatasetError, check_shards_on_disk, load_labels, load_manifest, select_shards,
+                                    split_count)
 from utils.errors import UsageError
 from utils.input import augment as aug
+from utils.input.corruption import read_shard_past_corruption
 from utils.input.image_ops import as_hw, eval_image, train_crop_image
 from utils.input.labels import HEADS, dense_labels, split_labels
 
@@ -81,7 +84,8 @@ def _counters() -> dict:
     global _COUNTERS
     if _COUNTERS is None:
         _COUNTERS = {"seen": _local_variable("pipeline_records_seen"),
-                     "ok": _local_variable("pipeline_records_decoded")}
+                     "ok": _local_variable("pipeline_records_decoded"),
+                     "lost": _local_variable("pipeline_records_lost_to_corruption")}
     return _COUNTERS
 
 
@@ -129,28 +133,39 @@ def _shards(manifest: dict, data_dir: str, split: str, fold) -> list[dict]:
         have = ", ".join(s for s, v in manifest.get("splits", {}).items() if v.get("count")) or "none"
         what = f"split {split!r}" + (f" (fold {fold})" if fold is not None else "")
         raise DatasetError(f"{what} of {data_dir} is empty or absent (non-empty splits: {have})")
-    for s in shards:
-        if not os.path.isfile(s["path"]):
-            raise DatasetError(f"shard {s['path']} is listed in the manifest but missing")
+    check_shards_on_disk(shards, data_dir)   # before the first step, not hours into an epoch
     return shards
 
 
 # --------------------------------------------------------------- dataset assembly
 
-def _read_records(files: list[str], *, training: bool, seed, deterministic: bool, input_context):
+def corrupt_records_lost() -> int:
+    """Records that skip_corrupt_shards left unread (all datasets, all epochs; see decode_failures)."""
+    return 0 if _COUNTERS is None else int(_COUNTERS["lost"].numpy())
+
+
+def _read_records(files: list[str], *, training: bool, seed, deterministic: bool, input_context,
+                  counts: list[int] | None = None):
     """File names -> serialized records, sharded across input pipelines.
 
     By FILE when every pipeline gets at least one file (each reads only its
     share); else by DATA (each reads everything and keeps every n-th record,
     which needs the same record order in every pipeline: deterministic
     interleave, file order shuffled with a shared seed or not at all).
+    counts: each file's record count (the manifest's): read past a corrupted
+    shard, losing its tail with a warning (utils.input.corruption).
     """
     n, index = 1, 0
     if input_context is not None:
         n, index = input_context.num_input_pipelines, input_context.input_pipeline_id
     by_file = n > 1 and len(files) >= n
     by_data = n > 1 and not by_file
-    ds = tf.data.Dataset.from_tensor_slices(files)
+    if counts is None:
+        ds = tf.data.Dataset.from_tensor_slices(files)
+        read = lambda f: tf.data.TFRecordDataset(f, buffer_size=1 << 20)  # noqa: E731
+    else:
+        ds = tf.data.Dataset.from_tensor_slices((files, tf.constant(counts, tf.int64)))
+        read = functools.partial(read_shard_past_corruption, lost=_counters()["lost"])
     if by_file:
         ds = ds.shard(n, index)
     n_files = len(files) // n if by_file else len(files)
@@ -158,7 +173,7 @@ def _read_records(files: list[str], *, training: bool, seed, deterministic: bool
         # new file order every epoch: records of one shard are not always neighbours
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     ds = ds.interleave(
-        lambda f: tf.data.TFRecordDataset(f, buffer_size=1 << 20),
+        read,
         cycle_length=max(1, min(n_files, 16)),  # parallel reads, one reader per shard
         block_length=1,
         num_parallel_calls=AUTOTUNE,
@@ -224,7 +239,7 @@ def make_dataset(data_dir: str, split: str, *, image_size, batch_size: int, trai
                  channels: int | None = None, fold: int | None = None, augment=None,
                  cache: bool = False, shuffle_buffer: int = 2048, seed: int | None = None,
                  repeat: bool = False, drop_remainder: bool = False, input_context=None,
-                 with_ids: bool = False) -> tf.data.Dataset:
+                 with_ids: bool = False, skip_corrupt_shards: bool = False) -> tf.data.Dataset:
     """A batched dataset of (images float32 [B,h,w,C] in [0,255], labels[, source_ids]).
 
     Args:
@@ -242,6 +257,9 @@ def make_dataset(data_dir: str, split: str, *, image_size, batch_size: int, trai
         seed: None: a new order and new draws every run; an int repeats them.
         input_context: a tf.distribute.InputContext; this pipeline then reads its share.
         with_ids: also yield each record's image/source_id.
+        skip_corrupt_shards: a corrupted shard loses its remaining records with a
+            warning on stderr (corrupt_records_lost() counts them) instead of the
+            DataLossError that utils.input.corruption.explain_data_error turns into one line.
     Raises:
         UsageError: a bad head, size, batch size, channel count or augmentation.
         DatasetError: no dataset, or the split is empty, or a shard is missing.
@@ -260,7 +278,8 @@ def make_dataset(data_dir: str, split: str, *, image_size, batch_size: int, trai
     deterministic = (not training) or seed is not None
 
     ds, n_pipelines, by_file = _read_records(
-        files, training=training, seed=seed, deterministic=deterministic, input_context=input_context)
+        files, training=training, seed=seed, deterministic=deterministic, input_context=input_context,
+        counts=[int(s["count"]) for s in shards] if skip_corrupt_shards else None)
     if cache:
         ds = ds.cache()  # serialized (still encoded) records; decoding stays per epoch
     if training:  # before repeat: epochs stay whole (module docstring)

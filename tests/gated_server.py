@@ -1,0 +1,64 @@
+"""An HTTP server on 127.0.0.1 that holds every response until the test opens its gate.
+
+Two-process tests (one writer per output) start a run whose input is a URL list
+served here: the run that took the lock is still busy when the other one starts,
+so neither outcome depends on timing. /img/<i>.png is a distinct 32x32 PNG.
+"""
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from tests.conftest import encode_image, random_image
+
+
+class _Gated(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self.server.asked.set()
+        self.server.gate.wait(60)
+        i = int(self.path.rsplit("/", 1)[-1].split(".")[0])
+        body = encode_image(random_image(i, 32, 32, blocky=False), "png")
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def gated_server():
+    """The server; `.gate` (Event) releases the responses, `.asked` is set at the first request."""
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Gated)
+    srv.daemon_threads = True
+    srv.gate, srv.asked = threading.Event(), threading.Event()
+    srv.base = f"http://127.0.0.1:{srv.server_address[1]}"
+    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    yield srv
+    srv.gate.set()
+    srv.shutdown()
+    srv.server_close()
+
+
+def url_list(path, n: int, base: str, labels: int = 2) -> str:
+    """`id,url,0/1...` lines for /img/0.png .. /img/<n-1>.png."""
+    path.write_text("".join(f"im{i},{base}/img/{i}.png," + ",".join("1" if j == i % labels else "0"
+                                                                     for j in range(labels)) + "\n"
+                            for i in range(n)))
+    return str(path)
+
+
+def snapshot(folder) -> dict:
+    """{path: (mtime, bytes)} of every file under `folder`: 'touched nothing' is an equality."""
+    import os
+
+    out = {}
+    for dirpath, _, files in os.walk(folder):
+        for n in files:
+            p = os.path.join(dirpath, n)
+            out[p] = (os.path.getmtime(p), open(p, "rb").read())
+    return out

@@ -1,0 +1,67 @@
+"""One writer per dataset: two generate_dataset.py runs on one --out, as a user would start them.
+
+The source is a URL list served by tests/gated_server.py, so the run that took
+the lock is still writing when the other one starts: no luck of timing either way.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.gated_server import gated_server, snapshot, url_list  # noqa: F401  (gated_server: a fixture)
+from utils.files import LockedError
+from utils.generate.outdir import LOCK, lock_out_dir
+
+SCRIPT = os.path.join(ROOT, "generate_dataset.py")
+
+
+@pytest.mark.slow   # two subprocess builds and a verify (TensorFlow)
+def test_two_runs_at_once_one_builds_the_other_is_refused_untouched(gated_server, tmp_path):
+    from utils.generate.verify import verify_dataset
+
+    lst = url_list(tmp_path / "list.csv", 6, gated_server.base)
+    out = tmp_path / "data" / "pets"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    cmd = [sys.executable, SCRIPT, lst, "--out", str(out), "--no-progress"]
+    runs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    # the loser exits at once; the winner waits for the gate
+    deadline = time.time() + 60
+    while time.time() < deadline and all(p.poll() is None for p in runs):
+        time.sleep(0.02)
+    loser = next(p for p in runs if p.poll() is not None)
+    winner = next(p for p in runs if p is not loser)
+    assert gated_server.asked.wait(60), "the winner never started downloading"
+    line = f"error: {out} is being written by another run (pid {winner.pid}); wait for it or choose another --out"
+    err = loser.stderr.read()
+    assert loser.returncode == 2, err
+    assert err.strip().splitlines() == [line]
+    before = snapshot(out)                # a third run, while the winner still writes, changes nothing
+    third = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert (third.returncode, third.stderr.strip().splitlines()) == (2, [line])
+    assert snapshot(out) == before and winner.poll() is None
+    gated_server.gate.set()
+    _, werr = winner.communicate(timeout=120)
+    assert winner.returncode == 0, werr
+    assert verify_dataset(str(out), progress=False) == []
+    assert (out / LOCK).exists()           # left in place; listed nowhere
+    assert LOCK not in (out / "manifest.json").read_text()
+
+
+def test_the_lock_file_does_not_count_as_a_dataset_file(tmp_path):
+    """A held-then-released lock leaves .lock behind: the folder is still 'fresh' for a build."""
+    from utils.generate import outdir
+
+    out = tmp_path / "o"
+    with lock_out_dir(str(out)):
+        with pytest.raises(LockedError, match=rf"^{out} is being written by another run \(pid {os.getpid()}\)"):
+            with lock_out_dir(str(out)):
+                pass
+    assert os.listdir(out) == [LOCK]
+    assert outdir.check_out_dir(str(out), {"name": "o", "source": {}}, overwrite=False) == "fresh"
+    assert os.listdir(out) == [LOCK]       # remove_ours left it alone
