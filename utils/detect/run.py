@@ -32,14 +32,12 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--threshold must be in [0, 1], got {args.threshold}")
     if args.threshold is not None and args.thresholds:
         raise UsageError("give --threshold or --thresholds, not both")
-<<<<<<< HEAD
     if args.export is None and not args.inputs:
         raise UsageError("the following arguments are required: INPUT (see detect.py --help)")
     if args.export is not None and len(args.model) != 1:
         raise UsageError("--export takes exactly one --model")
     if args.quantize and args.export_format != "litert":
         raise UsageError("--quantize is for --export-format litert")
-=======
     if getattr(args, "resume", False) and (args.evaluate or args.tune_thresholds):
         raise UsageError("--resume continues plain prediction; --evaluate/--tune-thresholds read every row again")
 
@@ -47,7 +45,6 @@ def check_args(args: argparse.Namespace) -> None:
 def lock_path(out: str) -> str:
     """OUT.lock beside the CSV: one run per --out (utils.files.exclusive_lock; left in place)."""
     return out + ".lock"
->>>>>>> faults
 
 
 def run(args: argparse.Namespace) -> int:
@@ -110,7 +107,6 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-<<<<<<< HEAD
 def _evaluate(args, members, photos: list, rows: list, y_true, probs, thresholds, unit: str) -> None:
     """--evaluate: the page (photo rows, with products side by side when grouped), then the CSVs.
 
@@ -180,7 +176,8 @@ class Thumbnails:
                 if len(out) == len(by_id):
                     return out
         return out
-=======
+
+
 def run_signature(args: argparse.Namespace, fmt: str) -> dict:
     """What decides the rows of a run (not how fast they come): a resumed run must match it."""
     def file_id(path):
@@ -228,7 +225,6 @@ def _predict_to_csv(args, members, specs, fmt: str, header, fmt_row) -> tuple[in
         return csv_out.finish(), skipped
     finally:
         csv_out.close()
->>>>>>> faults
 
 
 def _labelled_matrices(rows: list[stream.Row]) -> tuple[np.ndarray, np.ndarray]:

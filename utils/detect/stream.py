@@ -178,17 +178,11 @@ def predict_stream(members: list[Member], specs: list[InputSpec], *, tta: int = 
             probs = _ensemble_probs(members, views, key_pos, tta)
             for i, row_index in enumerate(idx.numpy()):
                 while pending and pending[0][0] < row_index:
-<<<<<<< HEAD
-                    _, s = pending.popleft()
-                    skipped.append((s.id, _decode_reason(s)))
-                _, s = pending.popleft()
-                yield Row(s.id, probs[i], s.label, s.group)    # a photo's own id; group_rows names the product
-=======
                     _, s, pos = pending.popleft()
                     skip(pos, s.id, _decode_reason(s))
                 _, s, pos = pending.popleft()
-                yield Row(s.id if s.group is None else s.group, probs[i], s.label, s.group, end=pos + 1)
->>>>>>> faults
+                # a photo's own id; group_rows names the product
+                yield Row(s.id, probs[i], s.label, s.group, end=pos + 1)
             bar.update(len(probs))
         while pending:
             _, s, pos = pending.popleft()
@@ -228,11 +222,7 @@ def group_rows(rows: Iterator[Row]) -> Iterator[Row]:
             # once the next row exists: a resume goes on from r's own sample
             acc.end = max(acc.end, r.end - 1)
             yield _finish(acc)
-<<<<<<< HEAD
-        acc = Row(r.id if r.group is None else r.group, r.probs.astype(np.float64), r.label, r.group)
-=======
-        acc = Row(r.id, r.probs.astype(np.float64), r.label, r.group, end=r.end)
->>>>>>> faults
+        acc = Row(r.id if r.group is None else r.group, r.probs.astype(np.float64), r.label, r.group, end=r.end)
     if acc is not None:
         yield _finish(acc)
 
