@@ -260,3 +260,27 @@ def test_two_runs_on_one_out_exactly_one_trains(data, tmp_path):
     assert sorted(os.listdir(tmp_path / "model_save")) == ["c.best.h5", "c.best.keras", "c.config.yaml", "c.h5",
                                                            "c.json", "c.keras"]
     assert out1.strip().splitlines()[-1].startswith("val_accuracy") and out2 == ""
+
+
+@pytest.mark.slow
+def test_multiworker_sigterm_to_one_worker_stops_both_and_the_chief_saves(data, tmp_path):
+    from tests.train.test_cli import free_ports
+
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
+    argv = argv_for(data, "mw", "--strategy", "multiworker", "--checkpoint-every", "1")
+    procs = []
+    for i in range(2):
+        (tmp_path / f"w{i}").mkdir()
+        env = {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}
+        procs.append(runner(argv, cwd=tmp_path / f"w{i}", env=env))
+    state = tmp_path / "w0" / "model_save" / "mw.resume"
+    wait_for(lambda: (state / "state.npz").exists(), procs[0], timeout=400)
+    procs[1].send_signal(signal.SIGTERM)  # the non-chief only: the chief must stop at the same step
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [143, 143], outs[0][1][-1500:] + outs[1][1][-1500:]
+    m = re.search(r"^interrupted: saved epoch (\d+) step (\d+) to model_save/mw\.resume/", outs[0][1], re.M)
+    assert m and "interrupted:" not in outs[1][1]
+    run = saved_run(state)
+    assert (run["epoch"] + 1, run["step"]) == (int(m[1]), int(m[2]))
+    assert run["iterations"] == run["epoch"] * STEPS + run["step"]
+    assert not (tmp_path / "w1" / "model_save").exists()  # only the chief writes

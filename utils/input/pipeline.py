@@ -20,6 +20,9 @@ Order of `make_dataset` and why (as in big_vision's input_pipeline):
   resized crop is the exception: it runs per image inside the decode, on the
   full-resolution image (image_ops.train_crop_image).
 - prefetch LAST so the whole pipeline runs ahead of the training step.
+- train.py's stream (`skip=`, `_resumable_stream`) replaces shuffle -> repeat by
+  passes over the data each shuffled with its own seed, so its position is one
+  integer and a resumed run continues mid-epoch without repeating a record.
 
 Decode failures: a record whose image cannot be decoded (or whose Example
 cannot be parsed) makes the decode step raise; an `ignore_errors()` that sees

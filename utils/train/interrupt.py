@@ -13,7 +13,7 @@ it there and acts whatever the main thread is doing.
 
 Under MultiWorkerMirroredStrategy the signal may reach one worker only, yet all
 must stop at the same step (a worker that goes on waits forever in the next
-all-reduce): `agree` takes the maximum of every worker's flag each step.
+all-reduce): `agree` sums every worker's flag each step (any set: all stop).
 """
 from __future__ import annotations
 
@@ -102,7 +102,7 @@ def catch_signals():
 
 
 def agree(strategy, local: bool) -> bool:
-    """Whether any worker has `local` set (a cross-worker MAX); just `local` on one worker.
+    """Whether any worker has `local` set (a cross-worker sum > 0); just `local` on one worker.
 
     Every worker must call it at the same points (it is a collective).
     """
@@ -111,4 +111,4 @@ def agree(strategy, local: bool) -> bool:
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return local
     flags = strategy.run(lambda: tf.constant(1 if local else 0, tf.int32))
-    return bool(strategy.reduce(tf.distribute.ReduceOp.MAX, flags, axis=None).numpy())
+    return int(strategy.reduce(tf.distribute.ReduceOp.SUM, flags, axis=None).numpy()) > 0  # (no MAX op)

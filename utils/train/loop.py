@@ -148,6 +148,9 @@ def run(cfg: dict) -> dict:
     with contextlib.ExitStack() as held:  # one writer per output; SIGTERM/SIGINT stop after a step
         if paths.chief:
             held.enter_context(run_lock(paths.log_dir, paths.base))
+        else:  # its throw-away dirs go on an interrupt too
+            held.callback(remove_dir, paths.log_dir)
+            held.callback(remove_dir, paths.save_dir)
         stop = held.enter_context(catch_signals())
         return train_locked(cfg, spec, strategy, info, paths, (n_train, n_val, train_classes), stop)
 
