@@ -20,6 +20,9 @@ Order of `make_dataset` and why (as in big_vision's input_pipeline):
   resized crop is the exception: it runs per image inside the decode, on the
   full-resolution image (image_ops.train_crop_image).
 - prefetch LAST so the whole pipeline runs ahead of the training step.
+- train.py's stream (`skip=`, `_resumable_stream`) replaces shuffle -> repeat by
+  passes over the data each shuffled with its own seed, so its position is one
+  integer and a resumed run continues mid-epoch without repeating a record.
 
 Decode failures: a record whose image cannot be decoded (or whose Example
 cannot be parsed) makes the decode step raise; an `ignore_errors()` that sees
@@ -184,6 +187,75 @@ def _read_records(files: list[str], *, training: bool, seed, deterministic: bool
     return ds, n, by_file
 
 
+def _shuffle_size(shards: list[dict], shuffle_buffer: int, n_pipelines: int, by_file: bool) -> int:
+    count = split_count(shards) // (1 if by_file or n_pipelines == 1 else n_pipelines)
+    return max(1, min(int(shuffle_buffer), count))
+
+
+def pass_length(counts: list[int], n_pipelines: int, index: int) -> tuple[int, bool]:
+    """(records one pass over the data gives pipeline `index` of `n_pipelines`, by file?).
+
+    Mirrors `_read_records`: by file, pipeline i reads files i, i+n, ...; by data
+    it keeps every n-th record of the whole stream, starting at record i.
+    """
+    if n_pipelines > 1 and len(counts) >= n_pipelines:
+        return sum(counts[index::n_pipelines]), True
+    total = sum(counts)
+    return (total - index + n_pipelines - 1) // n_pipelines, False
+
+
+PASS_SEED_STRIDE = 1_000_003  # pass d of seed s shuffles with s * stride + d: distinct for any d < stride
+
+
+def _resumable_stream(shards: list[dict], *, seed, cache: bool, shuffle_buffer: int, input_context,
+                      skip: int, training: bool, repeat: bool):
+    """Serialized training records, endlessly, whose position is one integer.
+
+    Why not tf.data iterator checkpointing: Keras fit owns its iterator (there is
+    no public way to save or restore it), a distributed iterator cannot be
+    checkpointed, and the saved state would hold the shuffle buffer and every
+    prefetched batch (tens of MB of decoded images per checkpoint). Instead, pass
+    d over the data (one "data epoch") is shuffled, files and records, with its
+    own seed derived from (seed, d), so pass d starts without replaying passes
+    0..d-1, and its record order is a pure function of (seed, d). Resuming at
+    record `skip` = pass skip // L, then `skip % L` records of it read and dropped
+    before the decode (I/O only, at most one pass). A checkpoint then costs two
+    integers; a resume costs reading at most one pass of encoded records.
+    Records that fail to decode are dropped after the skip, so a resume after k
+    such failures in the current pass repeats k records (their count is reported).
+    """
+    if not (training and repeat and seed is not None):
+        raise UsageError("a resumable stream (skip=) needs training=True, repeat=True and an int seed")
+    n, index = 1, 0
+    if input_context is not None:
+        n, index = input_context.num_input_pipelines, input_context.input_pipeline_id
+    files = [s["path"] for s in shards]
+    length, by_file = pass_length([int(s["count"]) for s in shards], n, index)
+    if length < 1:
+        raise DatasetError(f"input pipeline {index} of {n} gets no training records")
+    buf = _shuffle_size(shards, shuffle_buffer, n, by_file)
+    first, offset = divmod(int(skip), length)
+    seed = int(seed)
+    cached = None
+    if cache:  # one read, in a fixed order; each pass reshuffles the cached records
+        cached = _read_records(files, training=True, seed=seed, deterministic=True,
+                               input_context=input_context)[0].cache()
+
+    def one_pass(d):
+        # Traced as a graph, so this sets the seed of this function's graph only. Without it, a
+        # global seed of 0 (keras.utils.set_random_seed(0)) makes tf's get_seed compare the
+        # tensor pass_seed with 0 in Python and fail; any fixed value keeps the order a pure
+        # function of (seed, d).
+        tf.random.set_seed(PASS_SEED_STRIDE)
+        pass_seed = seed * PASS_SEED_STRIDE + d
+        records = cached if cached is not None else _read_records(
+            files, training=True, seed=pass_seed, deterministic=True, input_context=input_context)[0]
+        return records.shuffle(buf, seed=pass_seed, reshuffle_each_iteration=False)
+
+    ds = tf.data.Dataset.range(first, 2 ** 62).flat_map(one_pass)
+    return ds.skip(offset) if offset else ds
+
+
 DECODE_CHUNK = 16  # records per decode task (see _decode_skipping_failures)
 
 
@@ -239,7 +311,8 @@ def make_dataset(data_dir: str, split: str, *, image_size, batch_size: int, trai
                  channels: int | None = None, fold: int | None = None, augment=None,
                  cache: bool = False, shuffle_buffer: int = 2048, seed: int | None = None,
                  repeat: bool = False, drop_remainder: bool = False, input_context=None,
-                 with_ids: bool = False, skip_corrupt_shards: bool = False) -> tf.data.Dataset:
+                 with_ids: bool = False, skip_corrupt_shards: bool = False,
+                 skip: int | None = None) -> tf.data.Dataset:
     """A batched dataset of (images float32 [B,h,w,C] in [0,255], labels[, source_ids]).
 
     Args:
@@ -260,6 +333,9 @@ def make_dataset(data_dir: str, split: str, *, image_size, batch_size: int, trai
         skip_corrupt_shards: a corrupted shard loses its remaining records with a
             warning on stderr (corrupt_records_lost() counts them) instead of the
             DataLossError that utils.input.corruption.explain_data_error turns into one line.
+        skip: None: as above. An int (training, repeat and an int seed only): a
+            resumable stream (`_resumable_stream`) of which the first `skip`
+            records of THIS pipeline are passed over; train.py's --resume.
     Raises:
         UsageError: a bad head, size, batch size, channel count or augmentation.
         DatasetError: no dataset, or the split is empty, or a shard is missing.
@@ -277,17 +353,20 @@ def make_dataset(data_dir: str, split: str, *, image_size, batch_size: int, trai
     files = [s["path"] for s in shards]
     deterministic = (not training) or seed is not None
 
-    ds, n_pipelines, by_file = _read_records(
-        files, training=training, seed=seed, deterministic=deterministic, input_context=input_context,
-        counts=[int(s["count"]) for s in shards] if skip_corrupt_shards else None)
-    if cache:
-        ds = ds.cache()  # serialized (still encoded) records; decoding stays per epoch
-    if training:  # before repeat: epochs stay whole (module docstring)
-        count = split_count(shards) // (1 if by_file or n_pipelines == 1 else n_pipelines)
-        buf = max(1, min(int(shuffle_buffer), count))
-        ds = ds.shuffle(buf, seed=seed, reshuffle_each_iteration=True)
-    if repeat:  # before the decode map: its workers run on across the epoch boundary
-        ds = ds.repeat()
+    if skip is not None:
+        ds = _resumable_stream(shards, seed=seed, cache=cache, shuffle_buffer=shuffle_buffer,
+                               input_context=input_context, skip=skip, training=training, repeat=repeat)
+    else:
+        ds, n_pipelines, by_file = _read_records(
+            files, training=training, seed=seed, deterministic=deterministic, input_context=input_context,
+            counts=[int(s["count"]) for s in shards] if skip_corrupt_shards else None)
+        if cache:
+            ds = ds.cache()  # serialized (still encoded) records; decoding stays per epoch
+        if training:  # before repeat: epochs stay whole (module docstring)
+            ds = ds.shuffle(_shuffle_size(shards, shuffle_buffer, n_pipelines, by_file), seed=seed,
+                            reshuffle_each_iteration=True)
+        if repeat:  # before the decode map: its workers run on across the epoch boundary
+            ds = ds.repeat()
 
     spec = aug.parse_names(augment) if training else {}
     decode = _decoder(size, channels, planes, num_classes, head, aug.decode_crop(spec), seed, with_ids)

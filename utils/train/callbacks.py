@@ -1,15 +1,19 @@
 """The Keras callbacks of a run: the monitored score, best model, early stop, plateau LR,
-the epoch CSV row (persisted by checkpoint.Checkpoint) and TensorBoard scalars.
+the epoch CSV row (persisted by checkpoint.Checkpoint), TensorBoard scalars, and the
+mid-epoch checkpoints and graceful stop on SIGTERM/SIGINT (StepCheckpoint).
 """
 from __future__ import annotations
 
 import math
 import os
+import sys
+import time
 
 import keras
 import tensorflow as tf
 
 from utils.train.checkpoint import Checkpoint, save_model_files
+from utils.train.interrupt import agree
 from utils.train.optim import current_lr
 
 
@@ -137,3 +141,68 @@ class ScalarLog(keras.callbacks.Callback):
         for w in self._writers.values():
             w.close()
         self._writers = {}
+
+
+class StepCheckpoint(keras.callbacks.Callback):
+    """Mid-epoch resume state (every N steps, every M minutes) and the graceful stop.
+
+    Placed after EpochEnd in the callback list: a stop asked during an epoch's last
+    step or its validation is served at the epoch's end, once EpochEnd has written
+    that epoch (there is no "validation half done" state to resume).
+
+    The position comes from the optimizer's micro-step counter at fit's start
+    (steps done in this phase) and is counted on from there, so it is right in
+    a resumed phase and in the shortened first fit of a mid-epoch resume.
+
+    Args:
+        checkpoint: the run's Checkpoint (save_step writes the state).
+        phase_start: the phase's first epoch, 0-based.
+        steps: steps per epoch.
+        every: write every N steps (0: never); minutes: when M minutes have passed
+            since the last write (0: never).
+        stop: the interrupt.StopRequest of the run.
+        strategy: the run's tf.distribute strategy (workers agree on stopping).
+        chief: only the chief writes the mid-epoch state and prints.
+    """
+
+    def __init__(self, *, checkpoint: Checkpoint, phase_start: int, steps: int, every: int, minutes: float,
+                 stop, strategy, chief: bool):
+        super().__init__()
+        self.checkpoint, self.phase_start, self.steps = checkpoint, phase_start, steps
+        self.every, self.seconds = int(every or 0), float(minutes or 0) * 60
+        self.stop, self.strategy, self.chief = stop, strategy, chief
+        self.done, self.last = 0, time.monotonic()
+
+    def on_train_begin(self, logs=None):
+        self.done = int(keras.ops.convert_to_numpy(self.model.optimizer._iterations))  # micro-steps
+        self.last = time.monotonic()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.done += 1
+        epoch, step = divmod(self.done, self.steps)
+        if step == 0:  # the epoch's last step: EpochEnd writes, on_epoch_end stops
+            return
+        if agree(self.strategy, self.stop.requested):
+            self._save(step)
+            self._exit(self.phase_start + epoch + 1, step)
+        due = (self.every and self.done % self.every == 0) or \
+              (self.seconds and time.monotonic() - self.last >= self.seconds)
+        if due:
+            self._save(step)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.last = time.monotonic()  # EpochEnd has just written the state
+        if agree(self.strategy, self.stop.requested):
+            self._exit(epoch + 2, 0)  # epoch is 0-based and complete: the next one, at step 0
+
+    def _save(self, step: int) -> None:
+        if self.chief:  # reading mirrored variables is local: the others need not take part
+            self.checkpoint.save_step(step, self.model, self.model.optimizer)
+        self.last = time.monotonic()
+
+    def _exit(self, epoch: int, step: int):
+        """The stop line (epoch 1-based, as fit shows it) and exit 128 + signal."""
+        if self.chief:
+            print(f"interrupted: saved epoch {epoch} step {step} to {self.checkpoint.resume_dir}{os.sep} "
+                  "(continue with --resume)", file=sys.stderr, flush=True)
+        raise SystemExit(self.stop.code)

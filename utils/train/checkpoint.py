@@ -11,6 +11,15 @@ gradient accumulators included) and the JSON run record (`new_run`). The LR
 schedule is a function of the optimizer's iteration counter (see optim.py), so
 the state file alone puts a resumed run back exactly where it was.
 
+Mid-epoch (--checkpoint-every / --checkpoint-minutes, and on SIGTERM/SIGINT,
+see interrupt.py and callbacks.StepCheckpoint) the same file is written with
+`step` > 0 in the run record: the steps done in the epoch in progress. The
+input position needs nothing more: the training stream's order is a function of
+the seed and its position (utils.input.pipeline._resumable_stream), so the
+resumed run skips the records of (epoch - phase start) * steps + step batches.
+The dropout RNG states (Keras SeedGenerators: model.variables that are not
+model.weights) are saved too, so a resumed run draws the same masks.
+
 `Checkpoint` is the only owner of that state: the loop and the callbacks read and
 change the run record through it, and `save_state` is its one writer.
 """
@@ -28,11 +37,12 @@ import keras
 import numpy as np
 
 from utils.errors import UsageError
-from utils.files import atomic_open, atomic_path, atomic_write_text
+from utils.files import atomic_open, atomic_path, atomic_write_text, exclusive_lock
 from utils.train.config import resume_mismatch
 from utils.train.optim import iterations
 
 STATE_FILE = "state.npz"
+LOCK_FILE = "train.lock"
 
 
 def new_run(cfg: dict | None = None) -> dict:
@@ -42,10 +52,11 @@ def new_run(cfg: dict | None = None) -> dict:
     (best monitored score), best_epoch (1-based), wait (epochs since the best, for
     --early-stop), plateau_wait (for --schedule plateau), lr_scale (the plateau
     rule's LR factor), stopped (early-stopped), iterations (optimizer updates in the
-    current phase), config (the resolved config).
+    current phase), step (steps done in epoch `epoch` + 1, 0 at an epoch's end),
+    config (the resolved config).
     """
     return {"epoch": 0, "phase": None, "best": None, "best_epoch": None, "wait": 0, "plateau_wait": 0,
-            "lr_scale": 1.0, "stopped": False, "iterations": 0, "config": cfg}
+            "lr_scale": 1.0, "stopped": False, "iterations": 0, "step": 0, "config": cfg}
 
 
 class Checkpoint:
@@ -98,6 +109,7 @@ class Checkpoint:
             scale.assign(self.run["lr_scale"])
             rows = rows_up_to(read_csv_rows(self.csv_path), self.run["epoch"])
             print(f"resuming after epoch {self.run['epoch']} ({self.run['phase']} phase)", file=sys.stderr)
+            print(f"resuming at epoch {self.run['epoch'] + 1}, step {self.run['step']}", file=sys.stderr)
         if rows:
             write_csv_rows(self.csv_path, rows)  # drops rows of an epoch that died before its checkpoint
         elif os.path.exists(self.csv_path):
@@ -122,10 +134,19 @@ class Checkpoint:
             epoch: 0-based, as fit counts.
             row: the epochs.csv row ("epoch" from 0, like keras.callbacks.CSVLogger).
         """
-        self.run["iterations"] = iterations(optimizer)
+        self.run.update(iterations=iterations(optimizer), step=0)
         self.rows = rows_up_to(self.rows, epoch) + [row]
         write_csv_rows(self.csv_path, self.rows)
         save_state(self.resume_dir, model, optimizer, self.run)
+
+    def save_step(self, step: int, model, optimizer) -> str:
+        """The state `step` steps into epoch run["epoch"] + 1 (its CSV row does not exist yet).
+
+        Returns:
+            the state file written.
+        """
+        self.run.update(iterations=iterations(optimizer), step=int(step))
+        return save_state(self.resume_dir, model, optimizer, self.run)
 
     def finish(self) -> None:
         """The run is complete: --resume has nothing left to do."""
@@ -140,6 +161,7 @@ def save_state(resume_dir: str, model, optimizer, run: dict) -> str:
     os.makedirs(resume_dir, exist_ok=True)
     arrays = {f"m{i:05d}": np.asarray(v.numpy()) for i, v in enumerate(model.weights)}
     arrays.update({f"o{i:05d}": np.asarray(v.numpy()) for i, v in enumerate(optimizer.variables)})
+    arrays.update({f"s{i:05d}": np.asarray(v.numpy()) for i, v in enumerate(rng_variables(model))})
     arrays["run"] = np.array(json.dumps(run))
     path = os.path.join(resume_dir, STATE_FILE)
     with atomic_open(path, "wb") as f:
@@ -156,7 +178,8 @@ def load_state(resume_dir: str) -> dict | None:
         keys = sorted(z.files)
         return {"run": json.loads(str(z["run"])),
                 "model": [z[k] for k in keys if k.startswith("m")],
-                "optimizer": [z[k] for k in keys if k.startswith("o")]}
+                "optimizer": [z[k] for k in keys if k.startswith("o")],
+                "rng": [z[k] for k in keys if k.startswith("s")]}
 
 
 def _assign_all(variables, arrays, what: str) -> None:
@@ -177,6 +200,28 @@ def restore_model(model, saved: dict) -> None:
         UsageError: their number or shapes differ from this model's.
     """
     _assign_all(model.weights, saved["model"], "model")
+    rng = rng_variables(model)
+    if saved.get("rng") and len(saved["rng"]) == len(rng):  # states written before they were saved have none
+        _assign_all(rng, saved["rng"], "RNG")
+
+
+def rng_variables(model) -> list:
+    """The model's RNG states (dropout's SeedGenerator): model.variables that are not weights."""
+    weights = {id(v) for v in model.weights}
+    return [v for v in model.variables if id(v) not in weights]
+
+
+def run_lock(log_dir: str, what: str):
+    """The one-writer lock of a run's outputs: log/NAME/train.lock (utils.files.exclusive_lock).
+
+    Inside log/NAME because that folder is named after the run whatever folder
+    --out is in (two runs with one NAME would mix their epochs.csv), and so that
+    model_save/ holds only the model files.
+
+    Raises:
+        utils.files.LockedError: another live run holds it (its str() is the `error:` line).
+    """
+    return exclusive_lock(os.path.join(log_dir, LOCK_FILE), what)
 
 
 def restore_optimizer(model, optimizer, saved: dict) -> None:

@@ -85,10 +85,16 @@ OPTIONS: dict[str, Option] = {
     "out": Option(None, "model file model_save/NAME.h5 (also NAME.keras, NAME.best.*, NAME.json); default named after data and model"),
     "preview": Option(False, "write a PNG grid of augmented training images to log/NAME/ and exit", bool),
     "seed": Option(0, "random seed (shuffling, augmentation, initialisation)", int),
+    # --- fault tolerance: mid-epoch resume state (SIGTERM/SIGINT also write it, then exit 143/130)
+    "checkpoint_every": Option(0, "also write the resume state every N steps inside an epoch (0: only at epoch ends, "
+                                  "on SIGTERM/SIGINT and by --checkpoint-minutes)", int),
+    "checkpoint_minutes": Option(30.0, "also write the resume state when M minutes have passed since the last "
+                                       "one (0: never)", float),
 }
 
 # Settings that may change between an interrupted run and its --resume.
 RESUME_MUTABLE = {"resume", "early_stop", "strategy", "preview", "config", "val_steps", "cache", "shuffle_buffer"}
+RESUME_MUTABLE |= {"checkpoint_every", "checkpoint_minutes"}  # when to save, not what is trained
 
 
 def defaults() -> dict:
@@ -192,6 +198,9 @@ def validate(cfg: dict) -> None:
             raise UsageError(f"{flag(k)} must be > 0, got {cfg[k]}")
     for k in ("lr_warmup_epochs", "warmup_epochs", "early_stop", "focal_gamma", "momentum"):
         if cfg[k] < 0:
+            raise UsageError(f"{flag(k)} must be >= 0, got {cfg[k]}")
+    for k in ("checkpoint_every", "checkpoint_minutes"):
+        if cfg.get(k) is not None and cfg[k] < 0:
             raise UsageError(f"{flag(k)} must be >= 0, got {cfg[k]}")
     if cfg["weight_decay"] is not None and cfg["weight_decay"] < 0:
         raise UsageError(f"--weight-decay must be >= 0, got {cfg['weight_decay']}")

@@ -11,6 +11,7 @@ once every artefact is written, so a crash at any point leaves a run that
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -26,8 +27,9 @@ from utils.errors import DatasetError
 from utils.input.pipeline import dataset_info, decode_failures, make_dataset
 from utils.plots import save_history_plot
 from utils.train import config, distribute, optim
-from utils.train.callbacks import EpochEnd, ScalarLog, metric_names, pick_monitor
-from utils.train.checkpoint import Checkpoint, remove_dir, save_model_files
+from utils.train.callbacks import EpochEnd, ScalarLog, StepCheckpoint, metric_names, pick_monitor
+from utils.train.checkpoint import Checkpoint, remove_dir, run_lock, save_model_files
+from utils.train.interrupt import catch_signals
 from utils.train.phases import Phase, plan_phases
 from utils.train.preview import save_preview
 
@@ -90,6 +92,30 @@ def split_sizes(cfg: dict, info: dict) -> tuple[int, int, list[int]]:
     return counts[0], counts[1], train_classes
 
 
+def _common(cfg: dict, info: dict, image_size: int, out_names: list[str]) -> dict:
+    return dict(image_size=(image_size, image_size), head=cfg["head"], output_names=out_names,
+                channels=info["channels"], fold=cfg["fold"], seed=cfg["seed"])
+
+
+def skip_records(steps_done: int, batch: int, ctx) -> int:
+    """Records one input pipeline has given after `steps_done` steps of per-replica `batch`.
+
+    A pipeline feeds num_replicas_in_sync / num_input_pipelines replicas, one batch each per step.
+    """
+    per_step = 1 if ctx is None else ctx.num_replicas_in_sync // ctx.num_input_pipelines
+    return int(steps_done) * int(batch) * max(1, per_step)
+
+
+def make_train_dataset(cfg: dict, info: dict, strategy, image_size: int, out_names: list[str],
+                       steps_done: int = 0):
+    """The repeating train stream of a phase, positioned after `steps_done` of its steps (--resume)."""
+    common = _common(cfg, info, image_size, out_names)
+    return distribute.distributed_dataset(strategy, lambda batch, ctx: make_dataset(
+        cfg["data"], "train", batch_size=batch, training=True, augment=cfg["augment"], cache=cfg["cache"],
+        shuffle_buffer=cfg["shuffle_buffer"], repeat=True, drop_remainder=True, input_context=ctx,
+        skip=skip_records(steps_done, batch, ctx), **common), cfg["batch_size"])
+
+
 def make_datasets(cfg: dict, info: dict, strategy, image_size: int, out_names: list[str], val_repeat: bool):
     """(train, val) datasets at `image_size`, distributed over the strategy's replicas.
 
@@ -97,12 +123,8 @@ def make_datasets(cfg: dict, info: dict, strategy, image_size: int, out_names: l
     schedule knows its length); val is read to its end each epoch, or repeated for
     a fixed --val-steps when distributed (every replica must run the same steps).
     """
-    common = dict(image_size=(image_size, image_size), head=cfg["head"], output_names=out_names,
-                  channels=info["channels"], fold=cfg["fold"], seed=cfg["seed"])
-    train = distribute.distributed_dataset(strategy, lambda batch, ctx: make_dataset(
-        cfg["data"], "train", batch_size=batch, training=True, augment=cfg["augment"], cache=cfg["cache"],
-        shuffle_buffer=cfg["shuffle_buffer"], repeat=True, drop_remainder=True, input_context=ctx, **common),
-        cfg["batch_size"])
+    common = _common(cfg, info, image_size, out_names)
+    train = make_train_dataset(cfg, info, strategy, image_size, out_names)
     val = distribute.distributed_dataset(strategy, lambda batch, ctx: make_dataset(
         cfg["data"], "val", batch_size=batch, training=False, repeat=val_repeat, input_context=ctx, **common),
         cfg["batch_size"])
@@ -123,6 +145,19 @@ def run(cfg: dict) -> dict:
     cfg = config.resolve_run(cfg, info, spec)
     n_train, n_val, train_classes = split_sizes(cfg, info)
     paths = run_paths(cfg["out"], distribute.is_chief())
+    with contextlib.ExitStack() as held:  # one writer per output; SIGTERM/SIGINT stop after a step
+        if paths.chief:
+            held.enter_context(run_lock(paths.log_dir, paths.base))
+        else:  # its throw-away dirs go on an interrupt too
+            held.callback(remove_dir, paths.log_dir)
+            held.callback(remove_dir, paths.save_dir)
+        stop = held.enter_context(catch_signals())
+        return train_locked(cfg, spec, strategy, info, paths, (n_train, n_val, train_classes), stop)
+
+
+def train_locked(cfg: dict, spec, strategy, info: dict, paths: RunPaths, sizes: tuple, stop) -> dict:
+    """run() once it holds the outputs' lock; `stop` is the interrupt.StopRequest."""
+    n_train, n_val, train_classes = sizes
     if cfg["preview"]:
         return {"preview": save_preview(cfg, info, paths.log_dir), "chief": paths.chief}
 
@@ -168,9 +203,15 @@ def run(cfg: dict) -> dict:
         checkpoint.enter_phase(phase.name, scale)
         callbacks = [EpochEnd(checkpoint=checkpoint, cfg=cfg, monitor=monitor, mode=mode,
                               best_base=paths.base + ".best", scale=scale),
-                     ScalarLog(paths.log_dir)]
+                     ScalarLog(paths.log_dir),
+                     StepCheckpoint(checkpoint=checkpoint, phase_start=phase.start, steps=steps,
+                                    every=cfg["checkpoint_every"], minutes=cfg["checkpoint_minutes"], stop=stop,
+                                    strategy=strategy, chief=paths.chief)]
         fit_phase(model, phase, datasets[phase.image_size], steps=steps, val_steps=val_steps,
-                  initial_epoch=checkpoint.run["epoch"], callbacks=callbacks, chief=paths.chief)
+                  initial_epoch=checkpoint.run["epoch"], callbacks=callbacks, chief=paths.chief,
+                  first_step=checkpoint.run["step"],
+                  restart=lambda done, size=phase.image_size: make_train_dataset(cfg, info, strategy, size,
+                                                                                 out_names, done))
 
     save_artefacts(model, cfg, info, spec, paths, checkpoint.run, monitor, out_names)
     if decode_failures() and paths.chief:
@@ -185,16 +226,37 @@ def run(cfg: dict) -> dict:
 
 
 def fit_phase(model, phase: Phase, datasets, *, steps: int, val_steps: int | None, initial_epoch: int,
-              callbacks: list, chief: bool) -> None:
-    """model.fit over the phase's epochs, from `initial_epoch` (later than phase.start on --resume)."""
+              callbacks: list, chief: bool, first_step: int = 0, restart=None) -> None:
+    """model.fit over the phase's epochs, from `initial_epoch` (later than phase.start on --resume).
+
+    Args:
+        first_step: steps of epoch `initial_epoch` already done (a mid-epoch --resume).
+        restart: `restart(steps_done)` -> the train stream after that many of the
+            phase's steps; used when resuming inside the phase, so that no record
+            is repeated or skipped. A mid-epoch resume fits the rest of that epoch
+            (its train metrics cover those steps only), then the other epochs.
+    """
     train_ds, val_ds = datasets
+    epoch = initial_epoch
+    if restart is not None and (first_step or epoch > phase.start):
+        train_ds = restart((epoch - phase.start) * steps + first_step)
     with warnings.catch_warnings():
         # The val set is read to its end each epoch (its length is unknown: bad records are
         # skipped), which Keras reports as "ran out of data"; train data repeats forever.
         warnings.filterwarnings("ignore", message="Your input ran out of data")
-        model.fit(train_ds, epochs=phase.end, initial_epoch=initial_epoch, steps_per_epoch=steps, shuffle=False,
-                  validation_data=val_ds, validation_steps=val_steps, callbacks=callbacks,
-                  verbose=(1 if sys.stdout.isatty() else 2) if chief else 0)
+
+        def fit(data, end, start, n):
+            model.fit(data, epochs=end, initial_epoch=start, steps_per_epoch=n, shuffle=False,
+                      validation_data=val_ds, validation_steps=val_steps, callbacks=callbacks,
+                      verbose=(1 if sys.stdout.isatty() else 2) if chief else 0)
+
+        if first_step and restart is not None:
+            fit(train_ds, epoch + 1, epoch, steps - first_step)
+            epoch += 1
+            if epoch >= phase.end or model.stop_training:
+                return
+            train_ds = restart((epoch - phase.start) * steps)
+        fit(train_ds, phase.end, epoch, steps)
 
 
 def save_artefacts(model, cfg: dict, info: dict, spec, paths: RunPaths, run: dict, monitor: str,
