@@ -356,3 +356,18 @@ def test_two_worker_multiworker_mirrored(tiny, data, tmp_path):
     assert len(csv_rows(chief / "log" / "mw" / "epochs.csv")) == 2
     assert not (other / "model_save").exists() and not (other / "log").exists()
     assert outs[1][0].strip() == ""  # the non-chief prints nothing
+
+
+def test_flipped_byte_in_a_shard_is_one_line_naming_it(tiny, data, tmp_path, capsys):
+    import shutil
+
+    copy = str(tmp_path / "flipped")
+    shutil.copytree(data, copy)
+    shard = sorted(f for f in os.listdir(copy) if f.startswith("train-"))[0]
+    path = os.path.join(copy, shard)
+    raw = bytearray(open(path, "rb").read())
+    raw[len(raw) // 2] ^= 0xFF            # same size: only the record CRC can tell
+    open(path, "wb").write(bytes(raw))
+    line = bad(quick(copy, "--epochs", "1", "--steps-per-epoch", "4", "--batch-size", "16"), capsys)
+    assert line.startswith(f"error: {path} is corrupted near byte "), line
+    assert f"run 'generate_dataset.py verify {copy}'" in line

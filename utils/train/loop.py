@@ -19,11 +19,13 @@ import warnings
 from dataclasses import dataclass
 
 import keras
+import tensorflow as tf
 
 from model import build, heads, losses, metrics, registry
 from model.meta import save_meta
 from utils.dataset.manifest import class_counts, load_manifest, select_shards, split_count
 from utils.errors import DatasetError
+from utils.input.corruption import explain_data_error
 from utils.input.pipeline import dataset_info, decode_failures, make_dataset
 from utils.plots import save_history_plot
 from utils.train import config, distribute, optim
@@ -152,7 +154,10 @@ def run(cfg: dict) -> dict:
             held.callback(remove_dir, paths.log_dir)
             held.callback(remove_dir, paths.save_dir)
         stop = held.enter_context(catch_signals())
-        return train_locked(cfg, spec, strategy, info, paths, (n_train, n_val, train_classes), stop)
+        try:
+            return train_locked(cfg, spec, strategy, info, paths, (n_train, n_val, train_classes), stop)
+        except tf.errors.DataLossError as e:   # a corrupted shard: one line naming it, not a traceback
+            raise explain_data_error(e, cfg["data"]) from None
 
 
 def train_locked(cfg: dict, spec, strategy, info: dict, paths: RunPaths, sizes: tuple, stop) -> dict:
