@@ -29,7 +29,7 @@ def test_classes_sorted_naturally_labels_as_indices_and_keys_unique():
     index = build_index(src, progress=False)
     assert index.classes == ["c2", "c10"]
     assert [it.key for it in index.items] == ["a/1", "b/1", "c/1"]
-    assert index.labels == [(1,), (0, 1), ()]
+    assert list(index.labels) == [(1,), (0, 1), ()]
     assert index.skips == [("row7", "CSV row without an image"), ("a/1", "duplicate input key")]
     assert list(index.source_ids) == ["a", "b", "c"] and list(index.sizes) == [0, 0, 0]
 
@@ -37,7 +37,7 @@ def test_classes_sorted_naturally_labels_as_indices_and_keys_unique():
 def test_a_fixed_class_list_skips_other_labels_and_strict_stops_there():
     entries = [item("a/1", "cat", split="val"), item("a/2", "zebra")]
     index = build_index(ListSource(entries, classes=["dog", "cat"]), progress=False)
-    assert index.labels == [(1,)] and list(index.splits) == ["val"]
+    assert list(index.labels) == [(1,)] and list(index.splits) == ["val"]
     assert index.skips == [("a/2", "label not in label list: zebra")]
     with pytest.raises(SourceError, match="a/2: label not in label list: zebra"):
         build_index(ListSource(entries, classes=["dog", "cat"]), strict=True, progress=False)

@@ -4,16 +4,22 @@ A plan is a function of the index's columns (labels, source ids, the source's
 splits, estimated sizes) and the arguments alone: no files, no image bytes, no
 clock. Each phase draws from its own RNG seeded by (seed, phase), so adding
 --folds does not move the val split. The local writer and a distributed runner
-execute the same plan, shard by shard.
+execute the same plan, shard by shard. It runs on arrays (utils.generate.strata
+for the stratified draws), a few bytes per item, so a 12M-photo index plans in
+a few hundred MB.
 """
 from __future__ import annotations
 
-import math
 import random
+from array import array
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
+
+import numpy as np
 
 from utils.dataset.manifest import SPLITS, shard_name
+from utils.generate.strata import (assign_folds, assign_folds_arrays, intern, pick_stratified,  # noqa: F401
+                                   pick_stratified_arrays)
 
 DEFAULT_ITEM_BYTES = 64 * 1024       # size estimate for items whose source gives none
 RESIZED_BYTES_PER_PIXEL = 0.4        # rough JPEG size after --max-side, for shard cutting
@@ -26,89 +32,18 @@ class ShardPlan:
     file: str
     split: str
     fold: int | None
-    members: list[int]                 # indices into the index's items, in write order
+    members: Sequence[int]             # indices into the index's items, in write order (an int32 array)
 
 
-def _groups_by_stratum(indices: Iterable[int], stratum: Callable[[int], object],
-                       group: Callable[[int], str]) -> dict[object, list[list[int]]]:
-    """{stratum: [group, ...]}: members grouped by source_id WITHIN their stratum.
-
-    A product's photos share a class, so they still form one group; but equal ids
-    in different classes (Caltech-style `<class>/image_0001.jpg` in every class
-    folder: folder items' source_id is the file stem) are different images, and
-    grouping them across classes would put every class but one in no stratum.
-    """
-    out: dict[object, dict[str, list[int]]] = {}
-    for i in indices:
-        out.setdefault(stratum(i), {}).setdefault(group(i), []).append(i)
-    return {s: list(groups.values()) for s, groups in out.items()}
-
-
-def pick_stratified(indices: Iterable[int], frac: float, stratum: Callable[[int], object],
-                    group: Callable[[int], str], rng: random.Random, at_least_one: bool = False) -> set[int]:
-    """About `frac` of each stratum, whole groups only (a product never straddles).
-
-    Args:
-        indices: the candidates.
-        frac: the fraction to pick.
-        stratum: index -> its stratum (e.g. the primary class).
-        group: index -> its group (the source_id); a group is picked whole.
-        rng: shuffles groups and breaks apportionment ties.
-        at_least_one: pick at least one group from every stratum.
-
-    Returns:
-        the picked indices.
-    """
-    chosen: set[int] = set()
-    by = _groups_by_stratum(indices, stratum, group)
-    strata = sorted(by, key=repr)
-    # largest-remainder apportionment: per-stratum targets that add up to
-    # round(frac * N), so many small classes still yield a val split
-    exact = {s: frac * sum(len(m) for m in by[s]) for s in strata}
-    targets = {s: math.floor(exact[s]) for s in strata}
-    spare = round(frac * sum(sum(len(m) for m in by[s]) for s in strata)) - sum(targets.values())
-    order = list(strata)
-    rng.shuffle(order)                      # ties broken at random, deterministically
-    order.sort(key=lambda s: exact[s] - targets[s], reverse=True)
-    for s in order[:max(0, spare)]:
-        targets[s] += 1
-    for s in strata:
-        groups = by[s]
-        rng.shuffle(groups)
-        target = max(1, targets[s]) if at_least_one else targets[s]
-        taken = 0
-        for members in groups:
-            if taken >= target:
-                break
-            # take a group unless it overshoots the target more than leaving it out would
-            if taken and taken + len(members) - target > target - taken:
-                continue
-            chosen.update(members)
-            taken += len(members)
-    return chosen
-
-
-def assign_folds(indices: Iterable[int], k: int, stratum: Callable[[int], object],
-                 group: Callable[[int], str], rng: random.Random) -> dict[int, int]:
-    """Stratified, grouped K-fold: each group goes to the fold with fewest of its stratum.
-
-    Returns:
-        {index: fold}.
-    """
-    fold_of: dict[int, int] = {}
-    total = [0] * k
-    by = _groups_by_stratum(indices, stratum, group)
-    for s in sorted(by, key=repr):
-        groups = by[s]
-        rng.shuffle(groups)
-        per = [0] * k
-        for members in groups:
-            f = min(range(k), key=lambda j: (per[j], total[j], j))
-            per[f] += len(members)
-            total[f] += len(members)
-            for i in members:
-                fold_of[i] = f
-    return fold_of
+def _size_cap(max_side: int | None, short_side: int | None) -> int | None:
+    """The largest estimate after a resize, or None without one."""
+    if not (max_side or short_side):
+        return None
+    # the resized area: at most max_side^2; a short-side limit alone leaves
+    # the long side open, so assume a 3:2 photo
+    area = min(max_side ** 2 if max_side else float("inf"),
+               1.5 * short_side ** 2 if short_side else float("inf"))
+    return int(area * RESIZED_BYTES_PER_PIXEL) + 1
 
 
 def estimate_bytes(size: int, max_side: int | None, short_side: int | None = None) -> int:
@@ -118,29 +53,55 @@ def estimate_bytes(size: int, max_side: int | None, short_side: int | None = Non
         size: the source's size of the encoded input (0: unknown).
         max_side, short_side: the resize limits, if any.
     """
-    b = size or DEFAULT_ITEM_BYTES
-    if max_side or short_side:
-        # the resized area: at most max_side^2; a short-side limit alone leaves
-        # the long side open, so assume a 3:2 photo
-        area = min(max_side ** 2 if max_side else float("inf"),
-                   1.5 * short_side ** 2 if short_side else float("inf"))
-        b = min(b, int(area * RESIZED_BYTES_PER_PIXEL) + 1)
+    return int(estimate_sizes(np.array([size]), max_side, short_side)[0])
+
+
+def estimate_sizes(sizes: np.ndarray, max_side: int | None, short_side: int | None = None) -> np.ndarray:
+    """estimate_bytes of every size at once (int64)."""
+    b = np.where(sizes == 0, DEFAULT_ITEM_BYTES, sizes).astype(np.int64)
+    cap = _size_cap(max_side, short_side)
+    if cap is not None:
+        np.minimum(b, cap, out=b)
     return b + 64  # Example framing
+
+
+def cut_sizes(sizes: np.ndarray, shard_bytes: int) -> list[tuple[int, int]]:
+    """(start, end) of consecutive runs of at most `shard_bytes` each (a lone bigger item gets its own)."""
+    cum = np.cumsum(sizes, dtype=np.int64)
+    out, start, n = [], 0, len(sizes)
+    while start < n:
+        base = int(cum[start - 1]) if start else 0
+        end = max(start + 1, int(np.searchsorted(cum, base + shard_bytes, side="right")))
+        out.append((start, end))
+        start = end
+    return out
 
 
 def cut_by_size(order: list[int], sizes: Callable[[int], int], shard_bytes: int) -> list[list[int]]:
     """Consecutive runs of `order` of at most `shard_bytes` each (a lone bigger item gets its own)."""
-    chunks, cur, cur_b = [], [], 0
-    for i in order:
-        b = sizes(i)
-        if cur and cur_b + b > shard_bytes:
-            chunks.append(cur)
-            cur, cur_b = [], 0
-        cur.append(i)
-        cur_b += b
-    if cur:
-        chunks.append(cur)
-    return chunks
+    b = np.array([sizes(i) for i in order], dtype=np.int64)
+    return [list(order[a:e]) for a, e in cut_sizes(b, shard_bytes)]
+
+
+def _columns(labels, source_ids, splits) -> tuple[np.ndarray, list, np.ndarray, np.ndarray, list]:
+    """(label set id per item, the sets, group per item, split code per item (-1: none), split names).
+
+    The index's columns (utils.generate.index) hand over their arrays; plain
+    lists (tests, small callers) are interned here.
+    """
+    if hasattr(labels, "ids"):
+        lid, sets = labels.ids, labels.sets
+    else:
+        lid, sets = intern(tuple(x) for x in labels)
+    group = source_ids.group if hasattr(source_ids, "group") else intern(source_ids)[0]
+    if hasattr(splits, "codes"):
+        codes, names = splits.codes, list(splits.names)
+    else:
+        ids, vals = intern(splits)
+        names = [v for v in vals if v is not None]
+        remap = np.array([names.index(v) if v is not None else -1 for v in vals], dtype=np.int8)
+        codes = remap[ids] if len(ids) else np.zeros(0, np.int8)
+    return lid, sets, group, codes, names
 
 
 def make_plan(labels: Sequence[tuple[int, ...]], source_ids: Sequence[str], splits: Sequence[str | None],
@@ -150,7 +111,7 @@ def make_plan(labels: Sequence[tuple[int, ...]], source_ids: Sequence[str], spli
     """The shards to write, in order, each with its members.
 
     Args:
-        labels: class indices per item.
+        labels: class indices per item (an index's LabelColumn, or a list).
         source_ids: per item; items that share one are split, folded and picked together.
         splits: per item, the split its source dictates, or None.
         sizes: per item, its encoded size (0: unknown).
@@ -166,56 +127,67 @@ def make_plan(labels: Sequence[tuple[int, ...]], source_ids: Sequence[str], spli
         ShardPlans for train, then val, then test; within a split (and fold) the
         members are shuffled so that shards mix classes.
     """
-    dictated = any(splits)
+    lid, sets, group, codes, names = _columns(labels, source_ids, splits)
+    n = len(lid)
+    dictated = bool((codes >= 0).any() and any(names))
+    # the split names in play: SPLITS first (their code is their position), then any other a source gave
+    all_names = list(SPLITS) + [s for s in names if s not in SPLITS]
+    to_base = np.array([all_names.index(s or "train") for s in names] + [0], dtype=np.int8)
+    base = to_base[codes]                   # code -1 picks the trailing 0: "train"
+    primary_of_set = np.array([s[0] if s else -1 for s in sets] + [-1], dtype=np.int64)
+    primary = primary_of_set[lid] if n else np.zeros(0, np.int64)   # unlabeled: its own stratum
+    n_prim = int(primary_of_set.max()) + 2
 
-    def base_split(i: int) -> str:
-        return splits[i] or "train"
-
-    def primary(i: int) -> int:
-        return labels[i][0] if labels[i] else -1   # unlabeled / all-zero multi-hot: own stratum
-
-    def group(i: int) -> str:
-        return source_ids[i]
-
-    indices = list(range(len(labels)))
+    indices = np.arange(n, dtype=np.int64)
     if fraction is not None and fraction < 1:
-        chosen = pick_stratified(indices, fraction, lambda i: (base_split(i), primary(i)), group,
-                                 random.Random(f"{seed}/fraction"), at_least_one=True)
-        indices = [i for i in indices if i in chosen]
+        sid = base.astype(np.int64) * n_prim + primary + 1
+        keys = {int(s): (all_names[int(s) // n_prim], int(s) % n_prim - 1) for s in np.unique(sid).tolist()}
+        chosen = pick_stratified_arrays(sid, keys, group, fraction, random.Random(f"{seed}/fraction"),
+                                        at_least_one=True)
+        del sid
+        indices = indices[chosen]
 
-    split_of = {i: base_split(i) for i in indices}
+    split_of = np.full(n, -1, dtype=np.int8)
+    split_of[indices] = base[indices]
+    del base
     if val_fraction is not None and (val_fraction > 0 or not dictated):
         # an explicit --val-fraction re-splits everything that is not test
-        pool = [i for i in indices if split_of[i] != "test"]
-        val = pick_stratified(pool, val_fraction, lambda i: (primary(i),), group,
-                              random.Random(f"{seed}/val"))
-        for i in pool:
-            split_of[i] = "val" if i in val else "train"
+        pool = indices[split_of[indices] != SPLITS.index("test")]
+        prim = primary[pool]
+        keys = {int(p): (int(p),) for p in np.unique(prim).tolist()}
+        val = pick_stratified_arrays(prim, keys, group[pool], val_fraction, random.Random(f"{seed}/val"))
+        split_of[pool] = np.where(val, SPLITS.index("val"), SPLITS.index("train"))
+        del pool, prim, val
 
-    fold_of: dict[int, int] = {}
+    fold_of = None
     if folds >= 2:
-        train = [i for i in indices if split_of[i] == "train"]
-        fold_of = assign_folds(train, folds, lambda i: (primary(i),), group, random.Random(f"{seed}/folds"))
+        train = indices[split_of[indices] == SPLITS.index("train")]
+        prim = primary[train]
+        keys = {int(p): (int(p),) for p in np.unique(prim).tolist()}
+        fold_of = np.full(n, -1, dtype=np.int8)
+        fold_of[train] = assign_folds_arrays(prim, keys, group[train], folds, random.Random(f"{seed}/folds"))
+        del train, prim
+    del primary, indices
 
     shard_bytes = max(1, int(shard_mb * 1024 * 1024))
-
-    def size_of(i: int) -> int:
-        return estimate_bytes(sizes[i], max_side, short_side)
-
     plan: list[ShardPlan] = []
-    for split in SPLITS:
-        members = [i for i in indices if split_of[i] == split]
-        if not members:
+    for code, split in enumerate(SPLITS):
+        in_split = split_of == code
+        if not in_split.any():
             continue
-        bins: list[tuple[int | None, list[int]]]
-        if split == "train" and folds >= 2:
-            bins = [(f, [i for i in members if fold_of[i] == f]) for f in range(folds)]
+        if split == "train" and fold_of is not None:
+            bins = [(f, in_split & (fold_of == f)) for f in range(folds)]
         else:
-            bins = [(None, members)]
-        chunks: list[tuple[int | None, list[int]]] = []
-        for f, ms in bins:
+            bins = [(None, in_split)]
+        chunks: list[tuple[int | None, np.ndarray]] = []
+        for f, mask in bins:
+            ms = array("i", np.flatnonzero(mask).astype(np.int32).tobytes())
             random.Random(f"{seed}/shuffle/{split}/{f}").shuffle(ms)  # mix classes within shards
-            chunks += [(f, c) for c in cut_by_size(ms, size_of, shard_bytes)]
-        n = len(chunks)
-        plan += [ShardPlan(shard_name(split, j, n), split, f, c) for j, (f, c) in enumerate(chunks)]
+            order = np.frombuffer(ms, dtype=np.int32) if len(ms) else np.zeros(0, np.int32)
+            est = estimate_sizes(np.asarray(sizes)[order] if len(order) else np.zeros(0, np.int64),
+                                 max_side, short_side)
+            chunks += [(f, order[a:e]) for a, e in cut_sizes(est, shard_bytes)]
+            del est
+        k = len(chunks)
+        plan += [ShardPlan(shard_name(split, j, k), split, f, c) for j, (f, c) in enumerate(chunks)]
     return plan

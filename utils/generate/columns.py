@@ -1,0 +1,118 @@
+"""The index's storage: strings in one blob, loaders as numbers, growable while a source streams.
+
+A 12.4M-photo dump must index in well under 64 bytes per photo, so nothing
+here keeps a Python object per item: strings go into one bytes blob plus end
+offsets, a loader into a family id and one integer (utils.sources.base's
+file_loader -> a row of paths, FileRange -> its offset, its length being the
+item's size). Any other loader is kept as the object itself, so every Source
+still works.
+"""
+from __future__ import annotations
+
+import functools
+from array import array
+from collections.abc import Sequence
+
+import numpy as np
+
+from utils.sources.base import FileRange, file_loader, read_files
+
+_OFFSET_LIMIT = 2 ** 32 - 1
+
+
+class StringColumn(Sequence):
+    """Strings appended one by one into a bytes blob; str at i on access."""
+
+    __slots__ = ("_blob", "_ends")
+
+    def __init__(self) -> None:
+        self._blob = bytearray()
+        self._ends = array("I")        # uint32 end offsets; widened when the blob outgrows them
+
+    def append(self, s: str) -> None:
+        self._blob += s.encode("utf-8", "surrogatepass")
+        if len(self._blob) > _OFFSET_LIMIT and self._ends.typecode == "I":
+            self._ends = array("q", self._ends)
+        self._ends.append(len(self._blob))
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __getitem__(self, i) -> str:
+        i = int(i)
+        if i < 0:
+            i += len(self._ends)
+        start = self._ends[i - 1] if i else 0
+        return self._blob[start:self._ends[i]].decode("utf-8", "surrogatepass")
+
+    def raw(self, i: int) -> bytes:
+        """The stored bytes of string i (hashing and comparing without decoding)."""
+        start = self._ends[i - 1] if i else 0
+        return bytes(self._blob[start:self._ends[i]])
+
+    def take(self, keep: np.ndarray) -> "StringColumn":
+        """A new column of the strings where the boolean mask `keep` is set, in order."""
+        ends = as_array(self._ends, np.uint32 if self._ends.typecode == "I" else np.int64).astype(np.int64)
+        lengths = np.diff(ends, prepend=0)
+        out = StringColumn()
+        blob = np.frombuffer(bytes(self._blob) if not self._blob else self._blob, dtype=np.uint8)
+        out._blob = bytearray(blob[np.repeat(keep, lengths)].tobytes())   # one byte of mask per byte
+        new_ends = np.cumsum(lengths[keep])
+        out._ends = array("I" if len(out._blob) <= _OFFSET_LIMIT else "q", new_ends.astype(
+            np.uint32 if len(out._blob) <= _OFFSET_LIMIT else np.int64).tobytes())
+        return out
+
+
+class LoaderColumn:
+    """Every item's Item.load as (family, integer); rebuilt as a fresh loader on access."""
+
+    FILES, RANGE, OBJECT = "files", "range", "object"
+
+    def __init__(self) -> None:
+        self.families: list[tuple[str, str | None]] = []   # (kind, path): RANGE families are per file
+        self._family_ids: dict[tuple[str, str | None], int] = {}
+        self.family = array("H")          # per item
+        self.ref = array("q")             # per item: row in paths / byte offset / row in objects
+        self.paths = StringColumn()       # file_loader paths, NUL-joined
+        self.objects: list = []           # any other loader, as is
+
+    def _family(self, kind: str, path: str | None) -> int:
+        fid = self._family_ids.get((kind, path))
+        if fid is None:
+            fid = self._family_ids[kind, path] = len(self.families)
+            self.families.append((kind, path))
+        return fid
+
+    def append(self, load, size: int) -> None:
+        """Store one item's loader (`size`: the item's size, a FileRange's length when they agree)."""
+        if type(load) is FileRange and load.length == size:
+            fid, ref = self._family(self.RANGE, load.path), load.offset
+        elif (type(load) is functools.partial and load.func is read_files and not load.keywords
+              and len(load.args) == 1 and all("\0" not in p for p in load.args[0])):
+            fid, ref = self._family(self.FILES, None), len(self.paths)
+            self.paths.append("\0".join(load.args[0]))
+        else:
+            fid, ref = self._family(self.OBJECT, None), len(self.objects)
+            self.objects.append(load)
+        self.family.append(fid)
+        self.ref.append(ref)
+
+    def get(self, i: int, size: int):
+        """A loader equal in effect to the one appended as item i."""
+        kind, path = self.families[self.family[i]]
+        ref = self.ref[i]
+        if kind == self.RANGE:
+            return FileRange(path, ref, size)
+        if kind == self.FILES:
+            return file_loader(*self.paths[ref].split("\0"))
+        return self.objects[ref]
+
+    def take(self, keep: np.ndarray) -> None:
+        """Keep only the items where the boolean mask `keep` is set (their rows stay where they are)."""
+        self.family = array("H", as_array(self.family, np.uint16)[keep].tobytes())
+        self.ref = array("q", as_array(self.ref, np.int64)[keep].tobytes())
+
+
+def as_array(a: array, dtype) -> np.ndarray:
+    """A numpy view of an array.array, no copy (the array must not grow afterwards)."""
+    return np.frombuffer(a, dtype=dtype) if len(a) else np.zeros(0, dtype=dtype)
