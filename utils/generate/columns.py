@@ -3,13 +3,15 @@
 A 12.4M-photo dump must index in well under 64 bytes per photo, so nothing
 here keeps a Python object per item: strings go into one bytes blob plus end
 offsets, a loader into a family id and one integer (utils.sources.base's
-file_loader -> a row of paths, FileRange -> its offset, its length being the
-item's size). Any other loader is kept as the object itself, so every Source
-still works.
+FileRange -> its offset, its length being the item's size; a one-file
+file_loader -> its folder, once per family, and a row of file names; a
+multi-file one -> a row of paths). Any other loader is kept as the object
+itself, so every Source still works.
 """
 from __future__ import annotations
 
 import functools
+import os
 from array import array
 from collections.abc import Sequence
 
@@ -69,29 +71,43 @@ class LoaderColumn:
     FILES, RANGE, OBJECT = "files", "range", "object"
 
     def __init__(self) -> None:
-        self.families: list[tuple[str, str | None]] = []   # (kind, path): RANGE families are per file
+        self.families: list[tuple[str, str | None]] = []   # (kind, path): RANGE per file, FILES per folder
         self._family_ids: dict[tuple[str, str | None], int] = {}
         self.family = array("H")          # per item
         self.ref = array("q")             # per item: row in paths / byte offset / row in objects
-        self.paths = StringColumn()       # file_loader paths, NUL-joined
+        self.paths = StringColumn()       # file names (a folder's family), or whole paths NUL-joined
         self.objects: list = []           # any other loader, as is
+        for kind in (self.FILES, self.OBJECT):  # always there, when the ids for folders run out too
+            self._family(kind, None)
 
-    def _family(self, kind: str, path: str | None) -> int:
+    def _family(self, kind: str, path: str | None) -> int | None:
+        """The id of (kind, path); None when it is new and the uint16 ids are used up."""
         fid = self._family_ids.get((kind, path))
         if fid is None:
+            if len(self.families) >= 2 ** 16 - 2:
+                return None
             fid = self._family_ids[kind, path] = len(self.families)
             self.families.append((kind, path))
         return fid
 
     def append(self, load, size: int) -> None:
         """Store one item's loader (`size`: the item's size, a FileRange's length when they agree)."""
+        fid = None
         if type(load) is FileRange and load.length == size:
             fid, ref = self._family(self.RANGE, load.path), load.offset
         elif (type(load) is functools.partial and load.func is read_files and not load.keywords
               and len(load.args) == 1 and all("\0" not in p for p in load.args[0])):
-            fid, ref = self._family(self.FILES, None), len(self.paths)
-            self.paths.append("\0".join(load.args[0]))
-        else:
+            paths = load.args[0]
+            if len(paths) == 1:            # one file: its folder once per family, its name per item
+                folder, name = os.path.split(paths[0])
+                fid, ref = self._family(self.FILES, folder), len(self.paths)
+                if fid is None:
+                    fid = self._family(self.FILES, None)
+                self.paths.append(name if self.families[fid][1] is not None else paths[0])
+            else:
+                fid, ref = self._family(self.FILES, None), len(self.paths)
+                self.paths.append("\0".join(paths))
+        if fid is None:
             fid, ref = self._family(self.OBJECT, None), len(self.objects)
             self.objects.append(load)
         self.family.append(fid)
@@ -100,17 +116,26 @@ class LoaderColumn:
     def get(self, i: int, size: int):
         """A loader equal in effect to the one appended as item i."""
         kind, path = self.families[self.family[i]]
-        ref = self.ref[i]
+        ref = int(self.ref[i])
         if kind == self.RANGE:
             return FileRange(path, ref, size)
         if kind == self.FILES:
+            if path is not None:
+                return file_loader(os.path.join(path, self.paths[ref]))
             return file_loader(*self.paths[ref].split("\0"))
         return self.objects[ref]
 
     def take(self, keep: np.ndarray) -> None:
         """Keep only the items where the boolean mask `keep` is set (their rows stay where they are)."""
-        self.family = array("H", as_array(self.family, np.uint16)[keep].tobytes())
-        self.ref = array("q", as_array(self.ref, np.int64)[keep].tobytes())
+        self.family = as_array(self.family, np.uint16)[keep]
+        self.ref = as_array(self.ref, np.int64)[keep]
+
+    def finish(self) -> None:
+        """Done appending: the columns become arrays, the family ids one byte where they fit."""
+        family = as_array(self.family, np.uint16) if isinstance(self.family, array) else self.family
+        self.family = family.astype(np.uint8) if len(self.families) <= 256 else family
+        if isinstance(self.ref, array):
+            self.ref = as_array(self.ref, np.int64)
 
 
 def as_array(a: array, dtype) -> np.ndarray:

@@ -25,6 +25,33 @@ from utils.sources.base import Item, Skip, Source
 _SIZE_LIMIT = 2 ** 32 - 1
 
 
+class KeyColumn(Sequence):
+    """Item keys, stored as their tail when they start with the item's source_id.
+
+    A BSON photo's key "<_id>/<n>" then costs 3 bytes, not 11. The first
+    character of a stored key says how to read it: \x01 tail, \x02 verbatim
+    (a key that itself starts with \x01 or \x02), else the key itself.
+    """
+
+    def __init__(self, stored: StringColumn, source_id) -> None:
+        self.stored, self._sid = stored, source_id      # source_id: item i -> its source_id
+
+    @staticmethod
+    def encode(key: str, source_id: str) -> str:
+        if source_id and key.startswith(source_id):
+            return "\x01" + key[len(source_id):]
+        return "\x02" + key if key[:1] in ("\x01", "\x02") else key
+
+    def __len__(self) -> int:
+        return len(self.stored)
+
+    def __getitem__(self, i) -> str:
+        s = self.stored[i]
+        if s[:1] == "\x01":
+            return self._sid(i) + s[1:]
+        return s[1:] if s[:1] == "\x02" else s
+
+
 class LabelColumn(Sequence):
     """Class indices per item: `sets[ids[i]]` (one tuple per distinct label set)."""
 
@@ -86,7 +113,7 @@ class ItemView(Sequence):
 class Index:
     """The usable samples (columns, in source order), the skipped inputs and the class list."""
 
-    keys: StringColumn
+    keys: KeyColumn
     labels: LabelColumn               # class indices per item
     source_ids: SourceIdColumn
     splits: SplitColumn
@@ -100,7 +127,7 @@ class Index:
         return ItemView(self)
 
 
-def _repeats(keys: StringColumn, hashes: array) -> list[int]:
+def _repeats(keys: Sequence[str], hashes: array) -> list[int]:
     """Items whose key equals an earlier item's key, in order. Sorts `hashes` in place (it is spent)."""
     h = as_array(hashes, np.int64)
     h.sort()                                  # in place: no second 8 bytes per item
@@ -127,7 +154,7 @@ def _canonical_groups(names: StringColumn, hashes: array, run_of: array) -> np.n
     hs = np.sort(rh)
     run = as_array(run_of, np.int32)
     if not (hs[1:] == hs[:-1]).any():
-        return run.copy()                     # every id in one run: runs are the groups
+        return run                            # every id in one run: runs are the groups
     suspects = np.unique(hs[1:][hs[1:] == hs[:-1]])
     del hs
     canon = np.arange(len(names), dtype=np.int32)
@@ -151,7 +178,7 @@ def build_index(source: Source, *, strict: bool = False, progress: bool = True) 
         SourceError: with `strict`, for the first skipped input; and when the
             class list holds a name twice.
     """
-    keys, key_hash = StringColumn(), array("q")
+    stored, key_hash = StringColumn(), array("q")
     runs, run_hash, run_of = StringColumn(), array("q"), array("i")
     name_sets: dict[tuple[str, ...], int] = {}
     name_id = array("i")
@@ -163,6 +190,7 @@ def build_index(source: Source, *, strict: bool = False, progress: bool = True) 
     def fail(key: str, reason: str) -> SourceError:
         return SourceError(f"{key}: {reason} (--strict makes every skipped input fatal)")
 
+    keys = KeyColumn(stored, lambda i: runs[run_of[i]])   # while indexing: by run
     with progress_bar(progress, desc="indexing", unit=" inputs", leave=False) as bar:
         for x in source.items():
             bar.update(1)
@@ -172,12 +200,12 @@ def build_index(source: Source, *, strict: bool = False, progress: bool = True) 
                     raise fail(keys[rep[0]], "duplicate input key") if rep else fail(x.key, x.reason)
                 stream_skips.append((len(name_id), x.key, x.reason))
                 continue
-            keys.append(x.key)
-            key_hash.append(hash(x.key))
             if x.source_id != last_sid or not len(runs):
                 runs.append(x.source_id)
                 run_hash.append(hash(x.source_id))
                 last_sid = x.source_id
+            stored.append(KeyColumn.encode(x.key, x.source_id))
+            key_hash.append(hash(x.key))
             run_of.append(len(runs) - 1)
             name_id.append(name_sets.setdefault(x.labels, len(name_sets)))
             code = split_ids.setdefault(x.split, len(split_ids) - 1)
@@ -226,12 +254,16 @@ def build_index(source: Source, *, strict: bool = False, progress: bool = True) 
     del ids
 
     group = _canonical_groups(runs, run_hash, run_of)
-    del run_hash, run_of
+    del run_hash, run_of, keys
     codes, size_arr = as_array(split_code, np.int8), as_array(sizes, np.uint32)
+    if len(label_sets) < 2 ** 16:
+        label_id = label_id.astype(np.uint16)     # 2 bytes per item, not 4
     if not keep.all():
-        keys = keys.take(keep)
+        stored = stored.take(keep)
         group, label_id, codes, size_arr = group[keep], label_id[keep], codes[keep], size_arr[keep]
         loads.take(keep)
+    loads.finish()
     split_names = [s for s in split_ids if s is not None]
-    return Index(keys, LabelColumn(label_id, label_sets), SourceIdColumn(group, runs),
+    source_ids = SourceIdColumn(group, runs)
+    return Index(KeyColumn(stored, source_ids.__getitem__), LabelColumn(label_id, label_sets), source_ids,
                  SplitColumn(codes, split_names), size_arr, loads, skips, classes)

@@ -18,8 +18,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from utils.dataset.manifest import SPLITS, shard_name
-from utils.generate.strata import (assign_folds, assign_folds_arrays, intern, pick_stratified,  # noqa: F401
-                                   pick_stratified_arrays)
+from utils.generate.strata import (assign_folds, assign_folds_arrays, distinct, intern,  # noqa: F401
+                                   pick_stratified, pick_stratified_arrays)
 
 DEFAULT_ITEM_BYTES = 64 * 1024       # size estimate for items whose source gives none
 RESIZED_BYTES_PER_PIXEL = 0.4        # rough JPEG size after --max-side, for shard cutting
@@ -57,18 +57,20 @@ def estimate_bytes(size: int, max_side: int | None, short_side: int | None = Non
 
 
 def estimate_sizes(sizes: np.ndarray, max_side: int | None, short_side: int | None = None) -> np.ndarray:
-    """estimate_bytes of every size at once (int64)."""
-    b = np.where(sizes == 0, DEFAULT_ITEM_BYTES, sizes).astype(np.int64)
+    """estimate_bytes of every size at once (a new int64 array)."""
+    b = np.asarray(sizes).astype(np.int64)
+    b[b == 0] = DEFAULT_ITEM_BYTES
     cap = _size_cap(max_side, short_side)
     if cap is not None:
         np.minimum(b, cap, out=b)
-    return b + 64  # Example framing
+    b += 64  # Example framing
+    return b
 
 
-def cut_sizes(sizes: np.ndarray, shard_bytes: int) -> list[tuple[int, int]]:
-    """(start, end) of consecutive runs of at most `shard_bytes` each (a lone bigger item gets its own)."""
-    cum = np.cumsum(sizes, dtype=np.int64)
-    out, start, n = [], 0, len(sizes)
+def cut_cumulative(cum: np.ndarray, shard_bytes: int) -> list[tuple[int, int]]:
+    """(start, end) of consecutive runs of at most `shard_bytes` each, from the running sum of
+    the sizes (a lone bigger item gets its own run)."""
+    out, start, n = [], 0, len(cum)
     while start < n:
         base = int(cum[start - 1]) if start else 0
         end = max(start + 1, int(np.searchsorted(cum, base + shard_bytes, side="right")))
@@ -79,8 +81,8 @@ def cut_sizes(sizes: np.ndarray, shard_bytes: int) -> list[tuple[int, int]]:
 
 def cut_by_size(order: list[int], sizes: Callable[[int], int], shard_bytes: int) -> list[list[int]]:
     """Consecutive runs of `order` of at most `shard_bytes` each (a lone bigger item gets its own)."""
-    b = np.array([sizes(i) for i in order], dtype=np.int64)
-    return [list(order[a:e]) for a, e in cut_sizes(b, shard_bytes)]
+    cum = np.cumsum(np.array([sizes(i) for i in order], dtype=np.int64))
+    return [list(order[a:e]) for a, e in cut_cumulative(cum, shard_bytes)]
 
 
 def _columns(labels, source_ids, splits) -> tuple[np.ndarray, list, np.ndarray, np.ndarray, list]:
@@ -133,43 +135,38 @@ def make_plan(labels: Sequence[tuple[int, ...]], source_ids: Sequence[str], spli
     # the split names in play: SPLITS first (their code is their position), then any other a source gave
     all_names = list(SPLITS) + [s for s in names if s not in SPLITS]
     to_base = np.array([all_names.index(s or "train") for s in names] + [0], dtype=np.int8)
-    base = to_base[codes]                   # code -1 picks the trailing 0: "train"
-    primary_of_set = np.array([s[0] if s else -1 for s in sets] + [-1], dtype=np.int64)
-    primary = primary_of_set[lid] if n else np.zeros(0, np.int64)   # unlabeled: its own stratum
+    split_of = to_base[codes]                # code -1 picks the trailing 0: "train"
+    top = max((s[0] for s in sets if s), default=0)
+    primary_of_set = np.array([s[0] if s else -1 for s in sets] + [-1], dtype=np.int16 if top < 2 ** 15 - 1 else np.int32)
+    primary = primary_of_set[lid]            # unlabeled: its own stratum, -1
     n_prim = int(primary_of_set.max()) + 2
+    train, val, test = (SPLITS.index(s) for s in ("train", "val", "test"))
 
-    indices = np.arange(n, dtype=np.int64)
     if fraction is not None and fraction < 1:
-        sid = base.astype(np.int64) * n_prim + primary + 1
-        keys = {int(s): (all_names[int(s) // n_prim], int(s) % n_prim - 1) for s in np.unique(sid).tolist()}
+        sid = split_of.astype(np.int32) * n_prim + primary.astype(np.int32) + 1
+        keys = {s: (all_names[s // n_prim], s % n_prim - 1) for s in distinct(sid)}
         chosen = pick_stratified_arrays(sid, keys, group, fraction, random.Random(f"{seed}/fraction"),
                                         at_least_one=True)
         del sid
-        indices = indices[chosen]
-
-    split_of = np.full(n, -1, dtype=np.int8)
-    split_of[indices] = base[indices]
-    del base
+        split_of[~chosen] = -1               # not in the subset: in no split
+        del chosen
     if val_fraction is not None and (val_fraction > 0 or not dictated):
         # an explicit --val-fraction re-splits everything that is not test
-        pool = indices[split_of[indices] != SPLITS.index("test")]
-        prim = primary[pool]
-        keys = {int(p): (int(p),) for p in np.unique(prim).tolist()}
-        val = pick_stratified_arrays(prim, keys, group[pool], val_fraction, random.Random(f"{seed}/val"))
-        split_of[pool] = np.where(val, SPLITS.index("val"), SPLITS.index("train"))
-        del pool, prim, val
+        in_pool = (split_of >= 0) & (split_of != test)
+        picked = _pick_in(in_pool, primary, group, val_fraction, random.Random(f"{seed}/val"))
+        split_of[in_pool] = np.where(picked, np.int8(val), np.int8(train))
+        del in_pool, picked
 
     fold_of = None
     if folds >= 2:
-        train = indices[split_of[indices] == SPLITS.index("train")]
-        prim = primary[train]
-        keys = {int(p): (int(p),) for p in np.unique(prim).tolist()}
+        in_train = split_of == train
         fold_of = np.full(n, -1, dtype=np.int8)
-        fold_of[train] = assign_folds_arrays(prim, keys, group[train], folds, random.Random(f"{seed}/folds"))
-        del train, prim
-    del primary, indices
+        fold_of[in_train] = _folds_in(in_train, primary, group, folds, random.Random(f"{seed}/folds"))
+        del in_train
+    del primary
 
     shard_bytes = max(1, int(shard_mb * 1024 * 1024))
+    sizes = np.asarray(sizes)
     plan: list[ShardPlan] = []
     for code, split in enumerate(SPLITS):
         in_split = split_of == code
@@ -181,13 +178,63 @@ def make_plan(labels: Sequence[tuple[int, ...]], source_ids: Sequence[str], spli
             bins = [(None, in_split)]
         chunks: list[tuple[int | None, np.ndarray]] = []
         for f, mask in bins:
-            ms = array("i", np.flatnonzero(mask).astype(np.int32).tobytes())
-            random.Random(f"{seed}/shuffle/{split}/{f}").shuffle(ms)  # mix classes within shards
-            order = np.frombuffer(ms, dtype=np.int32) if len(ms) else np.zeros(0, np.int32)
-            est = estimate_sizes(np.asarray(sizes)[order] if len(order) else np.zeros(0, np.int64),
-                                 max_side, short_side)
-            chunks += [(f, order[a:e]) for a, e in cut_sizes(est, shard_bytes)]
-            del est
+            order = _shuffled_members(mask, random.Random(f"{seed}/shuffle/{split}/{f}"))  # mix classes
+            cum = _estimates(sizes, order, max_side, short_side)
+            np.cumsum(cum, out=cum)
+            chunks += [(f, order[a:e]) for a, e in cut_cumulative(cum, shard_bytes)]
+            del cum
         k = len(chunks)
         plan += [ShardPlan(shard_name(split, j, k), split, f, c) for j, (f, c) in enumerate(chunks)]
     return plan
+
+
+def _selected(mask: np.ndarray, out: np.ndarray | None = None, chunk: int = 1 << 20) -> np.ndarray:
+    """np.flatnonzero(mask) as int32, filled in chunks (no int64 index of every item), into `out` if given."""
+    if out is None:
+        out = np.empty(int(np.count_nonzero(mask)), dtype=np.int32)
+    j = 0
+    for a in range(0, len(mask), chunk):
+        nz = np.flatnonzero(mask[a:a + chunk])
+        out[j:j + len(nz)] = nz + a
+        j += len(nz)
+    return out
+
+
+def _pick_in(mask: np.ndarray, primary: np.ndarray, group: np.ndarray, frac: float,
+             rng: random.Random) -> np.ndarray:
+    """pick_stratified_arrays by primary class over the items in `mask` (views when that is all)."""
+    if mask.all():
+        prim, grp = primary, group
+    else:
+        idx = _selected(mask)
+        prim, grp = primary[idx], group[idx]
+        del idx
+    keys = {p: (p,) for p in distinct(prim)}
+    return pick_stratified_arrays(prim, keys, grp, frac, rng)
+
+
+def _folds_in(mask: np.ndarray, primary: np.ndarray, group: np.ndarray, k: int, rng: random.Random) -> np.ndarray:
+    """assign_folds_arrays by primary class over the items in `mask`."""
+    idx = _selected(mask)
+    prim, grp = primary[idx], group[idx]
+    del idx
+    keys = {p: (p,) for p in distinct(prim)}
+    return assign_folds_arrays(prim, keys, grp, k, rng)
+
+
+def _shuffled_members(mask: np.ndarray, rng: random.Random) -> np.ndarray:
+    """The items in `mask`, ascending, then shuffled by rng as a list of them would be (int32)."""
+    ms = array("i", bytes(4 * int(np.count_nonzero(mask))))
+    if not len(ms):
+        return np.zeros(0, np.int32)
+    _selected(mask, np.frombuffer(ms, dtype=np.int32))
+    rng.shuffle(ms)
+    return np.frombuffer(ms, dtype=np.int32)
+
+
+def _estimates(sizes: np.ndarray, order: np.ndarray, max_side, short_side, chunk: int = 1 << 20) -> np.ndarray:
+    """estimate_sizes(sizes[order]) in int64, a chunk at a time (no second copy of the column)."""
+    out = np.empty(len(order), dtype=np.int64)
+    for a in range(0, len(order), chunk):
+        out[a:a + chunk] = estimate_sizes(sizes[order[a:a + chunk]], max_side, short_side)
+    return out
