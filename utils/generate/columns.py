@@ -65,6 +65,21 @@ class StringColumn(Sequence):
         return out
 
 
+def shorten(s: str, prefix: str) -> str:
+    """`s` as stored after `prefix`: \x01 + the rest when it starts with it, \x02 + s when s
+    itself starts with \x01 or \x02, else s (lengthen reads it back)."""
+    if prefix and s.startswith(prefix):
+        return "\x01" + s[len(prefix):]
+    return "\x02" + s if s[:1] in ("\x01", "\x02") else s
+
+
+def lengthen(stored: str, prefix: str) -> str:
+    """The string `shorten(s, prefix)` stored."""
+    if stored[:1] == "\x01":
+        return prefix + stored[1:]
+    return stored[1:] if stored[:1] == "\x02" else stored
+
+
 class LoaderColumn:
     """Every item's Item.load as (family, integer); rebuilt as a fresh loader on access."""
 
@@ -90,8 +105,14 @@ class LoaderColumn:
             self.families.append((kind, path))
         return fid
 
-    def append(self, load, size: int) -> None:
-        """Store one item's loader (`size`: the item's size, a FileRange's length when they agree)."""
+    def append(self, load, size: int, source_id: str = "") -> None:
+        """Store one item's loader.
+
+        Args:
+            load: the Item's load.
+            size: the item's size (a FileRange's length, when they agree).
+            source_id: the item's; a file name that starts with it is stored as the rest.
+        """
         fid = None
         if type(load) is FileRange and load.length == size:
             fid, ref = self._family(self.RANGE, load.path), load.offset
@@ -103,26 +124,28 @@ class LoaderColumn:
                 fid, ref = self._family(self.FILES, folder), len(self.paths)
                 if fid is None:
                     fid = self._family(self.FILES, None)
-                self.paths.append(name if self.families[fid][1] is not None else paths[0])
+                self.paths.append(shorten(name, source_id) if self.families[fid][1] is not None
+                                  else shorten(paths[0], ""))
             else:
                 fid, ref = self._family(self.FILES, None), len(self.paths)
-                self.paths.append("\0".join(paths))
+                self.paths.append(shorten("\0".join(paths), ""))
         if fid is None:
             fid, ref = self._family(self.OBJECT, None), len(self.objects)
             self.objects.append(load)
         self.family.append(fid)
         self.ref.append(ref)
 
-    def get(self, i: int, size: int):
-        """A loader equal in effect to the one appended as item i."""
+    def get(self, i: int, size: int, source_id: str = ""):
+        """A loader equal in effect to the one appended as item i (with the same source_id)."""
         kind, path = self.families[self.family[i]]
         ref = int(self.ref[i])
         if kind == self.RANGE:
             return FileRange(path, ref, size)
         if kind == self.FILES:
+            stored = lengthen(self.paths[ref], source_id)
             if path is not None:
-                return file_loader(os.path.join(path, self.paths[ref]))
-            return file_loader(*self.paths[ref].split("\0"))
+                return file_loader(os.path.join(path, stored))
+            return file_loader(*stored.split("\0"))
         return self.objects[ref]
 
     def take(self, keep: np.ndarray) -> None:

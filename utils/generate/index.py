@@ -18,7 +18,7 @@ import numpy as np
 
 from utils.errors import SourceError
 from utils.files import natural_key
-from utils.generate.columns import LoaderColumn, StringColumn, as_array
+from utils.generate.columns import LoaderColumn, StringColumn, as_array, lengthen, shorten
 from utils.generate.progress import progress_bar
 from utils.sources.base import Item, Skip, Source
 
@@ -28,28 +28,18 @@ _SIZE_LIMIT = 2 ** 32 - 1
 class KeyColumn(Sequence):
     """Item keys, stored as their tail when they start with the item's source_id.
 
-    A BSON photo's key "<_id>/<n>" then costs 3 bytes, not 11. The first
-    character of a stored key says how to read it: \x01 tail, \x02 verbatim
-    (a key that itself starts with \x01 or \x02), else the key itself.
+    A BSON photo's key "<_id>/<n>" then costs 3 bytes, not 11
+    (utils.generate.columns.shorten).
     """
 
     def __init__(self, stored: StringColumn, source_id) -> None:
         self.stored, self._sid = stored, source_id      # source_id: item i -> its source_id
 
-    @staticmethod
-    def encode(key: str, source_id: str) -> str:
-        if source_id and key.startswith(source_id):
-            return "\x01" + key[len(source_id):]
-        return "\x02" + key if key[:1] in ("\x01", "\x02") else key
-
     def __len__(self) -> int:
         return len(self.stored)
 
     def __getitem__(self, i) -> str:
-        s = self.stored[i]
-        if s[:1] == "\x01":
-            return self._sid(i) + s[1:]
-        return s[1:] if s[:1] == "\x02" else s
+        return lengthen(self.stored[i], self._sid(i))
 
 
 class LabelColumn(Sequence):
@@ -103,10 +93,10 @@ class ItemView(Sequence):
 
     def __getitem__(self, i) -> Item:
         x = self._x
-        size = int(x.sizes[i])
-        return Item(key=x.keys[i], source_id=x.source_ids[i],
+        size, sid = int(x.sizes[i]), x.source_ids[i]
+        return Item(key=lengthen(x.keys.stored[i], sid), source_id=sid,
                     labels=tuple(x.classes[j] for j in x.labels[i]),
-                    load=x.loads.get(i, size), size=size, split=x.splits[i])
+                    load=x.loads.get(i, size, sid), size=size, split=x.splits[i])
 
 
 @dataclass
@@ -204,14 +194,14 @@ def build_index(source: Source, *, strict: bool = False, progress: bool = True) 
                 runs.append(x.source_id)
                 run_hash.append(hash(x.source_id))
                 last_sid = x.source_id
-            stored.append(KeyColumn.encode(x.key, x.source_id))
+            stored.append(shorten(x.key, x.source_id))
             key_hash.append(hash(x.key))
             run_of.append(len(runs) - 1)
             name_id.append(name_sets.setdefault(x.labels, len(name_sets)))
             code = split_ids.setdefault(x.split, len(split_ids) - 1)
             split_code.append(code)
             sizes.append(min(max(int(x.size), 0), _SIZE_LIMIT))
-            loads.append(x.load, x.size if x.size <= _SIZE_LIMIT else -1)
+            loads.append(x.load, x.size if x.size <= _SIZE_LIMIT else -1, x.source_id)
 
     rep = _repeats(keys, key_hash)
     del key_hash

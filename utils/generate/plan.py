@@ -70,12 +70,24 @@ def estimate_sizes(sizes: np.ndarray, max_side: int | None, short_side: int | No
 def cut_cumulative(cum: np.ndarray, shard_bytes: int) -> list[tuple[int, int]]:
     """(start, end) of consecutive runs of at most `shard_bytes` each, from the running sum of
     the sizes (a lone bigger item gets its own run)."""
-    out, start, n = [], 0, len(cum)
-    while start < n:
-        base = int(cum[start - 1]) if start else 0
-        end = max(start + 1, int(np.searchsorted(cum, base + shard_bytes, side="right")))
-        out.append((start, end))
-        start = end
+    return _cut_chunks([cum], shard_bytes)
+
+
+def _cut_chunks(cums, shard_bytes: int) -> list[tuple[int, int]]:
+    """cut_cumulative over the running sum given as consecutive chunks (each an int64 array)."""
+    out, start, base, off, last = [], 0, 0, 0, 0    # base: the running sum before item `start`
+    for cum in cums:
+        n = off + len(cum)
+        while start < n:
+            end = max(start + 1, off + int(np.searchsorted(cum, base + shard_bytes, side="right")))
+            if end >= n:
+                break                               # this shard may go on in the next chunk
+            out.append((start, end))
+            base = int(cum[end - 1 - off]) if end > off else last
+            start = end
+        off, last = n, int(cum[-1]) if len(cum) else last
+    if start < off:
+        out.append((start, off))
     return out
 
 
@@ -179,16 +191,14 @@ def make_plan(labels: Sequence[tuple[int, ...]], source_ids: Sequence[str], spli
         chunks: list[tuple[int | None, np.ndarray]] = []
         for f, mask in bins:
             order = _shuffled_members(mask, random.Random(f"{seed}/shuffle/{split}/{f}"))  # mix classes
-            cum = _estimates(sizes, order, max_side, short_side)
-            np.cumsum(cum, out=cum)
-            chunks += [(f, order[a:e]) for a, e in cut_cumulative(cum, shard_bytes)]
-            del cum
+            cuts = _cut_chunks(_running_sums(sizes, order, max_side, short_side), shard_bytes)
+            chunks += [(f, order[a:e]) for a, e in cuts]
         k = len(chunks)
         plan += [ShardPlan(shard_name(split, j, k), split, f, c) for j, (f, c) in enumerate(chunks)]
     return plan
 
 
-def _selected(mask: np.ndarray, out: np.ndarray | None = None, chunk: int = 1 << 20) -> np.ndarray:
+def _selected(mask: np.ndarray, out: np.ndarray | None = None, chunk: int = 1 << 16) -> np.ndarray:
     """np.flatnonzero(mask) as int32, filled in chunks (no int64 index of every item), into `out` if given."""
     if out is None:
         out = np.empty(int(np.count_nonzero(mask)), dtype=np.int32)
@@ -224,7 +234,7 @@ def _folds_in(mask: np.ndarray, primary: np.ndarray, group: np.ndarray, k: int, 
 
 def _shuffled_members(mask: np.ndarray, rng: random.Random) -> np.ndarray:
     """The items in `mask`, ascending, then shuffled by rng as a list of them would be (int32)."""
-    ms = array("i", bytes(4 * int(np.count_nonzero(mask))))
+    ms = array("i", [0]) * int(np.count_nonzero(mask))
     if not len(ms):
         return np.zeros(0, np.int32)
     _selected(mask, np.frombuffer(ms, dtype=np.int32))
@@ -232,9 +242,11 @@ def _shuffled_members(mask: np.ndarray, rng: random.Random) -> np.ndarray:
     return np.frombuffer(ms, dtype=np.int32)
 
 
-def _estimates(sizes: np.ndarray, order: np.ndarray, max_side, short_side, chunk: int = 1 << 20) -> np.ndarray:
-    """estimate_sizes(sizes[order]) in int64, a chunk at a time (no second copy of the column)."""
-    out = np.empty(len(order), dtype=np.int64)
+def _running_sums(sizes: np.ndarray, order: np.ndarray, max_side, short_side, chunk: int = 1 << 16):
+    """The running sum of estimate_sizes(sizes[order]), as int64 chunks (never a whole int64 column)."""
+    carry = 0
     for a in range(0, len(order), chunk):
-        out[a:a + chunk] = estimate_sizes(sizes[order[a:a + chunk]], max_side, short_side)
-    return out
+        cum = np.cumsum(estimate_sizes(sizes[order[a:a + chunk]], max_side, short_side))
+        cum += carry
+        carry = int(cum[-1])
+        yield cum

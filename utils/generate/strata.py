@@ -26,8 +26,8 @@ def _strata(stratum: np.ndarray, keys) -> Iterator[tuple[int, np.ndarray]]:
     """
     packed = stratum.astype(np.int64)
     packed <<= 32
-    for a in range(0, len(packed), 1 << 20):      # no int64 arange of every candidate
-        packed[a:a + (1 << 20)] |= np.arange(a, min(len(packed), a + (1 << 20)), dtype=np.int64)
+    for a in range(0, len(packed), 1 << 16):      # no int64 arange of every candidate
+        packed[a:a + (1 << 16)] |= np.arange(a, min(len(packed), a + (1 << 16)), dtype=np.int64)
     packed.sort()
     ids = sorted(keys) if isinstance(keys, dict) else list(range(len(keys)))
     bounds = np.searchsorted(packed, np.array(ids + [ids[-1] + 1] if ids else [], dtype=np.int64) << 32).tolist()
@@ -37,12 +37,17 @@ def _strata(stratum: np.ndarray, keys) -> Iterator[tuple[int, np.ndarray]]:
         yield s, (packed[a:b] & 0xFFFFFFFF).astype(np.int64)
 
 
-def distinct(values: np.ndarray) -> list[int]:
-    """The distinct small integers in `values`, ascending (a count per value, not a sort)."""
+def distinct(values: np.ndarray, chunk: int = 1 << 16) -> list[int]:
+    """The distinct small integers in `values`, ascending: counts per value, a chunk at a time
+    (bincount widens its input to int64, so never the whole column at once)."""
     if not len(values):
         return []
-    lo = int(values.min())
-    return (np.flatnonzero(np.bincount(values - lo if lo else values)) + lo).tolist()
+    lo, hi = int(values.min()), int(values.max())
+    seen = np.zeros(hi - lo + 1, dtype=bool)
+    for a in range(0, len(values), chunk):
+        part = values[a:a + chunk].astype(np.int64) - lo
+        seen[np.flatnonzero(np.bincount(part, minlength=hi - lo + 1))] = True
+    return (np.flatnonzero(seen) + lo).tolist()
 
 
 def _groups(pos: np.ndarray, group: np.ndarray) -> tuple[np.ndarray, list[int]]:
