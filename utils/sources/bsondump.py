@@ -119,12 +119,12 @@ class _Document:
 
 
 class PictureLoader:
-    """Item.load for photo `index` of a document: read_picture, in ~48 bytes.
+    """Item.load for photo `index` of a document: read_picture.
 
-    The writer holds every Item of the dump in memory (12.4M photos for the full
-    Cdiscount train set); a functools.partial with its own argument tuple and
-    integers took ~220 bytes per photo, this takes a pointer and a small int.
-    Picklable, for the writer's resize workers.
+    Only for a photo whose bytes picture_offset cannot locate in the raw
+    document (every other photo gets a FileRange, which the index keeps as two
+    numbers); the index keeps this one as the object. Picklable, for the
+    writer's resize workers.
     """
 
     __slots__ = ("doc", "index")
