@@ -82,8 +82,62 @@ class SplitColumn(Sequence):
         return self.names[c] if c >= 0 else None
 
 
+class ItemRef:
+    """Item i of an index, read from its columns field by field on access (an Item-like view).
+
+    The shard writer and the plan hash read a key and a source_id per record;
+    building a whole Item (label names, a loader) for that took most of their
+    time. Equal to the Item it stands for; `item()` makes that Item.
+    """
+
+    __slots__ = ("_x", "_i")
+
+    def __init__(self, index: "Index", i: int) -> None:
+        self._x, self._i = index, i
+
+    @property
+    def source_id(self) -> str:
+        x = self._x
+        return x.source_ids.names[x.source_ids.group.item(self._i)]
+
+    @property
+    def key(self) -> str:
+        return lengthen(self._x.keys.stored[self._i], self.source_id)
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        x = self._x
+        return tuple(x.classes[j] for j in x.labels.sets[x.labels.ids.item(self._i)])
+
+    @property
+    def size(self) -> int:
+        return self._x.sizes.item(self._i)
+
+    @property
+    def split(self) -> str | None:
+        return self._x.splits[self._i]
+
+    @property
+    def load(self):
+        return self._x.loads.get(self._i, self.size, self.source_id)
+
+    def item(self) -> Item:
+        return Item(key=self.key, source_id=self.source_id, labels=self.labels, load=self.load,
+                    size=self.size, split=self.split)
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, ItemRef):
+            other = other.item()
+        return self.item() == other if isinstance(other, Item) else NotImplemented
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return f"ItemRef({self.item()!r})"
+
+
 class ItemView(Sequence):
-    """index.items: Item i, built on access from the columns."""
+    """index.items: an ItemRef per item, made on access."""
 
     def __init__(self, index: "Index") -> None:
         self._x = index
@@ -91,12 +145,12 @@ class ItemView(Sequence):
     def __len__(self) -> int:
         return len(self._x.keys)
 
-    def __getitem__(self, i) -> Item:
-        x = self._x
-        size, sid = int(x.sizes[i]), x.source_ids[i]
-        return Item(key=lengthen(x.keys.stored[i], sid), source_id=sid,
-                    labels=tuple(x.classes[j] for j in x.labels[i]),
-                    load=x.loads.get(i, size, sid), size=size, split=x.splits[i])
+    def __getitem__(self, i) -> ItemRef:
+        n = len(self._x.keys)
+        i = int(i)
+        if not -n <= i < n:
+            raise IndexError(f"item {i} of {n}")
+        return ItemRef(self._x, i + n if i < 0 else i)
 
 
 @dataclass
