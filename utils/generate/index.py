@@ -2,9 +2,11 @@
 
 The index holds no image bytes and no Python object per item: keys and source
 ids in string blobs, class ids, group ids, splits and sizes in arrays, loaders
-as numbers (utils.generate.columns). A 12.4M-photo BSON dump indexes in about
-40 bytes per photo. `index.items[i]` builds a light Item on demand, so the
-shard writer reads an item the way it always did. The class list is fixed
+as numbers (utils.generate.columns). A Cdiscount-shaped BSON dump indexes in
+about 32 bytes per photo held, ~50 at the peak of indexing and planning
+(tests/generate/test_index_memory.py): ~0.6 GB for the 12.37M photos of the
+full dump. `index.items[i]` is an Item-like view read from the columns on
+access (pickled as the Item), so the shard writer reads items as it always did. The class list is fixed
 here (the source's, else the naturally sorted labels seen) and every label
 becomes its index into it.
 """
@@ -132,6 +134,11 @@ class ItemRef:
 
     __hash__ = None
 
+    def __reduce__(self):
+        """Pickled as the Item itself, not with the whole index behind it."""
+        it = self.item()
+        return Item, (it.key, it.source_id, it.labels, it.load, it.size, it.split)
+
     def __repr__(self) -> str:
         return f"ItemRef({self.item()!r})"
 
@@ -153,7 +160,7 @@ class ItemView(Sequence):
         return ItemRef(self._x, i + n if i < 0 else i)
 
 
-@dataclass
+@dataclass(eq=False)
 class Index:
     """The usable samples (columns, in source order), the skipped inputs and the class list."""
 
