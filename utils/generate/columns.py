@@ -32,20 +32,22 @@ class StringColumn(Sequence):
         self._ends = array("I")        # uint32 end offsets; widened when the blob outgrows them
 
     def append(self, s: str) -> None:
-        self._blob += s.encode("utf-8", "surrogatepass")
-        if len(self._blob) > _OFFSET_LIMIT and self._ends.typecode == "I":
+        blob = self._blob
+        blob += s.encode("utf-8", "surrogatepass")
+        try:
+            self._ends.append(len(blob))
+        except OverflowError:          # the blob passed 4 GiB: int64 offsets from now on
             self._ends = array("q", self._ends)
-        self._ends.append(len(self._blob))
+            self._ends.append(len(blob))
 
     def __len__(self) -> int:
         return len(self._ends)
 
     def __getitem__(self, i) -> str:
-        i = int(i)
+        ends = self._ends
         if i < 0:
-            i += len(self._ends)
-        start = self._ends[i - 1] if i else 0
-        return self._blob[start:self._ends[i]].decode("utf-8", "surrogatepass")
+            i += len(ends)
+        return self._blob[ends[i - 1] if i else 0:ends[i]].decode("utf-8", "surrogatepass")
 
     def raw(self, i: int) -> bytes:
         """The stored bytes of string i (hashing and comparing without decoding)."""
@@ -94,6 +96,7 @@ class LoaderColumn:
         self.objects: list = []           # any other loader, as is
         for kind in (self.FILES, self.OBJECT):  # always there, when the ids for folders run out too
             self._family(kind, None)
+        self._last_range: tuple[str | None, int | None] = (None, None)
 
     def _family(self, kind: str, path: str | None) -> int | None:
         """The id of (kind, path); None when it is new and the uint16 ids are used up."""
@@ -115,7 +118,12 @@ class LoaderColumn:
         """
         fid = None
         if type(load) is FileRange and load.length == size:
-            fid, ref = self._family(self.RANGE, load.path), load.offset
+            if load.path == self._last_range[0]:    # a dump's photos: all the same file
+                fid = self._last_range[1]
+            else:
+                fid = self._family(self.RANGE, load.path)
+                self._last_range = (load.path, fid)
+            ref = load.offset
         elif (type(load) is functools.partial and load.func is read_files and not load.keywords
               and len(load.args) == 1 and all("\0" not in p for p in load.args[0])):
             paths = load.args[0]

@@ -12,6 +12,7 @@ becomes its index into it.
 """
 from __future__ import annotations
 
+import functools
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -104,7 +105,8 @@ class ItemRef:
 
     @property
     def key(self) -> str:
-        return lengthen(self._x.keys.stored[self._i], self.source_id)
+        x, i = self._x, self._i
+        return lengthen(x.keys.stored[i], x.source_ids.names[x.source_ids.group.item(i)])
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -147,17 +149,15 @@ class ItemView(Sequence):
     """index.items: an ItemRef per item, made on access."""
 
     def __init__(self, index: "Index") -> None:
-        self._x = index
+        self._x, self._n = index, len(index.keys)
 
     def __len__(self) -> int:
-        return len(self._x.keys)
+        return self._n
 
     def __getitem__(self, i) -> ItemRef:
-        n = len(self._x.keys)
-        i = int(i)
-        if not -n <= i < n:
-            raise IndexError(f"item {i} of {n}")
-        return ItemRef(self._x, i + n if i < 0 else i)
+        if not -self._n <= i < self._n:
+            raise IndexError(f"item {i} of {self._n}")
+        return ItemRef(self._x, int(i) + self._n if i < 0 else int(i))
 
 
 @dataclass(eq=False)
@@ -173,7 +173,7 @@ class Index:
     skips: list[tuple[str, str]]      # (key, reason): source skips + labels not in the list
     classes: list[str]
 
-    @property
+    @functools.cached_property
     def items(self) -> ItemView:
         return ItemView(self)
 
@@ -236,7 +236,9 @@ def build_index(source: Source, *, strict: bool = False, progress: bool = True) 
     split_ids: dict[str | None, int] = {None: -1}
     split_code, sizes, loads = array("b"), array("I"), LoaderColumn()
     stream_skips: list[tuple[float, str, str]] = []     # (position among the items, key, reason)
-    last_sid = None
+    last_sid, run = object(), -1          # no source id equals the sentinel: the first item opens run 0
+    add_key, add_hash, add_run, add_name = stored.append, key_hash.append, run_of.append, name_id.append
+    add_split, add_size, add_load = split_code.append, sizes.append, loads.append
 
     def fail(key: str, reason: str) -> SourceError:
         return SourceError(f"{key}: {reason} (--strict makes every skipped input fatal)")
@@ -251,18 +253,19 @@ def build_index(source: Source, *, strict: bool = False, progress: bool = True) 
                     raise fail(keys[rep[0]], "duplicate input key") if rep else fail(x.key, x.reason)
                 stream_skips.append((len(name_id), x.key, x.reason))
                 continue
-            if x.source_id != last_sid or not len(runs):
-                runs.append(x.source_id)
-                run_hash.append(hash(x.source_id))
-                last_sid = x.source_id
-            stored.append(shorten(x.key, x.source_id))
-            key_hash.append(hash(x.key))
-            run_of.append(len(runs) - 1)
-            name_id.append(name_sets.setdefault(x.labels, len(name_sets)))
-            code = split_ids.setdefault(x.split, len(split_ids) - 1)
-            split_code.append(code)
-            sizes.append(min(max(int(x.size), 0), _SIZE_LIMIT))
-            loads.append(x.load, x.size if x.size <= _SIZE_LIMIT else -1, x.source_id)
+            sid = x.source_id
+            if sid != last_sid:
+                runs.append(sid)
+                run_hash.append(hash(sid))
+                last_sid, run = sid, run + 1
+            add_key(shorten(x.key, sid))
+            add_hash(hash(x.key))
+            add_run(run)
+            add_name(name_sets.setdefault(x.labels, len(name_sets)))
+            add_split(split_ids.setdefault(x.split, len(split_ids) - 1))
+            size = x.size
+            add_size(size if 0 <= size <= _SIZE_LIMIT else min(max(int(size), 0), _SIZE_LIMIT))
+            add_load(x.load, size if size <= _SIZE_LIMIT else -1, sid)
 
     rep = _repeats(keys, key_hash)
     del key_hash
