@@ -4,16 +4,22 @@ A plan is a function of the index's columns (labels, source ids, the source's
 splits, estimated sizes) and the arguments alone: no files, no image bytes, no
 clock. Each phase draws from its own RNG seeded by (seed, phase), so adding
 --folds does not move the val split. The local writer and a distributed runner
-execute the same plan, shard by shard.
+execute the same plan, shard by shard. It runs on arrays (utils.generate.strata
+for the stratified draws), a few bytes per item, so a 12M-photo index plans in
+a few hundred MB.
 """
 from __future__ import annotations
 
-import math
 import random
+from array import array
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
+
+import numpy as np
 
 from utils.dataset.manifest import SPLITS, shard_name
+from utils.generate.strata import (assign_folds, assign_folds_arrays, distinct, intern,  # noqa: F401
+                                   pick_stratified, pick_stratified_arrays)
 
 DEFAULT_ITEM_BYTES = 64 * 1024       # size estimate for items whose source gives none
 RESIZED_BYTES_PER_PIXEL = 0.4        # rough JPEG size after --max-side, for shard cutting
@@ -26,89 +32,18 @@ class ShardPlan:
     file: str
     split: str
     fold: int | None
-    members: list[int]                 # indices into the index's items, in write order
+    members: Sequence[int]             # indices into the index's items, in write order (an int32 array)
 
 
-def _groups_by_stratum(indices: Iterable[int], stratum: Callable[[int], object],
-                       group: Callable[[int], str]) -> dict[object, list[list[int]]]:
-    """{stratum: [group, ...]}: members grouped by source_id WITHIN their stratum.
-
-    A product's photos share a class, so they still form one group; but equal ids
-    in different classes (Caltech-style `<class>/image_0001.jpg` in every class
-    folder: folder items' source_id is the file stem) are different images, and
-    grouping them across classes would put every class but one in no stratum.
-    """
-    out: dict[object, dict[str, list[int]]] = {}
-    for i in indices:
-        out.setdefault(stratum(i), {}).setdefault(group(i), []).append(i)
-    return {s: list(groups.values()) for s, groups in out.items()}
-
-
-def pick_stratified(indices: Iterable[int], frac: float, stratum: Callable[[int], object],
-                    group: Callable[[int], str], rng: random.Random, at_least_one: bool = False) -> set[int]:
-    """About `frac` of each stratum, whole groups only (a product never straddles).
-
-    Args:
-        indices: the candidates.
-        frac: the fraction to pick.
-        stratum: index -> its stratum (e.g. the primary class).
-        group: index -> its group (the source_id); a group is picked whole.
-        rng: shuffles groups and breaks apportionment ties.
-        at_least_one: pick at least one group from every stratum.
-
-    Returns:
-        the picked indices.
-    """
-    chosen: set[int] = set()
-    by = _groups_by_stratum(indices, stratum, group)
-    strata = sorted(by, key=repr)
-    # largest-remainder apportionment: per-stratum targets that add up to
-    # round(frac * N), so many small classes still yield a val split
-    exact = {s: frac * sum(len(m) for m in by[s]) for s in strata}
-    targets = {s: math.floor(exact[s]) for s in strata}
-    spare = round(frac * sum(sum(len(m) for m in by[s]) for s in strata)) - sum(targets.values())
-    order = list(strata)
-    rng.shuffle(order)                      # ties broken at random, deterministically
-    order.sort(key=lambda s: exact[s] - targets[s], reverse=True)
-    for s in order[:max(0, spare)]:
-        targets[s] += 1
-    for s in strata:
-        groups = by[s]
-        rng.shuffle(groups)
-        target = max(1, targets[s]) if at_least_one else targets[s]
-        taken = 0
-        for members in groups:
-            if taken >= target:
-                break
-            # take a group unless it overshoots the target more than leaving it out would
-            if taken and taken + len(members) - target > target - taken:
-                continue
-            chosen.update(members)
-            taken += len(members)
-    return chosen
-
-
-def assign_folds(indices: Iterable[int], k: int, stratum: Callable[[int], object],
-                 group: Callable[[int], str], rng: random.Random) -> dict[int, int]:
-    """Stratified, grouped K-fold: each group goes to the fold with fewest of its stratum.
-
-    Returns:
-        {index: fold}.
-    """
-    fold_of: dict[int, int] = {}
-    total = [0] * k
-    by = _groups_by_stratum(indices, stratum, group)
-    for s in sorted(by, key=repr):
-        groups = by[s]
-        rng.shuffle(groups)
-        per = [0] * k
-        for members in groups:
-            f = min(range(k), key=lambda j: (per[j], total[j], j))
-            per[f] += len(members)
-            total[f] += len(members)
-            for i in members:
-                fold_of[i] = f
-    return fold_of
+def _size_cap(max_side: int | None, short_side: int | None) -> int | None:
+    """The largest estimate after a resize, or None without one."""
+    if not (max_side or short_side):
+        return None
+    # the resized area: at most max_side^2; a short-side limit alone leaves
+    # the long side open, so assume a 3:2 photo
+    area = min(max_side ** 2 if max_side else float("inf"),
+               1.5 * short_side ** 2 if short_side else float("inf"))
+    return int(area * RESIZED_BYTES_PER_PIXEL) + 1
 
 
 def estimate_bytes(size: int, max_side: int | None, short_side: int | None = None) -> int:
@@ -118,29 +53,69 @@ def estimate_bytes(size: int, max_side: int | None, short_side: int | None = Non
         size: the source's size of the encoded input (0: unknown).
         max_side, short_side: the resize limits, if any.
     """
-    b = size or DEFAULT_ITEM_BYTES
-    if max_side or short_side:
-        # the resized area: at most max_side^2; a short-side limit alone leaves
-        # the long side open, so assume a 3:2 photo
-        area = min(max_side ** 2 if max_side else float("inf"),
-                   1.5 * short_side ** 2 if short_side else float("inf"))
-        b = min(b, int(area * RESIZED_BYTES_PER_PIXEL) + 1)
-    return b + 64  # Example framing
+    return int(estimate_sizes(np.array([size]), max_side, short_side)[0])
+
+
+def estimate_sizes(sizes: np.ndarray, max_side: int | None, short_side: int | None = None) -> np.ndarray:
+    """estimate_bytes of every size at once (a new int64 array)."""
+    b = np.asarray(sizes).astype(np.int64)
+    b[b == 0] = DEFAULT_ITEM_BYTES
+    cap = _size_cap(max_side, short_side)
+    if cap is not None:
+        np.minimum(b, cap, out=b)
+    b += 64  # Example framing
+    return b
+
+
+def cut_cumulative(cum: np.ndarray, shard_bytes: int) -> list[tuple[int, int]]:
+    """(start, end) of consecutive runs of at most `shard_bytes` each, from the running sum of
+    the sizes (a lone bigger item gets its own run)."""
+    return _cut_chunks([cum], shard_bytes)
+
+
+def _cut_chunks(cums, shard_bytes: int) -> list[tuple[int, int]]:
+    """cut_cumulative over the running sum given as consecutive chunks (each an int64 array)."""
+    out, start, base, off, last = [], 0, 0, 0, 0    # base: the running sum before item `start`
+    for cum in cums:
+        n = off + len(cum)
+        while start < n:
+            end = max(start + 1, off + int(np.searchsorted(cum, base + shard_bytes, side="right")))
+            if end >= n:
+                break                               # this shard may go on in the next chunk
+            out.append((start, end))
+            base = int(cum[end - 1 - off]) if end > off else last
+            start = end
+        off, last = n, int(cum[-1]) if len(cum) else last
+    if start < off:
+        out.append((start, off))
+    return out
 
 
 def cut_by_size(order: list[int], sizes: Callable[[int], int], shard_bytes: int) -> list[list[int]]:
     """Consecutive runs of `order` of at most `shard_bytes` each (a lone bigger item gets its own)."""
-    chunks, cur, cur_b = [], [], 0
-    for i in order:
-        b = sizes(i)
-        if cur and cur_b + b > shard_bytes:
-            chunks.append(cur)
-            cur, cur_b = [], 0
-        cur.append(i)
-        cur_b += b
-    if cur:
-        chunks.append(cur)
-    return chunks
+    cum = np.cumsum(np.array([sizes(i) for i in order], dtype=np.int64))
+    return [list(order[a:e]) for a, e in cut_cumulative(cum, shard_bytes)]
+
+
+def _columns(labels, source_ids, splits) -> tuple[np.ndarray, list, np.ndarray, np.ndarray, list]:
+    """(label set id per item, the sets, group per item, split code per item (-1: none), split names).
+
+    The index's columns (utils.generate.index) hand over their arrays; plain
+    lists (tests, small callers) are interned here.
+    """
+    if hasattr(labels, "ids"):
+        lid, sets = labels.ids, labels.sets
+    else:
+        lid, sets = intern(tuple(x) for x in labels)
+    group = source_ids.group if hasattr(source_ids, "group") else intern(source_ids)[0]
+    if hasattr(splits, "codes"):
+        codes, names = splits.codes, list(splits.names)
+    else:
+        ids, vals = intern(splits)
+        names = [v for v in vals if v is not None]
+        remap = np.array([names.index(v) if v is not None else -1 for v in vals], dtype=np.int8)
+        codes = remap[ids] if len(ids) else np.zeros(0, np.int8)
+    return lid, sets, group, codes, names
 
 
 def make_plan(labels: Sequence[tuple[int, ...]], source_ids: Sequence[str], splits: Sequence[str | None],
@@ -150,7 +125,7 @@ def make_plan(labels: Sequence[tuple[int, ...]], source_ids: Sequence[str], spli
     """The shards to write, in order, each with its members.
 
     Args:
-        labels: class indices per item.
+        labels: class indices per item (an index's LabelColumn, or a list).
         source_ids: per item; items that share one are split, folded and picked together.
         splits: per item, the split its source dictates, or None.
         sizes: per item, its encoded size (0: unknown).
@@ -166,56 +141,112 @@ def make_plan(labels: Sequence[tuple[int, ...]], source_ids: Sequence[str], spli
         ShardPlans for train, then val, then test; within a split (and fold) the
         members are shuffled so that shards mix classes.
     """
-    dictated = any(splits)
+    lid, sets, group, codes, names = _columns(labels, source_ids, splits)
+    n = len(lid)
+    dictated = bool((codes >= 0).any() and any(names))
+    # the split names in play: SPLITS first (their code is their position), then any other a source gave
+    all_names = list(SPLITS) + [s for s in names if s not in SPLITS]
+    to_base = np.array([all_names.index(s or "train") for s in names] + [0], dtype=np.int8)
+    split_of = to_base[codes]                # code -1 picks the trailing 0: "train"
+    top = max((s[0] for s in sets if s), default=0)
+    primary_of_set = np.array([s[0] if s else -1 for s in sets] + [-1], dtype=np.int16 if top < 2 ** 15 - 1 else np.int32)
+    primary = primary_of_set[lid]            # unlabeled: its own stratum, -1
+    n_prim = int(primary_of_set.max()) + 2
+    train, val, test = (SPLITS.index(s) for s in ("train", "val", "test"))
 
-    def base_split(i: int) -> str:
-        return splits[i] or "train"
-
-    def primary(i: int) -> int:
-        return labels[i][0] if labels[i] else -1   # unlabeled / all-zero multi-hot: own stratum
-
-    def group(i: int) -> str:
-        return source_ids[i]
-
-    indices = list(range(len(labels)))
     if fraction is not None and fraction < 1:
-        chosen = pick_stratified(indices, fraction, lambda i: (base_split(i), primary(i)), group,
-                                 random.Random(f"{seed}/fraction"), at_least_one=True)
-        indices = [i for i in indices if i in chosen]
-
-    split_of = {i: base_split(i) for i in indices}
+        sid = split_of.astype(np.int32) * n_prim + primary.astype(np.int32) + 1
+        keys = {s: (all_names[s // n_prim], s % n_prim - 1) for s in distinct(sid)}
+        chosen = pick_stratified_arrays(sid, keys, group, fraction, random.Random(f"{seed}/fraction"),
+                                        at_least_one=True)
+        del sid
+        split_of[~chosen] = -1               # not in the subset: in no split
+        del chosen
     if val_fraction is not None and (val_fraction > 0 or not dictated):
         # an explicit --val-fraction re-splits everything that is not test
-        pool = [i for i in indices if split_of[i] != "test"]
-        val = pick_stratified(pool, val_fraction, lambda i: (primary(i),), group,
-                              random.Random(f"{seed}/val"))
-        for i in pool:
-            split_of[i] = "val" if i in val else "train"
+        in_pool = (split_of >= 0) & (split_of != test)
+        picked = _pick_in(in_pool, primary, group, val_fraction, random.Random(f"{seed}/val"))
+        split_of[in_pool] = np.where(picked, np.int8(val), np.int8(train))
+        del in_pool, picked
 
-    fold_of: dict[int, int] = {}
+    fold_of = None
     if folds >= 2:
-        train = [i for i in indices if split_of[i] == "train"]
-        fold_of = assign_folds(train, folds, lambda i: (primary(i),), group, random.Random(f"{seed}/folds"))
+        in_train = split_of == train
+        fold_of = np.full(n, -1, dtype=np.int8)
+        fold_of[in_train] = _folds_in(in_train, primary, group, folds, random.Random(f"{seed}/folds"))
+        del in_train
+    del primary
 
     shard_bytes = max(1, int(shard_mb * 1024 * 1024))
-
-    def size_of(i: int) -> int:
-        return estimate_bytes(sizes[i], max_side, short_side)
-
+    sizes = np.asarray(sizes)
     plan: list[ShardPlan] = []
-    for split in SPLITS:
-        members = [i for i in indices if split_of[i] == split]
-        if not members:
+    for code, split in enumerate(SPLITS):
+        in_split = split_of == code
+        if not in_split.any():
             continue
-        bins: list[tuple[int | None, list[int]]]
-        if split == "train" and folds >= 2:
-            bins = [(f, [i for i in members if fold_of[i] == f]) for f in range(folds)]
+        if split == "train" and fold_of is not None:
+            bins = [(f, in_split & (fold_of == f)) for f in range(folds)]
         else:
-            bins = [(None, members)]
-        chunks: list[tuple[int | None, list[int]]] = []
-        for f, ms in bins:
-            random.Random(f"{seed}/shuffle/{split}/{f}").shuffle(ms)  # mix classes within shards
-            chunks += [(f, c) for c in cut_by_size(ms, size_of, shard_bytes)]
-        n = len(chunks)
-        plan += [ShardPlan(shard_name(split, j, n), split, f, c) for j, (f, c) in enumerate(chunks)]
+            bins = [(None, in_split)]
+        chunks: list[tuple[int | None, np.ndarray]] = []
+        for f, mask in bins:
+            order = _shuffled_members(mask, random.Random(f"{seed}/shuffle/{split}/{f}"))  # mix classes
+            cuts = _cut_chunks(_running_sums(sizes, order, max_side, short_side), shard_bytes)
+            chunks += [(f, order[a:e]) for a, e in cuts]
+        k = len(chunks)
+        plan += [ShardPlan(shard_name(split, j, k), split, f, c) for j, (f, c) in enumerate(chunks)]
     return plan
+
+
+def _selected(mask: np.ndarray, out: np.ndarray | None = None, chunk: int = 1 << 16) -> np.ndarray:
+    """np.flatnonzero(mask) as int32, filled in chunks (no int64 index of every item), into `out` if given."""
+    if out is None:
+        out = np.empty(int(np.count_nonzero(mask)), dtype=np.int32)
+    j = 0
+    for a in range(0, len(mask), chunk):
+        nz = np.flatnonzero(mask[a:a + chunk])
+        out[j:j + len(nz)] = nz + a
+        j += len(nz)
+    return out
+
+
+def _pick_in(mask: np.ndarray, primary: np.ndarray, group: np.ndarray, frac: float,
+             rng: random.Random) -> np.ndarray:
+    """pick_stratified_arrays by primary class over the items in `mask` (views when that is all)."""
+    if mask.all():
+        prim, grp = primary, group
+    else:
+        idx = _selected(mask)
+        prim, grp = primary[idx], group[idx]
+        del idx
+    keys = {p: (p,) for p in distinct(prim)}
+    return pick_stratified_arrays(prim, keys, grp, frac, rng)
+
+
+def _folds_in(mask: np.ndarray, primary: np.ndarray, group: np.ndarray, k: int, rng: random.Random) -> np.ndarray:
+    """assign_folds_arrays by primary class over the items in `mask`."""
+    idx = _selected(mask)
+    prim, grp = primary[idx], group[idx]
+    del idx
+    keys = {p: (p,) for p in distinct(prim)}
+    return assign_folds_arrays(prim, keys, grp, k, rng)
+
+
+def _shuffled_members(mask: np.ndarray, rng: random.Random) -> np.ndarray:
+    """The items in `mask`, ascending, then shuffled by rng as a list of them would be (int32)."""
+    ms = array("i", [0]) * int(np.count_nonzero(mask))
+    if not len(ms):
+        return np.zeros(0, np.int32)
+    _selected(mask, np.frombuffer(ms, dtype=np.int32))
+    rng.shuffle(ms)
+    return np.frombuffer(ms, dtype=np.int32)
+
+
+def _running_sums(sizes: np.ndarray, order: np.ndarray, max_side, short_side, chunk: int = 1 << 16):
+    """The running sum of estimate_sizes(sizes[order]), as int64 chunks (never a whole int64 column)."""
+    carry = 0
+    for a in range(0, len(order), chunk):
+        cum = np.cumsum(estimate_sizes(sizes[order[a:a + chunk]], max_side, short_side))
+        cum += carry
+        carry = int(cum[-1])
+        yield cum

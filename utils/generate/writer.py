@@ -3,12 +3,13 @@
 Four phases, so that a multi-million-sample source never needs its bytes in
 memory and a killed run can resume:
 
-  INDEX   iterate source.items() into light Items (+ Skips) and fix the class
-          list (utils.generate.index).
+  INDEX   iterate source.items() into a columnar index (arrays and string
+          blobs, no object per item; + Skips) and fix the class list
+          (utils.generate.index).
   PLAN    pure and deterministic for a seed: --fraction subset, train/val
           split (stratified by class, grouped by source_id), --folds, shuffle,
-          and the cut into shards by estimated size (utils.generate.plan). Its
-          hash names the run (utils.generate.outdir).
+          and the cut into shards by estimated size, on arrays
+          (utils.generate.plan). Its hash names the run (utils.generate.outdir).
   WRITE   shard by shard, in plan order: load, check / resize in workers,
           serialize, frame, hash and write (utils.generate.shards); a sidecar
           in `.work/` marks each finished shard.

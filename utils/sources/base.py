@@ -5,9 +5,9 @@ stream of `Item`s (one per sample) and `Skip`s (inputs that cannot become a
 sample, with a reason). Items are light: they carry a `load` callable, not the
 bytes, so the writer can index millions of samples, plan splits and shards,
 and only then read bytes shard by shard (possibly in worker processes, hence
-`load` must be picklable: a `functools.partial` of a module-level function,
-or a small slotted callable like bsondump.PictureLoader where millions of
-items make the partial's ~220 bytes count).
+`load` must be picklable: `file_loader(paths)`, a `FileRange`, or a
+`functools.partial` of a module-level function). The index keeps the first
+two as numbers and strings in arrays, any other loader as the object itself.
 
 Sources do NOT decode or validate images; the writer does that once for all.
 """
@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
-from utils.errors import SourceError  # noqa: F401  (re-exported: the writer and tests catch it from here)
+from utils.errors import SourceError  # (also re-exported: the writer and tests catch it from here)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +53,33 @@ def read_files(paths: Sequence[str]) -> list[bytes]:
 def file_loader(*paths: str) -> Callable[[], list[bytes]]:
     """A picklable Item.load that reads `paths` (one file per plane)."""
     return functools.partial(read_files, tuple(paths))
+
+
+class FileRange:
+    """Item.load for `length` bytes at `offset` of one file (a photo inside a BSON dump).
+
+    Slotted and picklable; the index (utils.generate.index) stores it as two
+    numbers in arrays instead of keeping the object.
+    """
+
+    __slots__ = ("path", "offset", "length")
+
+    def __init__(self, path: str, offset: int, length: int) -> None:
+        self.path, self.offset, self.length = path, offset, length
+
+    def __call__(self) -> list[bytes]:
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read(self.length)
+        if len(data) < self.length:
+            raise SourceError(f"{self.path}: file cut short at byte {self.offset + len(data)}")
+        return [data]
+
+    def __getstate__(self):
+        return self.path, self.offset, self.length
+
+    def __setstate__(self, state) -> None:
+        self.path, self.offset, self.length = state
 
 
 def file_item(key: str, source_id: str, labels: tuple[str, ...], *paths: str, split: str | None = None) -> Item:

@@ -6,17 +6,19 @@ file has no `category_id`. The real train.bson is 58 GB, so nothing here ever
 holds more than one document: we read the 4-byte little-endian length, then
 exactly that many bytes, decode them with pymongo's `bson.decode`, and move on.
 
-Items remember only (byte offset, length) of their document; `load()` seeks
-back and re-decodes just that document. That keeps the index the writer builds
-small (no picture bytes in it) and lets worker processes read photos in any
-order without sharing a file handle.
+Items remember only where their photo's bytes lie in the file (a FileRange:
+offset and length); `load()` seeks there and reads just them. That keeps the
+index the writer builds small (two numbers per photo in its arrays) and lets
+worker processes read photos in any order without sharing a file handle. A
+photo whose bytes cannot be located in the raw document (an old binary
+subtype) falls back to re-decoding its document (PictureLoader).
 """
 from __future__ import annotations
 
 from typing import Iterator, NamedTuple
 
 from utils.errors import SourceError, first_line
-from utils.sources.base import Item, Skip, Source
+from utils.sources.base import FileRange, Item, Skip, Source
 from utils.sources.folder import require_file
 from utils.sources.table import read_csv_rows
 
@@ -117,12 +119,12 @@ class _Document:
 
 
 class PictureLoader:
-    """Item.load for photo `index` of a document: read_picture, in ~48 bytes.
+    """Item.load for photo `index` of a document: read_picture.
 
-    The writer holds every Item of the dump in memory (12.4M photos for the full
-    Cdiscount train set); a functools.partial with its own argument tuple and
-    integers took ~220 bytes per photo, this takes a pointer and a small int.
-    Picklable, for the writer's resize workers.
+    Only for a photo whose bytes picture_offset cannot locate in the raw
+    document (every other photo gets a FileRange, which the index keeps as two
+    numbers); the index keeps this one as the object. Picklable, for the
+    writer's resize workers.
     """
 
     __slots__ = ("doc", "index")
@@ -138,6 +140,21 @@ class PictureLoader:
 
     def __setstate__(self, state) -> None:
         self.doc, self.index = state
+
+
+def picture_offset(data: bytes, pic: bytes, start: int) -> int:
+    """Where `pic` lies in the raw document `data` as a BSON binary value, searching from `start`; -1 if not.
+
+    A binary element is `\x05 name\0 <int32 length> <subtype> <bytes>`; the
+    length check keeps a picture's bytes from matching anywhere else.
+    """
+    want = len(pic).to_bytes(4, "little")
+    pos = data.find(pic, start)
+    while pos >= 5:
+        if data[pos - 5:pos - 1] == want:
+            return pos
+        pos = data.find(pic, pos + 1)
+    return -1
 
 
 def iter_products(path: str) -> Iterator[tuple[str, str | None, list[bytes]]]:
@@ -252,6 +269,7 @@ class BsonSource(Source):
         labels = self._labels(cat)
         unknown = labels and self._known is not None and labels[0] not in self._known
         where = _Document(self.path, raw.offset, raw.length)
+        pos = 0
         for i, img in enumerate(imgs):
             key = f"{pid}/{i}"
             pic = _picture(img)
@@ -260,11 +278,14 @@ class BsonSource(Source):
             elif unknown:
                 yield Skip(key, f"label not in label list: {labels[0]}")
             else:
+                at = picture_offset(raw.data, pic, pos)
+                if at >= 0:
+                    pos = at + len(pic)
                 yield Item(
                     key=key,
                     source_id=pid,
                     labels=labels,
-                    load=PictureLoader(where, i),
+                    load=FileRange(self.path, raw.offset + at, len(pic)) if at >= 0 else PictureLoader(where, i),
                     size=len(pic),
                     split="test" if cat is None else None,
                 )
