@@ -30,10 +30,11 @@ from utils.input.pipeline import dataset_info, decode_failures, make_dataset
 from utils.plots import save_history_plot
 from utils.train import config, distribute, optim
 from utils.train.callbacks import EpochEnd, ScalarLog, StepCheckpoint, metric_names, pick_monitor
-from utils.train.checkpoint import Checkpoint, remove_dir, run_lock, save_model_files
+from utils.train.checkpoint import Checkpoint, read_csv_rows, remove_dir, run_lock, save_model_files
 from utils.train.interrupt import catch_signals
 from utils.train.phases import Phase, plan_phases
 from utils.train.preview import save_preview
+from utils.train.report import write_run_report
 
 
 @dataclass(frozen=True)
@@ -287,3 +288,5 @@ def save_artefacts(model, cfg: dict, info: dict, spec, paths: RunPaths, run: dic
                     "early_stopped": bool(run["stopped"])}})
     if os.path.exists(paths.csv_path):
         save_history_plot(paths.csv_path, os.path.join(paths.log_dir, "curves.png"))
+    write_run_report(paths.log_dir, paths.name, cfg, run, monitor, read_csv_rows(paths.csv_path),
+                     os.path.join(paths.log_dir, "curves.png"))
