@@ -89,10 +89,13 @@ def run(args: argparse.Namespace) -> int:
         out_dir = output.sidecar(args.out, ".eval")
         thumbs = Thumbnails(lambda: plan_inputs(args.inputs, names, split=args.split, cache_dir=args.cache_dir,
                                                 planes=members[0].planes), members[0], [r.id for r in rows])
-        page = write_eval_report(out_dir, class_names=names, y_true=y_true, y_prob=probs, ids=[r.id for r in rows],
-                                 multi_label=multi, thumbnails=thumbs.wanted(sample_losses(y_true, probs, multi)),
+        ids, losses = [r.id for r in rows], sample_losses(y_true, probs, multi)
+        page = write_eval_report(out_dir, class_names=names, y_true=y_true, y_prob=probs, ids=ids,
+                                 multi_label=multi, thumbnails=thumbs.wanted(losses),
                                  thresholds=thresholds if multi else None)
         print(f"evaluation page: {page}")
+        evaluate.write_losses(os.path.join(out_dir, "losses.csv"), ids, y_true, probs, losses, names,
+                              multi_label=multi, thresholds=thresholds)  # for train.py --hard-examples
         evaluate.write_evaluation(out_dir, y_true, probs, names, multi_label=multi, thresholds=thresholds, unit=unit)
     return 0
 

@@ -224,7 +224,7 @@ def make_dataset(data_dir: str, split: str, *, image_size, batch_size: int, trai
                  channels: int | None = None, fold: int | None = None, augment=None,
                  cache: bool = False, shuffle_buffer: int = 2048, seed: int | None = None,
                  repeat: bool = False, drop_remainder: bool = False, input_context=None,
-                 with_ids: bool = False) -> tf.data.Dataset:
+                 with_ids: bool = False, records_fn=None) -> tf.data.Dataset:
     """A batched dataset of (images float32 [B,h,w,C] in [0,255], labels[, source_ids]).
 
     Args:
@@ -242,6 +242,9 @@ def make_dataset(data_dir: str, split: str, *, image_size, batch_size: int, trai
         seed: None: a new order and new draws every run; an int repeats them.
         input_context: a tf.distribute.InputContext; this pipeline then reads its share.
         with_ids: also yield each record's image/source_id.
+        records_fn: serialized records -> serialized records, applied after
+            shuffle and repeat, before decoding (utils/input/sampling.mixer draws
+            hard examples more often there); None leaves the stream as it is.
     Raises:
         UsageError: a bad head, size, batch size, channel count or augmentation.
         DatasetError: no dataset, or the split is empty, or a shard is missing.
@@ -269,6 +272,8 @@ def make_dataset(data_dir: str, split: str, *, image_size, batch_size: int, trai
         ds = ds.shuffle(buf, seed=seed, reshuffle_each_iteration=True)
     if repeat:  # before the decode map: its workers run on across the epoch boundary
         ds = ds.repeat()
+    if records_fn is not None:  # still serialized: what it drops or draws again costs no decode
+        ds = records_fn(ds)
 
     spec = aug.parse_names(augment) if training else {}
     decode = _decoder(size, channels, planes, num_classes, head, aug.decode_crop(spec), seed, with_ids)

@@ -25,7 +25,7 @@ from utils.dataset.manifest import class_counts, load_manifest, select_shards, s
 from utils.errors import DatasetError
 from utils.input.pipeline import dataset_info, decode_failures, make_dataset
 from utils.plots import save_history_plot
-from utils.train import config, distribute, optim
+from utils.train import config, distribute, hard, optim
 from utils.train.callbacks import EpochEnd, ScalarLog, metric_names, pick_monitor
 from utils.train.checkpoint import Checkpoint, remove_dir, save_model_files
 from utils.train.phases import Phase, plan_phases
@@ -90,7 +90,8 @@ def split_sizes(cfg: dict, info: dict) -> tuple[int, int, list[int]]:
     return counts[0], counts[1], train_classes
 
 
-def make_datasets(cfg: dict, info: dict, strategy, image_size: int, out_names: list[str], val_repeat: bool):
+def make_datasets(cfg: dict, info: dict, strategy, image_size: int, out_names: list[str], val_repeat: bool,
+                  records_fn=None):
     """(train, val) datasets at `image_size`, distributed over the strategy's replicas.
 
     The train set repeats (fit runs a fixed number of steps per epoch, so the LR
@@ -101,7 +102,8 @@ def make_datasets(cfg: dict, info: dict, strategy, image_size: int, out_names: l
                   channels=info["channels"], fold=cfg["fold"], seed=cfg["seed"])
     train = distribute.distributed_dataset(strategy, lambda batch, ctx: make_dataset(
         cfg["data"], "train", batch_size=batch, training=True, augment=cfg["augment"], cache=cfg["cache"],
-        shuffle_buffer=cfg["shuffle_buffer"], repeat=True, drop_remainder=True, input_context=ctx, **common),
+        shuffle_buffer=cfg["shuffle_buffer"], repeat=True, drop_remainder=True, input_context=ctx,
+        records_fn=records_fn, **common),
         cfg["batch_size"])
     val = distribute.distributed_dataset(strategy, lambda batch, ctx: make_dataset(
         cfg["data"], "val", batch_size=batch, training=False, repeat=val_repeat, input_context=ctx, **common),
@@ -137,7 +139,8 @@ def run(cfg: dict) -> dict:
     distributed = distribute.is_distributed(strategy)
     val_steps = cfg["val_steps"] or (math.ceil(n_val / cfg["batch_size"]) if distributed else None)
     out_names = heads.output_names(cfg["head"], info["num_classes"], info["class_names"])
-    datasets = {size: make_datasets(cfg, info, strategy, size, out_names, val_repeat=distributed)
+    mix = hard.prepare(cfg, paths.chief)  # --hard-examples: hard records drawn more often
+    datasets = {size: make_datasets(cfg, info, strategy, size, out_names, val_repeat=distributed, records_fn=mix)
                 for size in dict.fromkeys(p.image_size for p in phases)}
 
     with strategy.scope():
