@@ -125,9 +125,34 @@ def test_detect_losses_then_train_on_hard_examples(tiny, data, capsys):  # noqa:
     capsys.readouterr()
     rows = list(csv.DictReader(open("pred/train.eval/losses.csv")))
     assert len(rows) == 30 and {r["source_id"] for r in rows} == set(train_ids())
-    code, out, err = run_main(quick(data, "--epochs", "1", "--out", "model_save/hard.h5",
+    code, out, err = run_main(quick(data, "--epochs", "1", "--out", "model_save/hard.h5", "--ohem", "0.5",
                                     "--hard-examples", "pred/train.eval/losses.csv"), capsys)
     assert code == 0, err
+    import json
+
+    assert json.load(open("model_save/hard.json"))["config"]["ohem"] == 0.5
     p = hard.hard_probability(6, 24, 3.0)
     assert f"hard examples: 6 of 30 training records (the top 20% of 30 losses in pred/train.eval/losses.csv) " \
            f"drawn 3x as often: {p:.0%} of each batch" in out
+
+
+def test_ohem_keeps_the_hardest_fraction_of_each_batch():
+    import keras
+
+    from model import losses
+
+    y = np.eye(3, dtype="float32")[[0, 1, 2, 0]]
+    p = np.array([[.9, .05, .05], [.5, .4, .1], [.2, .2, .6], [.1, .1, .8]], "float32")
+    per = -np.log(p[np.arange(4), [0, 1, 2, 0]])
+    loss, _ = losses.make_loss("softmax", 3, ["probs"], ohem=0.5)
+    assert float(loss(y, p)) == pytest.approx(np.sort(per)[-2:].mean(), rel=1e-5)
+    full, _ = losses.make_loss("softmax", 3, ["probs"])
+    assert float(full(y, p)) == pytest.approx(per.mean(), rel=1e-5)
+    assert float(losses.make_loss("softmax", 3, ["probs"], ohem=0.1)[0](y, p)) == pytest.approx(per.max(), rel=1e-5)
+    bce, _ = losses.make_loss("sigmoid", 3, ["probs"], ohem=0.25)
+    per_b = -(y * np.log(p) + (1 - y) * np.log(1 - p)).mean(axis=1)
+    assert float(bce(y, p)) == pytest.approx(per_b.max(), rel=1e-5)
+    again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(loss))
+    assert again.ohem == 0.5 and float(again(y, p)) == pytest.approx(float(loss(y, p)))
+    with pytest.raises(UsageError, match="ohem must be in"):
+        losses.make_loss("softmax", 3, ["probs"], ohem=1.5)

@@ -153,7 +153,7 @@ def run(cfg: dict) -> dict:
                                    class_names=info["class_names"], multi_label=cfg["head"] != "softmax")
     loss, loss_weights = losses.make_loss(cfg["head"], info["num_classes"], out_names, class_weights=class_w,
                                           label_smoothing=cfg["label_smoothing"], focal=cfg["focal"],
-                                          focal_gamma=cfg["focal_gamma"])
+                                          focal_gamma=cfg["focal_gamma"], ohem=cfg["ohem"])
     monitor, mode = pick_monitor(metric_names(metrics.make_metrics(cfg["head"], info["num_classes"], out_names)),
                                  cfg["head"])
     checkpoint.restore(model, scale)
