@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what --tune-thresholds maximises per class (iMet uses f2)")
     p.add_argument("--evaluate", action="store_true",
                    help="labelled input: accuracy, top-5, macro F1/F2, per-class CSV, confusion matrix / "
-                        "PR curves in PREFIX.eval/; the last stdout line is the headline score")
+                        "PR curves and losses.csv (per record: id, labels, loss, prediction; for train.py --hard-examples) "
+                        "in PREFIX.eval/; the last stdout line is the headline score")
     p.add_argument("--export", metavar="OUT",
                    help="instead of predicting, export --model to OUT (a SavedModel folder, x.onnx or x.tflite) "
                         "with its metadata beside it, then check it against Keras on a few images "

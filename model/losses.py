@@ -36,17 +36,34 @@ def _as_list(w):
 
 
 class _WeightedLoss(keras.losses.Loss):
-    """What both weighted losses share: label smoothing, the focal switch, their config."""
+    """What both weighted losses share: label smoothing, the focal switch, OHEM, their config."""
 
-    def __init__(self, label_smoothing: float, focal: bool, focal_gamma: float, **kwargs):
+    def __init__(self, label_smoothing: float, focal: bool, focal_gamma: float, ohem: float = 1.0, **kwargs):
         super().__init__(**kwargs)
         self.label_smoothing = float(label_smoothing)
         self.focal = bool(focal)
         self.focal_gamma = float(focal_gamma)
+        self.ohem = float(ohem)
+
+    def _hardest(self, per):
+        """Online hard example mining (--ohem F): per-sample losses [B] -> only the ceil(F x B)
+        largest count, their mean is the batch loss.
+
+        Returned as [B] values (the rest zero, the kept ones scaled by B / k) because Keras
+        averages whatever call() returns over the batch; the batch size may be dynamic
+        (the last val batch), so k is a tensor and the cut a mask, not top_k.
+        """
+        if self.ohem >= 1.0:
+            return per
+        n = ops.cast(ops.shape(per)[0], per.dtype)
+        k = ops.maximum(ops.ceil(n * self.ohem), 1.0)
+        ranked = -ops.sort(-per)  # descending
+        keep = ops.cast(ops.cast(ops.arange(ops.shape(per)[0]), per.dtype) < k, per.dtype)
+        return ranked * keep * (n / k)
 
     def get_config(self):
         return {**super().get_config(), "label_smoothing": self.label_smoothing, "focal": self.focal,
-                "focal_gamma": self.focal_gamma}
+                "focal_gamma": self.focal_gamma, "ohem": self.ohem}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -54,8 +71,9 @@ class WeightedCategoricalCrossentropy(_WeightedLoss):
     """Softmax-probability cross-entropy weighted by the true class's weight."""
 
     def __init__(self, class_weights=None, label_smoothing: float = 0.0, focal: bool = False,
-                 focal_gamma: float = 2.0, name: str = "weighted_categorical_crossentropy", **kwargs):
-        super().__init__(label_smoothing, focal, focal_gamma, name=name, **kwargs)
+                 focal_gamma: float = 2.0, name: str = "weighted_categorical_crossentropy", ohem: float = 1.0,
+                 **kwargs):
+        super().__init__(label_smoothing, focal, focal_gamma, ohem, name=name, **kwargs)
         self.class_weights = _as_list(class_weights)
 
     def call(self, y_true, y_pred):
@@ -70,7 +88,7 @@ class WeightedCategoricalCrossentropy(_WeightedLoss):
             # weight from the UNSMOOTHED labels: smoothing is a target change, not a re-weighting
             w = ops.convert_to_tensor(self.class_weights, dtype=y_pred.dtype)
             per = per * ops.sum(y_true * w, axis=-1)
-        return per
+        return self._hardest(per)
 
     def get_config(self):
         return {**super().get_config(), "class_weights": self.class_weights}
@@ -81,8 +99,9 @@ class WeightedBinaryCrossentropy(_WeightedLoss):
     """Per-class binary cross-entropy with positive weights, mean over classes."""
 
     def __init__(self, pos_weights=None, label_smoothing: float = 0.0, focal: bool = False,
-                 focal_gamma: float = 2.0, name: str = "weighted_binary_crossentropy", **kwargs):
-        super().__init__(label_smoothing, focal, focal_gamma, name=name, **kwargs)
+                 focal_gamma: float = 2.0, name: str = "weighted_binary_crossentropy", ohem: float = 1.0,
+                 **kwargs):
+        super().__init__(label_smoothing, focal, focal_gamma, ohem, name=name, **kwargs)
         self.pos_weights = _as_list(pos_weights)
 
     def call(self, y_true, y_pred):
@@ -100,7 +119,7 @@ class WeightedBinaryCrossentropy(_WeightedLoss):
                 y = y * (1.0 - self.label_smoothing) + 0.5 * self.label_smoothing
             p = ops.clip(y_pred, _EPS, 1.0 - _EPS)
             per = -(pw * y * ops.log(p) + (1.0 - y) * ops.log(1.0 - p))
-        return ops.mean(per, axis=-1)
+        return self._hardest(ops.mean(per, axis=-1))
 
     def get_config(self):
         return {**super().get_config(), "pos_weights": self.pos_weights}
@@ -215,7 +234,7 @@ def _per_output_weights(loss_weights, names: list[str]) -> dict[str, float]:
 
 
 def make_loss(head: str, num_classes: int, output_names, *, class_weights=None, label_smoothing: float = 0.0,
-              focal: bool = False, focal_gamma: float = 2.0, loss_weights=None):
+              focal: bool = False, focal_gamma: float = 2.0, loss_weights=None, ohem: float | None = None):
     """The loss (and per-output loss weights) for model.compile.
 
     Args:
@@ -224,6 +243,9 @@ def make_loss(head: str, num_classes: int, output_names, *, class_weights=None, 
             positive weights), or None.
         loss_weights: per-class head only: K values or {output_name: weight};
             None -> all 1.
+        ohem: keep only this fraction of each batch's highest per-sample losses
+            (online hard example mining; per output for the per-class head);
+            None or 1 keeps all.
 
     Returns:
         (loss, loss_weights): a loss and None, or per-class a dict of losses and a
@@ -240,16 +262,19 @@ def make_loss(head: str, num_classes: int, output_names, *, class_weights=None, 
     if cw is not None and len(cw) != num_classes:
         raise UsageError(f"{len(cw)} class weights for {num_classes} classes")
     names = list(output_names)
+    ohem = 1.0 if ohem is None else float(ohem)
+    if not 0.0 < ohem <= 1.0:
+        raise UsageError(f"ohem must be in (0, 1], not {ohem}")
 
     if head == "softmax":
-        return WeightedCategoricalCrossentropy(cw, label_smoothing, focal, focal_gamma), None
+        return WeightedCategoricalCrossentropy(cw, label_smoothing, focal, focal_gamma, ohem=ohem), None
     if head == "sigmoid":
-        return WeightedBinaryCrossentropy(cw, label_smoothing, focal, focal_gamma), None
+        return WeightedBinaryCrossentropy(cw, label_smoothing, focal, focal_gamma, ohem=ohem), None
     if len(names) != num_classes:
         raise UsageError(f"per-class head: {len(names)} outputs for {num_classes} classes")
     losses = {
         name: WeightedBinaryCrossentropy(None if cw is None else [cw[i]], label_smoothing, focal, focal_gamma,
-                                         name=f"{name}_bce")
+                                         name=f"{name}_bce", ohem=ohem)
         for i, name in enumerate(names)
     }
     return losses, _per_output_weights(loss_weights, names)

@@ -19,6 +19,7 @@ import numpy as np
 
 from utils.detect.thresholds import fbeta_from_counts, passes
 from utils.files import atomic_write_csv, atomic_write_text
+from utils.input.sampling import LOSSES_COLUMNS
 
 REPORT_COLUMNS = ["class", "precision", "recall", "f1", "f2", "support", "predicted"]
 
@@ -69,6 +70,26 @@ def write_report_csv(rows: list[dict], path: str) -> None:
     atomic_write_csv(path, REPORT_COLUMNS, (
         [r["class"], f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['f1']:.4f}", f"{r['f2']:.4f}",
          r["support"], r["predicted"]] for r in rows))
+
+
+def write_losses(path: str, ids, y_true, probs, losses, class_names, *, multi_label: bool, thresholds=0.5) -> int:
+    """losses.csv: per row its source id, true labels, loss and predicted labels (train.py --hard-examples).
+
+    Args:
+        ids: the rows' ids (a dataset's image/source_id).
+        losses: per-row loss [N] (utils/detect/report.sample_losses).
+        thresholds: multi-label: the per-class thresholds of the prediction.
+
+    Returns:
+        rows written.
+    """
+    y_pred = predict_labels(probs, multi_label, thresholds)
+
+    def names(row):
+        return " ".join(class_names[k] for k in np.flatnonzero(np.asarray(row) > 0.5))
+
+    return atomic_write_csv(path, LOSSES_COLUMNS, (
+        [i, names(t), f"{float(loss):.6g}", names(p)] for i, t, loss, p in zip(ids, y_true, losses, y_pred)))
 
 
 def macro_fbeta(y_true, y_pred, beta: float = 1.0) -> float:

@@ -130,6 +130,9 @@ def _evaluate(args, members, photos: list, rows: list, y_true, probs, thresholds
                              multi_label=multi, thumbnails=thumbs.wanted(sample_losses(y_page, p_page, multi), extra),
                              thresholds=thresholds if multi else None, products=products)
     print(f"evaluation page: {page}")
+    evaluate.write_losses(os.path.join(out_dir, "losses.csv"), [r.id for r in rows], y_true, probs,
+                          sample_losses(y_true, probs, multi), names, multi_label=multi,
+                          thresholds=thresholds)  # for train.py --hard-examples
     evaluate.write_evaluation(out_dir, y_true, probs, names, multi_label=multi, thresholds=thresholds, unit=unit)
 
 

@@ -312,7 +312,7 @@ def make_dataset(data_dir: str, split: str, *, image_size, batch_size: int, trai
                  cache: bool = False, shuffle_buffer: int = 2048, seed: int | None = None,
                  repeat: bool = False, drop_remainder: bool = False, input_context=None,
                  with_ids: bool = False, skip_corrupt_shards: bool = False,
-                 skip: int | None = None) -> tf.data.Dataset:
+                 skip: int | None = None, records_fn=None) -> tf.data.Dataset:
     """A batched dataset of (images float32 [B,h,w,C] in [0,255], labels[, source_ids]).
 
     Args:
@@ -336,6 +336,9 @@ def make_dataset(data_dir: str, split: str, *, image_size, batch_size: int, trai
         skip: None: as above. An int (training, repeat and an int seed only): a
             resumable stream (`_resumable_stream`) of which the first `skip`
             records of THIS pipeline are passed over; train.py's --resume.
+        records_fn: serialized records -> serialized records, applied after
+            shuffle and repeat, before decoding (utils/input/sampling.mixer draws
+            hard examples more often there); None leaves the stream as it is.
     Raises:
         UsageError: a bad head, size, batch size, channel count or augmentation.
         DatasetError: no dataset, or the split is empty, or a shard is missing.
@@ -367,6 +370,8 @@ def make_dataset(data_dir: str, split: str, *, image_size, batch_size: int, trai
                             reshuffle_each_iteration=True)
         if repeat:  # before the decode map: its workers run on across the epoch boundary
             ds = ds.repeat()
+    if records_fn is not None:  # still serialized: what it drops or draws again costs no decode
+        ds = records_fn(ds)
 
     spec = aug.parse_names(augment) if training else {}
     decode = _decoder(size, channels, planes, num_classes, head, aug.decode_crop(spec), seed, with_ids)

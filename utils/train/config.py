@@ -70,6 +70,11 @@ OPTIONS: dict[str, Option] = {
     "focal": Option(False, "focal loss instead of cross-entropy", bool),
     "focal_gamma": Option(2.0, "focal loss focusing parameter", float),
     "class_weights": Option("none", "none, balanced (from the manifest's class counts) or FILE (JSON list/dict or CSV name,weight)"),
+    # --- hard examples (utils/train/hard.py, utils/input/sampling.py)
+    "hard_examples": Option(None, "losses.csv from detect.py --split train --evaluate (PREFIX.eval/losses.csv): draw the hardest records more often"),
+    "hard_fraction": Option(0.2, "--hard-examples: the highest-loss fraction of the file's rows that counts as hard", float),
+    "hard_weight": Option(3.0, "--hard-examples: a hard record is drawn this many times as often as another", float),
+    "ohem": Option(None, "online hard example mining: only this fraction of each batch's highest per-sample losses counts (e.g. 0.5; the reported loss too)", float),
     # --- data
     "augment": Option("flip", "comma list of train augmentations: flip,rrc,rotate,color,randaugment,mixup,cutmix,erasing (or none); in YAML also {name: {kwargs}}"),
     "fold": Option(None, "K-fold dataset: validate on fold k, train on the others", int),
@@ -211,6 +216,11 @@ def validate(cfg: dict) -> None:
         raise UsageError(f"--warmup-epochs ({cfg['warmup_epochs']}) must be below --epochs ({cfg['epochs']})")
     if cfg["warmup_epochs"] and cfg["layers"] == "heads":
         raise UsageError("--warmup-epochs needs --layers all or a REGEX for the fine-tuning phase, not heads")
+    if not 0 < cfg["hard_fraction"] < 1 or not cfg["hard_weight"] > 0:
+        raise UsageError(f"--hard-fraction must be in (0, 1) and --hard-weight > 0, got {cfg['hard_fraction']} "
+                         f"and {cfg['hard_weight']}")
+    if cfg["ohem"] is not None and not 0 < cfg["ohem"] <= 1:
+        raise UsageError(f"--ohem must be in (0, 1], got {cfg['ohem']}")
     if cfg["fold"] is not None and cfg["fold"] < 0:
         raise UsageError(f"--fold must be >= 0, got {cfg['fold']}")
     if cfg["layers"] not in ("heads", "all"):

@@ -28,7 +28,7 @@ from utils.errors import DatasetError
 from utils.input.corruption import explain_data_error
 from utils.input.pipeline import dataset_info, decode_failures, make_dataset
 from utils.plots import save_history_plot
-from utils.train import config, distribute, optim
+from utils.train import config, distribute, hard, optim
 from utils.train.callbacks import EpochEnd, ScalarLog, StepCheckpoint, metric_names, pick_monitor
 from utils.train.checkpoint import Checkpoint, read_csv_rows, remove_dir, run_lock, save_model_files
 from utils.train.interrupt import catch_signals
@@ -110,16 +110,17 @@ def skip_records(steps_done: int, batch: int, ctx) -> int:
 
 
 def make_train_dataset(cfg: dict, info: dict, strategy, image_size: int, out_names: list[str],
-                       steps_done: int = 0):
+                       steps_done: int = 0, records_fn=None):
     """The repeating train stream of a phase, positioned after `steps_done` of its steps (--resume)."""
     common = _common(cfg, info, image_size, out_names)
     return distribute.distributed_dataset(strategy, lambda batch, ctx: make_dataset(
         cfg["data"], "train", batch_size=batch, training=True, augment=cfg["augment"], cache=cfg["cache"],
         shuffle_buffer=cfg["shuffle_buffer"], repeat=True, drop_remainder=True, input_context=ctx,
-        skip=skip_records(steps_done, batch, ctx), **common), cfg["batch_size"])
+        skip=skip_records(steps_done, batch, ctx), records_fn=records_fn, **common), cfg["batch_size"])
 
 
-def make_datasets(cfg: dict, info: dict, strategy, image_size: int, out_names: list[str], val_repeat: bool):
+def make_datasets(cfg: dict, info: dict, strategy, image_size: int, out_names: list[str], val_repeat: bool,
+                  records_fn=None):
     """(train, val) datasets at `image_size`, distributed over the strategy's replicas.
 
     The train set repeats (fit runs a fixed number of steps per epoch, so the LR
@@ -127,7 +128,7 @@ def make_datasets(cfg: dict, info: dict, strategy, image_size: int, out_names: l
     a fixed --val-steps when distributed (every replica must run the same steps).
     """
     common = _common(cfg, info, image_size, out_names)
-    train = make_train_dataset(cfg, info, strategy, image_size, out_names)
+    train = make_train_dataset(cfg, info, strategy, image_size, out_names, records_fn=records_fn)
     val = distribute.distributed_dataset(strategy, lambda batch, ctx: make_dataset(
         cfg["data"], "val", batch_size=batch, training=False, repeat=val_repeat, input_context=ctx, **common),
         cfg["batch_size"])
@@ -178,7 +179,8 @@ def train_locked(cfg: dict, spec, strategy, info: dict, paths: RunPaths, sizes: 
     distributed = distribute.is_distributed(strategy)
     val_steps = cfg["val_steps"] or (math.ceil(n_val / cfg["batch_size"]) if distributed else None)
     out_names = heads.output_names(cfg["head"], info["num_classes"], info["class_names"])
-    datasets = {size: make_datasets(cfg, info, strategy, size, out_names, val_repeat=distributed)
+    mix = hard.prepare(cfg, paths.chief)  # --hard-examples: hard records drawn more often
+    datasets = {size: make_datasets(cfg, info, strategy, size, out_names, val_repeat=distributed, records_fn=mix)
                 for size in dict.fromkeys(p.image_size for p in phases)}
 
     with strategy.scope():
@@ -191,7 +193,7 @@ def train_locked(cfg: dict, spec, strategy, info: dict, paths: RunPaths, sizes: 
                                    class_names=info["class_names"], multi_label=cfg["head"] != "softmax")
     loss, loss_weights = losses.make_loss(cfg["head"], info["num_classes"], out_names, class_weights=class_w,
                                           label_smoothing=cfg["label_smoothing"], focal=cfg["focal"],
-                                          focal_gamma=cfg["focal_gamma"])
+                                          focal_gamma=cfg["focal_gamma"], ohem=cfg["ohem"])
     monitor, mode = pick_monitor(metric_names(metrics.make_metrics(cfg["head"], info["num_classes"], out_names)),
                                  cfg["head"])
     checkpoint.restore(model, scale)
@@ -217,7 +219,7 @@ def train_locked(cfg: dict, spec, strategy, info: dict, paths: RunPaths, sizes: 
                   initial_epoch=checkpoint.run["epoch"], callbacks=callbacks, chief=paths.chief,
                   first_step=checkpoint.run["step"],
                   restart=lambda done, size=phase.image_size: make_train_dataset(cfg, info, strategy, size,
-                                                                                 out_names, done))
+                                                                                 out_names, done, mix))
 
     save_artefacts(model, cfg, info, spec, paths, checkpoint.run, monitor, out_names)
     if decode_failures() and paths.chief:
