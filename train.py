@@ -35,7 +35,9 @@ def main(argv=None) -> int:
     out = run(cfg)
     if out.get("preview"):
         print(f"wrote {out['preview']}")
-    elif out.get("find_lr"):
+    elif "find_lr" in out:
+        if not out["chief"]:
+            return 0
         found = out["find_lr"]
         print(f"wrote {found['png']} ({found['steps']} steps{', stopped: the loss diverged' if found['diverged'] else ''})")
         print(f"suggested --lr {found['suggestion']:.2g} (steepest descent of the smoothed loss; "

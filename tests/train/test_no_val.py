@@ -76,6 +76,13 @@ def test_without_validation_reasons():
     assert without_validation(dict(cfg, train_on_val=True), 10).startswith("--train-on-val: training on train + val")
 
 
+def test_without_validation_the_training_loss_is_the_monitor():
+    from utils.train.callbacks import pick_monitor
+
+    assert pick_monitor(["accuracy"], "softmax", validate=False) == ("loss", "min")
+    assert pick_monitor(["accuracy"], "softmax") == ("val_accuracy", "max")
+
+
 def folder(root, layout):
     """root/<class>/ images, or root/train|val/<class>/ when layout == "splits"."""
     splits = ("train", "val") if layout == "splits" else ("",)
