@@ -62,6 +62,7 @@ def test_bad_progressive_flags_one_line(tiny, data, capsys):
     assert "sizes must increase" in bad(quick(data, "--progressive", "32:1,24"), capsys)
     assert "tinynet needs sizes >= 16" in bad(quick(data, "--progressive", "8:1,32"), capsys)
     assert "not --progressive's final size 48" in bad(quick(data, "--progressive", "24:1,48"), capsys)
+    assert "give --progressive too" in bad(quick(data, "--progressive-batch"), capsys)
 
 
 def shapes_per_part(monkeypatch):

@@ -91,7 +91,7 @@ OPTIONS: dict[str, Option] = {
     "cache": Option(False, "cache the encoded records in memory after the first epoch (datasets that fit in RAM; decoding still runs each epoch)", bool),
     "shuffle_buffer": Option(2048, "shuffle buffer in records", int),
     # --- run control
-    "early_stop": Option(0, "stop after N epochs without validation improvement (0: never)", int),
+    "early_stop": Option(0, "stop after N epochs without validation improvement (of the training loss when there is no validation; 0: never)", int),
     "resume": Option(False, "continue an interrupted run from model_save/NAME.resume/ (weights, optimizer, LR schedule, epoch)", bool),
     "strategy": Option("auto", "auto (MultiWorkerMirrored when TF_CONFIG lists >1 worker, else Mirrored with "
                                ">1 GPU, else none), mirrored, multiworker (from TF_CONFIG; only the chief writes "
@@ -221,6 +221,8 @@ def validate(cfg: dict) -> None:
         raise UsageError(f"--fold must be >= 0, got {cfg['fold']}")
     if cfg.get("progressive"):
         parse_progressive(cfg["progressive"], cfg["epochs"])
+    elif cfg.get("progressive_batch"):
+        raise UsageError("--progressive-batch scales the batch per --progressive size: give --progressive too")
     if cfg.get("find_lr"):
         if cfg["resume"]:
             raise UsageError("--find-lr starts from fresh weights and saves nothing: drop --resume")
