@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="BSON: category_names.csv; fixes the class list to every category and keeps readable names")
     p.add_argument("--val-fraction", type=float, metavar="F",
                    help="put this fraction of the non-test samples in val, stratified by class and grouped by "
-                        "source id (default: keep the source's own val split, else no val)")
+                        "source id (default: keep the source's own val split, else 0.1 for labelled samples "
+                        "without --folds; 0: no val)")
     p.add_argument("--folds", type=int, default=0, metavar="K",
                    help="split train into K stratified, grouped folds; each train shard holds one fold (default 0: none)")
     p.add_argument("--fraction", type=float, metavar="F",

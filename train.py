@@ -9,7 +9,9 @@ head), fits under a tf.distribute strategy and writes (NAME = the --out stem):
   model_save/NAME.json, NAME.config.yaml     metadata for detect.py, the resolved config
   log/NAME/epochs.csv, curves.png, TensorBoard events
   model_save/NAME.resume/                    crash-safe state for --resume (removed when done)
-The last stdout line is the validation score, e.g. "val_accuracy 0.873 (best epoch 4)".
+The last stdout line is the validation score, e.g. "val_accuracy 0.873 (best epoch 4)";
+without validation (no val split, --val-split none, --train-on-val) the last
+epoch is the model (no .best) and the line is its training loss.
 
 Freeze-then-fine-tune: --warmup-epochs N trains only the heads for N epochs,
 then --layers at --finetune-lr-mult x --lr, with a fresh optimizer and
@@ -33,6 +35,17 @@ def main(argv=None) -> int:
     out = run(cfg)
     if out.get("preview"):
         print(f"wrote {out['preview']}")
+    elif "find_lr" in out:
+        if not out["chief"]:
+            return 0
+        found = out["find_lr"]
+        print(f"wrote {found['png']} ({found['steps']} steps{', stopped: the loss diverged' if found['diverged'] else ''})")
+        print(f"suggested --lr {found['suggestion']:.2g} (steepest descent of the smoothed loss; "
+              f"minimum / 10: {found['min_div10']:.2g})")
+    elif out["chief"] and not out["validate"]:
+        loss = "nan" if out["last_loss"] is None else f"{out['last_loss']:.4f}"
+        print(f"saved {out['base']}.h5 (+ .keras, .json): the last epoch, no validation; logs in {out['log_dir']}")
+        print(f"loss {loss} (last epoch {out['run']['epoch']}, no validation)")
     elif out["chief"]:
         record = out["run"]
         print(f"saved {out['base']}.h5 (+ .keras, .best.*, .json); logs in {out['log_dir']}")

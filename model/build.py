@@ -210,6 +210,7 @@ def set_trainable(model: keras.Model, layers: str) -> int:
     """
     backbone = get_backbone(model)
     model.trainable = True  # resets every layer; each mode then freezes what it must
+    backbone.trainable = True  # Keras 3.15 leaves a nested model frozen by an earlier "heads" call
     if layers == "all":
         pass
     elif layers == "heads":

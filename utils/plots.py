@@ -154,6 +154,23 @@ def save_history_plot(csv_path: str, path: str) -> str:
     return _save(fig, path)
 
 
+def save_lr_find_plot(lrs, smoothed, suggestion: float, path: str) -> str:
+    """train.py --find-lr: smoothed loss vs learning rate (log x), the suggested LR marked. Returns path."""
+    fig = Figure(figsize=(5.5, 3.6))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot(lrs, smoothed, "-", color="tab:blue")
+    ax.axvline(suggestion, color="tab:red", ls="--", lw=1)
+    i = int(np.argmin(np.abs(np.log(np.asarray(lrs)) - math.log(suggestion))))
+    ax.plot([suggestion], [smoothed[i]], "o", color="tab:red", label=f"suggested --lr {suggestion:.2g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("loss (smoothed)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _wide_positive_range(values, ratio: float = 50.0) -> bool:
     finite = [v for v in values if v == v and v not in (float("inf"), float("-inf"))]
     return bool(finite) and min(finite) > 0 and max(finite) / min(finite) > ratio

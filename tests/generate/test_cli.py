@@ -234,7 +234,7 @@ def test_short_side_stores_the_smallest_copy_that_fills_the_input(tmp_path):
     assert man["source"]["args"]["short_side"] == 40
     import tensorflow as tf
 
-    shards = [str(out / s["file"]) for s in man["splits"]["train"]["shards"]]
+    shards = [str(out / s["file"]) for sp in man["splits"].values() for s in sp["shards"]]  # val by default too
     sides = [(r[schema.HEIGHT], r[schema.WIDTH])
              for r in map(schema.parse_numpy, tf.data.TFRecordDataset(shards).as_numpy_iterator())]
     assert sides == [(40, 40)] * 6

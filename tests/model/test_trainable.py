@@ -111,3 +111,12 @@ def test_per_class_head_outputs_and_zero_loss_weight():
     assert not any(name.startswith(f"head_{outs[0]}_") for name in changed)
     for o in outs[1:]:
         assert {f"head_{o}_fc", f"head_{o}_logit"} <= changed
+
+
+def test_all_after_heads_unfreezes_the_backbone():
+    from model import build
+
+    m = build.build_model("densenet121", 3, input_size=32, weights="none")
+    n_all = build.set_trainable(m, "all")
+    assert build.set_trainable(m, "heads") < n_all
+    assert build.set_trainable(m, "all") == n_all  # freeze-then-fine-tune really fine-tunes the backbone

@@ -241,8 +241,6 @@ def bad(argv, capsys):
 
 def test_bad_input_one_line(tiny, data, tmp_path, capsys):
     assert "no dataset folder" in bad(quick(str(tmp_path / "missing")), capsys)
-    empty = shapes_dataset(str(tmp_path / "noval"), val=False)
-    assert "val" in bad(quick(empty), capsys)
     assert "unknown model 'resnet9000'" in bad(quick(data, "--model", "resnet9000"), capsys)
     assert "inceptionv3 needs --image-size >= 75" in bad(quick(data, "--model", "inceptionv3"), capsys)
     assert "has no folds" in bad(quick(data, "--fold", "0"), capsys)

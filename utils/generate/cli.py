@@ -46,11 +46,16 @@ def build(args: argparse.Namespace) -> int:
     def run(out: str, source=None) -> dict:
         if source is None:
             source = open_source(args.kind, args.source, argparse.Namespace(**{**vars(args), "out": out}))
-        return write_dataset(source, out, name=name, val_fraction=args.val_fraction, folds=args.folds,
-                             fraction=args.fraction, shard_mb=args.shard_mb, max_side=args.max_side,
-                             short_side=args.short_side, max_pixels=args.max_pixels, dedupe=args.dedupe,
-                             strict=args.strict, seed=args.seed, workers=args.workers,
-                             progress=not args.no_progress, overwrite=args.overwrite, shard_writer=shard_writer)
+        val_fraction = args.val_fraction if args.val_fraction is not None else default_val_fraction(source, args.folds)
+        manifest = write_dataset(source, out, name=name, val_fraction=val_fraction, folds=args.folds,
+                                 fraction=args.fraction, shard_mb=args.shard_mb, max_side=args.max_side,
+                                 short_side=args.short_side, max_pixels=args.max_pixels, dedupe=args.dedupe,
+                                 strict=args.strict, seed=args.seed, workers=args.workers,
+                                 progress=not args.no_progress, overwrite=args.overwrite, shard_writer=shard_writer)
+        if args.val_fraction is None and val_fraction and "val" in manifest["splits"]:
+            print(f"  val is {val_fraction:.0%} of the labelled samples by default (the source has no val split of "
+                  "its own; --val-fraction 0 builds none)", file=sys.stderr)
+        return manifest
 
     if getattr(shard_writer, "remote_out", None):   # gs://, s3://, ...: the state lives in a local mirror
         from utils.generate.remote import write_remote
@@ -80,6 +85,25 @@ def _shard_writer(args: argparse.Namespace):
     writer = BeamShardWriter(options, workers=args.workers, remote_out=None if is_local(args.out) else args.out)
     check_out(args.out)
     return writer
+
+
+DEFAULT_VAL_FRACTION = 0.1  # --val-fraction when not given, for sources without a val split of their own
+
+
+def default_val_fraction(source, folds: int) -> float | None:
+    """The --val-fraction a build without the flag uses.
+
+    DEFAULT_VAL_FRACTION, so that train.py can validate, unless the source has its
+    own val split (a folder with train/ and val/, kept as it is), the dataset is
+    K-fold (each fold is a validation set), or the folder is flat (unlabelled:
+    everything is test). Unlabelled samples of any source stay test either way.
+    """
+    layout = getattr(source, "layout", None)  # only FolderSource dictates train/val
+    if folds >= 2 or layout == "flat":
+        return None
+    if layout == "splits" and os.path.isdir(os.path.join(source.root, "val")):
+        return None
+    return DEFAULT_VAL_FRACTION
 
 
 def verify(args: argparse.Namespace) -> int:

@@ -24,15 +24,20 @@ def metric_names(metrics) -> list[str]:
     return [m if isinstance(m, str) else m.name for m in metrics]
 
 
-def pick_monitor(model_metrics_names: list[str], head: str) -> tuple[str, str]:
+def pick_monitor(model_metrics_names: list[str], head: str, validate: bool = True) -> tuple[str, str]:
     """The score that picks the best model and drives early stop and plateau.
 
     Single-output: the first compiled metric on validation (val_accuracy,
     val_f1...). Per-class heads have one metric per output: use val_loss.
+    Without validation (no val split, --val-split none, --train-on-val): the
+    training loss, the one training score that falls as the fit improves
+    (training accuracy saturates and, under MixUp/CutMix, is not comparable).
 
     Returns:
         (log key, "max" or "min").
     """
+    if not validate:
+        return "loss", "min"
     if head != "per-class":
         for name in model_metrics_names:
             if name not in ("loss", "compile_metrics") and "loss" not in name:
@@ -59,11 +64,12 @@ class EpochEnd(keras.callbacks.Callback):
         checkpoint: the run's Checkpoint; its `run` record is read and updated here.
         cfg: the resolved config (schedule, plateau_patience, plateau_factor, early_stop).
         monitor, mode: from pick_monitor.
-        best_base: model_save/NAME.best (the .h5 / .keras suffixes are added).
+        best_base: model_save/NAME.best (the .h5 / .keras suffixes are added); None
+            writes no best model (no validation: the last epoch is the model).
         scale: the LR schedule's plateau variable (optim.WarmupSchedule), or None.
     """
 
-    def __init__(self, *, checkpoint: Checkpoint, cfg: dict, monitor: str, mode: str, best_base: str,
+    def __init__(self, *, checkpoint: Checkpoint, cfg: dict, monitor: str, mode: str, best_base: str | None,
                  scale: keras.Variable | None):
         super().__init__()
         self.checkpoint, self.cfg, self.monitor, self.mode = checkpoint, cfg, monitor, mode
@@ -78,7 +84,8 @@ class EpochEnd(keras.callbacks.Callback):
         value = None if value is None else float(value)
         if improved(value, run.get("best"), self.mode):
             run.update(best=value, best_epoch=epoch + 1, wait=0, plateau_wait=0)
-            save_model_files(self.model, self.best_base)
+            if self.best_base is not None:
+                save_model_files(self.model, self.best_base)
         else:
             run["wait"] = run.get("wait", 0) + 1
             run["plateau_wait"] = run.get("plateau_wait", 0) + 1

@@ -20,6 +20,7 @@ import yaml
 from utils.errors import OneLineParser, UsageError, read_yaml_mapping
 from utils.files import atomic_write_text
 from utils.input.labels import HEADS
+from utils.train.phases import parse_progressive
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,20 @@ OPTIONS: dict[str, Option] = {
     "image_size": Option(None, "input side in pixels (square); default the model's registry size", int),
     "dropout": Option(0.2, "dropout before the classifier (fraction)", float),
     "head_bn": Option(False, "BatchNorm in the head", bool),
+    # --- final fit without validation, progressive resizing, LR finder
+    "val_split": Option("auto", "auto: validate on the val split (or --fold's) when the dataset has one, else train "
+                                "without validation (the last epoch is the model); none: never validate",
+                        choices=("auto", "none")),
+    "train_on_val": Option(False, "also train on the val records, without validation (the final fit of a split "
+                                  "or K-fold dataset)", bool),
+    "progressive": Option(None, "progressive resizing SIZE:EPOCHS,...,SIZE, e.g. 128:4,192:4,224: 4 epochs at 128 px, "
+                                "4 at 192, the rest at 224 (the final size: the saved model's)"),
+    "progressive_batch": Option(False, "with --progressive: batch x (final/size)^2 at each size (memory about constant)",
+                                bool),
+    "find_lr": Option(False, "run a short exponential LR sweep, write log/NAME/lr_find.png and print a suggested "
+                             "--lr, then exit (no model saved)", bool),
+    "find_lr_range": Option("1e-7,10", "--find-lr: the swept LR range MIN,MAX"),
+    "find_lr_steps": Option(100, "--find-lr: sweep steps (one batch each; stops early when the loss diverges)", int),
     # --- optimisation
     "batch_size": Option(32, "global batch size in images per step (split over replicas/workers)", int),
     "epochs": Option(10, "total epochs, head warm-up included", int),
@@ -81,7 +96,7 @@ OPTIONS: dict[str, Option] = {
     "cache": Option(False, "cache the encoded records in memory after the first epoch (datasets that fit in RAM; decoding still runs each epoch)", bool),
     "shuffle_buffer": Option(2048, "shuffle buffer in records", int),
     # --- run control
-    "early_stop": Option(0, "stop after N epochs without validation improvement (0: never)", int),
+    "early_stop": Option(0, "stop after N epochs without validation improvement (of the training loss when there is no validation; 0: never)", int),
     "resume": Option(False, "continue an interrupted run from model_save/NAME.resume/ (weights, optimizer, LR schedule, epoch)", bool),
     "strategy": Option("auto", "auto (MultiWorkerMirrored when TF_CONFIG lists >1 worker, else Mirrored with "
                                ">1 GPU, else none), mirrored, multiworker (from TF_CONFIG; only the chief writes "
@@ -194,7 +209,7 @@ def validate(cfg: dict) -> None:
     if not cfg.get("data"):
         raise UsageError("--data is required (a dataset folder built by generate_dataset.py)")
     positive = ("batch_size", "epochs", "accum_steps", "shuffle_buffer", "image_size", "steps_per_epoch",
-                "val_steps", "step_epochs", "plateau_patience")
+                "val_steps", "step_epochs", "plateau_patience", "find_lr_steps")
     for k in positive:
         if cfg.get(k) is not None and cfg[k] < 1:
             raise UsageError(f"{flag(k)} must be >= 1, got {cfg[k]}")
@@ -223,11 +238,34 @@ def validate(cfg: dict) -> None:
         raise UsageError(f"--ohem must be in (0, 1], got {cfg['ohem']}")
     if cfg["fold"] is not None and cfg["fold"] < 0:
         raise UsageError(f"--fold must be >= 0, got {cfg['fold']}")
+    if cfg.get("progressive"):
+        parse_progressive(cfg["progressive"], cfg["epochs"])
+    elif cfg.get("progressive_batch"):
+        raise UsageError("--progressive-batch scales the batch per --progressive size: give --progressive too")
+    if cfg.get("find_lr"):
+        if cfg["resume"]:
+            raise UsageError("--find-lr starts from fresh weights and saves nothing: drop --resume")
+        parse_lr_range(cfg["find_lr_range"])
     if cfg["layers"] not in ("heads", "all"):
         try:
             re.compile(cfg["layers"])
         except re.error as e:
             raise UsageError(f"--layers {cfg['layers']!r} is not heads, all or a valid regex: {e}") from None
+
+
+def parse_lr_range(text: str) -> tuple[float, float]:
+    """--find-lr-range "1e-7,10" -> (1e-7, 10.0).
+
+    Raises:
+        UsageError: not two numbers with 0 < MIN < MAX.
+    """
+    try:
+        lo, hi = (float(v) for v in str(text).split(","))
+    except ValueError:
+        raise UsageError(f"--find-lr-range must be MIN,MAX (e.g. 1e-7,10), got {text!r}") from None
+    if not 0 < lo < hi:
+        raise UsageError(f"--find-lr-range needs 0 < MIN < MAX, got {text!r}")
+    return lo, hi
 
 
 def resolve_run(cfg: dict, info: dict, spec) -> dict:
@@ -250,6 +288,13 @@ def resolve_run(cfg: dict, info: dict, spec) -> dict:
         cfg["head"] = "sigmoid" if info["multi_label"] else "softmax"
     if info["multi_label"] and cfg["head"] == "softmax":
         raise UsageError(f"{cfg['data']} is multi-label: use --head sigmoid or per-class, not softmax")
+    if cfg.get("progressive"):
+        sizes = [s for s, _ in parse_progressive(cfg["progressive"], cfg["epochs"])]
+        if cfg["image_size"] not in (None, sizes[-1]):
+            raise UsageError(f"--image-size {cfg['image_size']} is not --progressive's final size {sizes[-1]}: drop one")
+        if sizes[0] < spec.min_size:
+            raise UsageError(f"{spec.name} needs sizes >= {spec.min_size}, got --progressive {cfg['progressive']}")
+        cfg["image_size"] = sizes[-1]
     cfg["image_size"] = cfg["image_size"] or spec.default_size
     if cfg["image_size"] < spec.min_size:
         raise UsageError(f"{spec.name} needs --image-size >= {spec.min_size}, got {cfg['image_size']}")

@@ -8,6 +8,9 @@ TensorFlow work (MultiWorkerMirroredStrategy requires it); --resume settings are
 checked before the datasets and the model are built; the resume state goes only
 once every artefact is written, so a crash at any point leaves a run that
 --resume can finish.
+
+Without validation (no val split, --val-split none, --train-on-val) the training
+loss is the monitor and the last epoch is the model (no NAME.best.*).
 """
 from __future__ import annotations
 
@@ -28,13 +31,14 @@ from utils.errors import DatasetError
 from utils.input.corruption import explain_data_error
 from utils.input.pipeline import dataset_info, decode_failures, make_dataset
 from utils.plots import save_history_plot
-from utils.train import config, distribute, hard, optim
+from utils.train import config, distribute, hard, lr_finder, optim
 from utils.train.callbacks import EpochEnd, ScalarLog, StepCheckpoint, metric_names, pick_monitor
 from utils.train.checkpoint import Checkpoint, read_csv_rows, remove_dir, run_lock, save_model_files
 from utils.train.interrupt import catch_signals
-from utils.train.phases import Phase, plan_phases
+from utils.train.phases import Phase, plan_phases, schedule_parts
 from utils.train.preview import save_preview
 from utils.train.report import write_run_report
+from utils.train.progressive import WarpedSchedule, carry_optimizer, model_size, optimizer_arrays, rebuild
 
 
 @dataclass(frozen=True)
@@ -75,29 +79,46 @@ def run_paths(out: str, chief: bool) -> RunPaths:
     return paths
 
 
-def split_sizes(cfg: dict, info: dict) -> tuple[int, int, list[int]]:
-    """(train count, val count, train class counts) of --data (and --fold).
+def split_sizes(cfg: dict, info: dict) -> tuple[int, int, list[int], list[int]]:
+    """(train count, val count, train class counts, val class counts) of --data (and --fold).
 
     Raises:
-        DatasetError: the train or val split is missing or empty.
+        DatasetError: the train split is missing or empty.
     """
     manifest = load_manifest(cfg["data"])
-    counts = []
-    for split in ("train", "val"):
-        shards = select_shards(manifest, cfg["data"], split, cfg["fold"])
-        n = split_count(shards)
-        if n == 0:
-            hint = f" for fold {cfg['fold']}" if cfg["fold"] is not None else " (rebuild with a validation fraction or use --fold)"
-            raise DatasetError(f"{cfg['data']} has no {split} records{hint}")
-        counts.append(n)
-        if split == "train":
-            train_classes = class_counts(shards, info["num_classes"])
-    return counts[0], counts[1], train_classes
+    shards = {split: select_shards(manifest, cfg["data"], split, cfg["fold"]) for split in ("train", "val")}
+    n_train = split_count(shards["train"])
+    if n_train == 0:
+        hint = f" for fold {cfg['fold']}" if cfg["fold"] is not None else ""
+        raise DatasetError(f"{cfg['data']} has no train records{hint}")
+    return (n_train, split_count(shards["val"]), class_counts(shards["train"], info["num_classes"]),
+            class_counts(shards["val"], info["num_classes"]))
 
 
-def _common(cfg: dict, info: dict, image_size: int, out_names: list[str]) -> dict:
-    return dict(image_size=(image_size, image_size), head=cfg["head"], output_names=out_names,
-                channels=info["channels"], fold=cfg["fold"], seed=cfg["seed"])
+def without_validation(cfg: dict, n_val: int) -> str | None:
+    """Why this run trains without validation (the start of its one-line note), or None when it validates."""
+    if cfg["train_on_val"]:
+        return f"--train-on-val: training on train + val ({n_val} val records)" if n_val else \
+            f"{cfg['data']} has no val records (--train-on-val adds none)"
+    if cfg["val_split"] == "none":
+        return "--val-split none"
+    if n_val == 0:
+        return f"{cfg['data']} has no val records" + (f" for fold {cfg['fold']}" if cfg["fold"] is not None else "")
+    return None
+
+
+def mix_splits(a, b, n_a: int, n_b: int):
+    """Batches of two repeating datasets interleaved in proportion n_a : n_b (deterministic, no duplicates on disk).
+
+    Step i takes from `b` when floor((i+1) n_b / T) > floor(i n_b / T), T = n_a + n_b:
+    over T steps exactly n_b batches come from `b`, spread evenly.
+    """
+    import tensorflow as tf  # this module otherwise needs only Keras
+
+    total = n_a + n_b
+    choice = tf.data.Dataset.range(total).map(
+        lambda i: tf.cast((i + 1) * n_b // total - i * n_b // total, tf.int64)).repeat()
+    return tf.data.Dataset.choose_from_datasets([a, b], choice)
 
 
 def skip_records(steps_done: int, batch: int, ctx) -> int:
@@ -109,45 +130,66 @@ def skip_records(steps_done: int, batch: int, ctx) -> int:
     return int(steps_done) * int(batch) * max(1, per_step)
 
 
-def make_train_dataset(cfg: dict, info: dict, strategy, image_size: int, out_names: list[str],
-                       steps_done: int = 0, records_fn=None):
-    """The repeating train stream of a phase, positioned after `steps_done` of its steps (--resume)."""
-    common = _common(cfg, info, image_size, out_names)
-    return distribute.distributed_dataset(strategy, lambda batch, ctx: make_dataset(
-        cfg["data"], "train", batch_size=batch, training=True, augment=cfg["augment"], cache=cfg["cache"],
-        shuffle_buffer=cfg["shuffle_buffer"], repeat=True, drop_remainder=True, input_context=ctx,
-        skip=skip_records(steps_done, batch, ctx), records_fn=records_fn, **common), cfg["batch_size"])
-
-
-def make_datasets(cfg: dict, info: dict, strategy, image_size: int, out_names: list[str], val_repeat: bool,
-                  records_fn=None):
-    """(train, val) datasets at `image_size`, distributed over the strategy's replicas.
+def make_datasets(cfg: dict, info: dict, strategy, phase: Phase, out_names: list[str], *, val_repeat: bool,
+                  validate: bool, counts: tuple[int, int] | None = None, steps_done: int = 0, records_fn=None):
+    """(train, val or None) datasets at the phase's size and batch, distributed over the strategy's replicas.
 
     The train set repeats (fit runs a fixed number of steps per epoch, so the LR
     schedule knows its length); val is read to its end each epoch, or repeated for
     a fixed --val-steps when distributed (every replica must run the same steps).
+    `counts` (train, val records): --train-on-val mixes the val records into training.
+    `steps_done`: the train stream starts after that many of the phase's steps (--resume;
+    exact for one split: with --train-on-val each split's stream restarts its pass).
+    `records_fn`: applied to the serialized train records (--hard-examples).
     """
-    common = _common(cfg, info, image_size, out_names)
-    train = make_train_dataset(cfg, info, strategy, image_size, out_names, records_fn=records_fn)
-    val = distribute.distributed_dataset(strategy, lambda batch, ctx: make_dataset(
-        cfg["data"], "val", batch_size=batch, training=False, repeat=val_repeat, input_context=ctx, **common),
-        cfg["batch_size"])
-    return train, val
+    common = dict(image_size=(phase.image_size, phase.image_size), head=cfg["head"], output_names=out_names,
+                  channels=info["channels"], fold=cfg["fold"], seed=cfg["seed"])
+    batch = phase.batch_size or cfg["batch_size"]
+
+    def train_split(split, b, ctx, skip):
+        return make_dataset(cfg["data"], split, batch_size=b, training=True, augment=cfg["augment"],
+                            cache=cfg["cache"], shuffle_buffer=cfg["shuffle_buffer"], repeat=True,
+                            drop_remainder=True, input_context=ctx, skip=skip, records_fn=records_fn, **common)
+
+    def train(b, ctx):
+        if counts is None:
+            return train_split("train", b, ctx, skip_records(steps_done, b, ctx))
+        return mix_splits(train_split("train", b, ctx, None), train_split("val", b, ctx, None), *counts)
+
+    train_ds = distribute.distributed_dataset(strategy, train, batch)
+    if not validate:
+        return train_ds, None
+    val = distribute.distributed_dataset(strategy, lambda b, ctx: make_dataset(
+        cfg["data"], "val", batch_size=b, training=False, repeat=val_repeat, input_context=ctx, **common), batch)
+    return train_ds, val
+
+
+def phase_schedule(cfg: dict, phases: list[Phase], phase: Phase, steps_of, scale):
+    """One LR schedule over all parts of `phase`'s named phase (progressive sizes share it).
+
+    Parts with other steps per epoch (--progressive-batch) move it by epochs (WarpedSchedule).
+    """
+    parts = schedule_parts(phases, phase)
+    ref = steps_of(parts[-1])
+    schedule = optim.make_schedule(cfg, phase.peak_lr(cfg["lr"]), sum(p.epochs for p in parts), ref, scale=scale)
+    counts = [(p.epochs, steps_of(p)) for p in parts]
+    return schedule if all(s == ref for _, s in counts) else WarpedSchedule(schedule, counts, ref)
 
 
 def run(cfg: dict) -> dict:
     """The whole run for a config from config.resolve.
 
     Returns:
-        with --preview {"preview": PNG path, "chief"}; else {"model", "run" (the
-        run record), "monitor", "base" (model_save/NAME), "log_dir", "chief",
-        "config" (resolved)}.
+        with --preview {"preview": PNG path, "chief"}; with --find-lr {"find_lr":
+        lr_finder.find_lr's result, "chief"}; else {"model", "run" (the run
+        record), "monitor", "validate", "last_loss", "base" (model_save/NAME),
+        "log_dir", "chief", "config" (resolved)}.
     """
     spec = registry.get(cfg["model"])
     strategy = distribute.make_strategy(cfg["strategy"])  # first: MultiWorker must exist before other TF work
     info = dataset_info(cfg["data"])
     cfg = config.resolve_run(cfg, info, spec)
-    n_train, n_val, train_classes = split_sizes(cfg, info)
+    sizes = split_sizes(cfg, info)
     paths = run_paths(cfg["out"], distribute.is_chief())
     with contextlib.ExitStack() as held:  # one writer per output; SIGTERM/SIGINT stop after a step
         if paths.chief:
@@ -157,16 +199,24 @@ def run(cfg: dict) -> dict:
             held.callback(remove_dir, paths.save_dir)
         stop = held.enter_context(catch_signals())
         try:
-            return train_locked(cfg, spec, strategy, info, paths, (n_train, n_val, train_classes), stop)
+            return train_locked(cfg, spec, strategy, info, paths, sizes, stop)
         except tf.errors.DataLossError as e:   # a corrupted shard: one line naming it, not a traceback
             raise explain_data_error(e, cfg["data"]) from None
 
 
 def train_locked(cfg: dict, spec, strategy, info: dict, paths: RunPaths, sizes: tuple, stop) -> dict:
     """run() once it holds the outputs' lock; `stop` is the interrupt.StopRequest."""
-    n_train, n_val, train_classes = sizes
+    n_train, n_val, train_classes, val_classes = sizes
     if cfg["preview"]:
         return {"preview": save_preview(cfg, info, paths.log_dir), "chief": paths.chief}
+    no_val = without_validation(cfg, n_val)
+    validate = no_val is None
+    mixed = bool(cfg["train_on_val"] and n_val)
+    if mixed:
+        train_classes = [a + b for a, b in zip(train_classes, val_classes)]
+    if no_val and paths.chief and not cfg["find_lr"]:
+        print(f"note: {no_val}: training without validation; --early-stop and the plateau schedule watch the "
+              f"training loss, and the model is the last epoch: {paths.base}.h5 (no .best)", file=sys.stderr)
 
     keras.utils.set_random_seed(cfg["seed"])
     if cfg["mixed_precision"]:
@@ -174,62 +224,111 @@ def train_locked(cfg: dict, spec, strategy, info: dict, paths: RunPaths, sizes: 
     checkpoint = Checkpoint(paths.resume_dir, paths.csv_path, cfg)
     checkpoint.load()
 
-    phases = plan_phases(cfg)
-    steps = cfg["steps_per_epoch"] or max(1, math.ceil(n_train / cfg["batch_size"]))
+    phases = plan_phases(cfg, strategy.num_replicas_in_sync)
+    n_fit = n_train + (n_val if mixed else 0)
     distributed = distribute.is_distributed(strategy)
-    val_steps = cfg["val_steps"] or (math.ceil(n_val / cfg["batch_size"]) if distributed else None)
+
+    def batch_of(p: Phase) -> int:
+        return p.batch_size or cfg["batch_size"]
+
+    def steps_of(p: Phase) -> int:
+        return cfg["steps_per_epoch"] or max(1, math.ceil(n_fit / batch_of(p)))
+
+    def val_steps_of(p: Phase) -> int | None:
+        return cfg["val_steps"] or (math.ceil(n_val / batch_of(p)) if distributed and validate else None)
+
     out_names = heads.output_names(cfg["head"], info["num_classes"], info["class_names"])
     mix = hard.prepare(cfg, paths.chief)  # --hard-examples: hard records drawn more often
-    datasets = {size: make_datasets(cfg, info, strategy, size, out_names, val_repeat=distributed, records_fn=mix)
-                for size in dict.fromkeys(p.image_size for p in phases)}
+    datasets = {}
 
+    def data_for(p: Phase, strat=strategy):
+        key = (p.image_size, batch_of(p), strat is strategy)
+        if key not in datasets:
+            datasets[key] = make_datasets(cfg, info, strat, p, out_names, val_repeat=distributed, validate=validate,
+                                          counts=(n_train, n_val) if mixed else None, records_fn=mix)
+        return datasets[key]
+
+    def train_after(p: Phase, steps_done: int):   # the phase's train stream after `steps_done` steps
+        return make_datasets(cfg, info, strategy, p, out_names, val_repeat=distributed, validate=False,
+                             counts=(n_train, n_val) if mixed else None, steps_done=steps_done,
+                             records_fn=mix)[0]
+
+    def build_at(size: int, weights: str = "none"):
+        with strategy.scope():
+            m = build.build_model(spec.name, info["num_classes"], input_size=(size,) * 2, channels=info["channels"],
+                                  weights=weights, head=cfg["head"], dropout=cfg["dropout"], head_bn=cfg["head_bn"],
+                                  class_names=info["class_names"])
+        distribute.fix_multiworker_build(m, strategy)
+        return m
+
+    model = build_at(phases[0].image_size, cfg["weights"])
     with strategy.scope():
-        model = build.build_model(spec.name, info["num_classes"], input_size=(cfg["image_size"],) * 2,
-                                  channels=info["channels"], weights=cfg["weights"], head=cfg["head"],
-                                  dropout=cfg["dropout"], head_bn=cfg["head_bn"], class_names=info["class_names"])
         scale = keras.Variable(1.0, trainable=False, name="lr_scale", dtype="float32")
-    distribute.fix_multiworker_build(model, strategy)
-    class_w = losses.class_weights(train_classes, cfg["class_weights"], num_samples=n_train,
+    class_w = losses.class_weights(train_classes, cfg["class_weights"], num_samples=n_fit,
                                    class_names=info["class_names"], multi_label=cfg["head"] != "softmax")
     loss, loss_weights = losses.make_loss(cfg["head"], info["num_classes"], out_names, class_weights=class_w,
                                           label_smoothing=cfg["label_smoothing"], focal=cfg["focal"],
                                           focal_gamma=cfg["focal_gamma"], ohem=cfg["ohem"])
+
+    def compile_phase(p: Phase, learning_rate):
+        with strategy.scope():
+            build.set_trainable(model, p.layers)
+            optimizer = optim.make_optimizer(cfg, learning_rate)
+            model.compile(optimizer=optimizer, loss=loss, loss_weights=loss_weights, jit_compile=cfg["jit"],
+                          metrics=metrics.make_metrics(cfg["head"], info["num_classes"], out_names))
+        return optimizer
+
+    if cfg["find_lr"]:  # the first phase's layers, size and batch; one process, no strategy
+        compile_phase(phases[0], config.parse_lr_range(cfg["find_lr_range"])[0])
+        found = lr_finder.find_lr(model, data_for(phases[0], distribute.make_strategy("none"))[0], cfg,
+                                  paths.log_dir)
+        return {"find_lr": found, "chief": paths.chief}
+
     monitor, mode = pick_monitor(metric_names(metrics.make_metrics(cfg["head"], info["num_classes"], out_names)),
-                                 cfg["head"])
+                                 cfg["head"], validate)
     checkpoint.restore(model, scale)
 
+    prev = None  # (name, optimizer) of the part fitted just before in this process
     for phase in phases:
         if checkpoint.run["epoch"] >= phase.end or checkpoint.run["stopped"]:
             continue
+        if model_size(model) != phase.image_size:  # a progressive size change (or a resume into one)
+            model = rebuild(model, build_at, phase.image_size)
+        carried = optimizer_arrays(prev[1]) if prev and prev[0] == phase.name else None
+        optimizer = compile_phase(phase, phase_schedule(cfg, phases, phase, steps_of, scale))
         with strategy.scope():
-            build.set_trainable(model, phase.layers)
-            schedule = optim.make_schedule(cfg, phase.peak_lr(cfg["lr"]), phase.epochs, steps, scale=scale)
-            optimizer = optim.make_optimizer(cfg, schedule)
-            model.compile(optimizer=optimizer, loss=loss, loss_weights=loss_weights, jit_compile=cfg["jit"],
-                          metrics=metrics.make_metrics(cfg["head"], info["num_classes"], out_names))
-            checkpoint.restore_phase_optimizer(phase.name, model, optimizer)
+            if carried is not None:  # the same named phase at a new size: its optimizer runs on
+                carry_optimizer(model, optimizer, carried)
+            else:
+                checkpoint.restore_phase_optimizer(phase.name, model, optimizer)
         checkpoint.enter_phase(phase.name, scale)
+        if cfg["progressive"] and paths.chief:
+            print(f"progressive: epochs {checkpoint.run['epoch'] + 1}-{phase.end} at {phase.image_size} px, "
+                  f"batch {batch_of(phase)}", file=sys.stderr)
         callbacks = [EpochEnd(checkpoint=checkpoint, cfg=cfg, monitor=monitor, mode=mode,
-                              best_base=paths.base + ".best", scale=scale),
+                              best_base=paths.base + ".best" if validate else None, scale=scale),
                      ScalarLog(paths.log_dir),
-                     StepCheckpoint(checkpoint=checkpoint, phase_start=phase.start, steps=steps,
+                     StepCheckpoint(checkpoint=checkpoint, phase_start=phase.start, steps=steps_of(phase),
                                     every=cfg["checkpoint_every"], minutes=cfg["checkpoint_minutes"], stop=stop,
                                     strategy=strategy, chief=paths.chief)]
-        fit_phase(model, phase, datasets[phase.image_size], steps=steps, val_steps=val_steps,
+        fit_phase(model, phase, data_for(phase), steps=steps_of(phase), val_steps=val_steps_of(phase),
                   initial_epoch=checkpoint.run["epoch"], callbacks=callbacks, chief=paths.chief,
-                  first_step=checkpoint.run["step"],
-                  restart=lambda done, size=phase.image_size: make_train_dataset(cfg, info, strategy, size,
-                                                                                 out_names, done, mix))
+                  first_step=checkpoint.run["step"], restart=lambda done, p=phase: train_after(p, done))
+        prev = (phase.name, optimizer)
 
-    save_artefacts(model, cfg, info, spec, paths, checkpoint.run, monitor, out_names)
+    if model_size(model) != cfg["image_size"]:  # early stop or resume before the final size: saved at it
+        model = rebuild(model, build_at, cfg["image_size"])
+    save_artefacts(model, cfg, info, spec, paths, checkpoint.run, monitor, out_names, validate)
     if decode_failures() and paths.chief:
         print(f"note: {decode_failures()} record(s) could not be decoded and were skipped "
               f"(check with: python generate_dataset.py verify {cfg['data']})", file=sys.stderr)
+    last = checkpoint.rows[-1].get("loss") if checkpoint.rows else None
     checkpoint.finish()
     if not paths.chief:
         remove_dir(paths.save_dir)
         remove_dir(paths.log_dir)
-    return {"model": model, "run": checkpoint.run, "monitor": monitor, "base": paths.base,
+    return {"model": model, "run": checkpoint.run, "monitor": monitor, "validate": validate,
+            "last_loss": None if last is None else float(last), "base": paths.base,
             "log_dir": paths.log_dir, "chief": paths.chief, "config": cfg}
 
 
@@ -268,15 +367,17 @@ def fit_phase(model, phase: Phase, datasets, *, steps: int, val_steps: int | Non
 
 
 def save_artefacts(model, cfg: dict, info: dict, spec, paths: RunPaths, run: dict, monitor: str,
-                   out_names: list[str]) -> None:
+                   out_names: list[str], validate: bool = True) -> None:
     """NAME.h5/.keras (+ .best.* when no epoch scored), NAME.config.yaml, NAME.json, curves.png.
+
+    Without validation there is no .best: the last epoch is the model.
 
     Every worker runs these calls (reading distributed variables may need all of
     them); only the chief's land in model_save/ and log/.
     """
     base = paths.base
     save_model_files(model, base)
-    if run["best_epoch"] is None:  # nothing scored (NaN loss): the last model is also "best"
+    if validate and run["best_epoch"] is None:  # nothing scored (NaN loss): the last model is also "best"
         save_model_files(model, base + ".best")
     config.save_yaml(cfg, base + ".config.yaml")
     save_meta(base + ".h5", {
@@ -285,7 +386,8 @@ def save_artefacts(model, cfg: dict, info: dict, spec, paths: RunPaths, run: dic
         "channels": info["channels"], "planes": info.get("planes", 1), "preprocess": spec.preprocess,
         "head": cfg["head"], "multi_label": bool(info["multi_label"]), "outputs": out_names, "thresholds": None,
         "dataset": cfg["data"], "config": cfg,
-        "history": {"best_epoch": run["best_epoch"], "val_metric": monitor, "val_score": run["best"],
+        "history": {"best_epoch": run["best_epoch"] if validate else None, "validation": validate,
+                    "val_metric": monitor if validate else None, "val_score": run["best"] if validate else None,
                     "epochs_run": run["epoch"], "iterations": run["iterations"],
                     "early_stopped": bool(run["stopped"])}})
     if os.path.exists(paths.csv_path):
