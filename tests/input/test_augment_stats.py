@@ -48,6 +48,17 @@ def flip_stats(build):
     return {"flip_rate": float(flipped.mean())}
 
 
+def test_per_image_flip_at_decode_has_the_keras_rate():
+    from utils.input.image_ops import random_flip
+
+    x = tf.constant(np.arange(8, dtype=np.float32)[None, :, None] * np.ones((4, 1, 3), np.float32))
+    ds = tf.data.Dataset.from_tensors(x).repeat(BATCH * ROUNDS).map(lambda im: random_flip(im, seed=3))
+    flipped = np.array([bool(im[0, 0, 0] == 7.0) for im in ds.as_numpy_iterator()])
+    assert abs(flipped.mean() - KERAS["flip_rate"]) <= TOL["flip_rate"]
+    both = random_flip(x, "horizontal_and_vertical", seed=1).numpy()
+    assert np.array_equal(both, x.numpy()) or np.array_equal(both, x.numpy()[::-1, ::-1])
+
+
 def _hsv(rgb):
     return tf.image.rgb_to_hsv(np.clip(rgb, 0, 255) / 255.0).numpy()
 
@@ -116,7 +127,7 @@ def erasing_stats(build):
 
 
 def _build(spec):
-    return augment.build_augmenter(spec, (16, 16), seed=7)
+    return augment.build_augmenter(spec, (16, 16), seed=7, at_decode=("rrc",))  # flip as a batch op too
 
 
 # tolerances: ~4 standard errors of 1024 draws (or of the quantity's own spread)

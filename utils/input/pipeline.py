@@ -43,7 +43,7 @@ from utils.dataset import schema
 from utils.dataset.manifest import DatasetError, load_labels, load_manifest, select_shards, split_count
 from utils.errors import UsageError
 from utils.input import augment as aug
-from utils.input.image_ops import as_hw, eval_image, train_crop_image
+from utils.input.image_ops import as_hw, eval_image, random_flip, train_crop_image
 from utils.input.labels import HEADS, dense_labels, split_labels
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -198,7 +198,7 @@ def _decode_skipping_failures(records, decode, deterministic: bool):
 
 
 def _decoder(size, channels: int, planes: int, num_classes: int, head: str, crop: dict | None,
-             seed, with_ids: bool):
+             flip: str | None, seed, with_ids: bool):
     """serialized record -> (image, dense labels[, source id]), counting records in and out."""
     counters = _counters()
 
@@ -209,6 +209,8 @@ def _decoder(size, channels: int, planes: int, num_classes: int, head: str, crop
             img = train_crop_image(ex[schema.ENCODED], size, channels, planes, seed=seed, **crop)
         else:
             img = eval_image(ex[schema.ENCODED], size, channels, planes)
+        if flip is not None:  # per image: only the flipped half pays for a copy (image_ops.random_flip)
+            img = random_flip(img, flip, seed=None if seed is None else seed + 1)
         with tf.control_dependencies([img]):
             done = counters["ok"].assign_add(1)
         with tf.control_dependencies([done]):
@@ -271,7 +273,8 @@ def make_dataset(data_dir: str, split: str, *, image_size, batch_size: int, trai
         ds = ds.repeat()
 
     spec = aug.parse_names(augment) if training else {}
-    decode = _decoder(size, channels, planes, num_classes, head, aug.decode_crop(spec), seed, with_ids)
+    decode = _decoder(size, channels, planes, num_classes, head, aug.decode_crop(spec), aug.decode_flip(spec),
+                      seed, with_ids)
     ds = _decode_skipping_failures(ds, decode, deterministic)
     ds = ds.batch(int(batch_size), drop_remainder=drop_remainder,
                   num_parallel_calls=AUTOTUNE, deterministic=deterministic)
