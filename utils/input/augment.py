@@ -130,22 +130,45 @@ def _layer_op(layer, mixes_labels: bool = False) -> _Op:
     return _Op(lambda images: (), apply, False)
 
 
+# RandAugment's geometric ops: Keras' matrix from its draws -> batch_ops.affine_apply
+_RA_MATRIX = {
+    "random_shear": lambda layer, t: layer._get_shear_matrix(t["shear_factor"]),
+    "random_translation": lambda layer, t: layer._get_translation_matrix(t["translations"]),
+    "random_rotation": lambda layer, t: t["rotation_matrix"],
+}
+# measured slower under XLA (sharpness: a depthwise conv) or not compilable (equalization: histograms)
+_RA_PLAIN = ("random_sharpness", "equalization")
+
+
+def _randaugment_branch(layer, key):
+    """One of RandAugment's ops as (images, its Keras draws) -> images, as fast as it goes."""
+    sub = getattr(layer, key)
+    if key in _RA_MATRIX:
+        if sub.fill_mode != "reflect" or sub.interpolation != "bilinear":
+            return sub.transform_images
+        return tf.function(lambda x, t: ops.affine_apply(x, tf.cast(_RA_MATRIX[key](sub, t), tf.float32)),
+                           jit_compile=True)
+    if key in _RA_PLAIN:
+        return sub.transform_images
+    return tf.function(lambda x, t: tf.cast(sub.transform_images(x, t), tf.float32), jit_compile=True)
+
+
 def _randaugment_op(layer) -> _Op:
     """Keras RandAugment's draws (its ops' indices, per batch, and every op's
     parameters), but only the chosen ops computed: Keras computed all 11 for
     each of num_ops slots and selected with `where` (36 ms per image)."""
     layer.build(None)
     keys = list(layer._AUGMENT_LAYERS)
+    branch = {key: _randaugment_branch(layer, key) for key in keys}
 
     def draw(images):
         return layer.get_random_transformation(images, training=True)
 
     def apply(images, labels, t):
         for i in range(layer.num_ops):
-            branches = [lambda key=key, x=images: tf.cast(
-                getattr(layer, key).transform_images(x, t["transforms"][key]), tf.float32) for key in keys]
+            branches = [lambda key=key, x=images: tf.ensure_shape(
+                tf.cast(branch[key](x, t["transforms"][key]), tf.float32), x.shape) for key in keys]
             images = tf.switch_case(tf.cast(t["layer_idxes"][i], tf.int32), branches)
-            images = tf.ensure_shape(images, [None, *images.shape[1:]]) if images.shape.rank else images
         return images, labels
 
     return _Op(draw, apply, False)
