@@ -1,4 +1,4 @@
-"""Training-time augmentation, by name, from Keras 3 core preprocessing layers.
+"""Training-time augmentation, by name, with the semantics of Keras 3 preprocessing layers.
 
     flip         keras.layers.RandomFlip                 (default mode "horizontal")
     rrc          random resized crop (Inception-style)   (scale, ratio)
@@ -9,21 +9,32 @@
     mixup        keras.layers.MixUp                      (alpha) - mixes the labels too
     cutmix       keras.layers.CutMix                     (factor) - mixes the labels too
 
+Each name still constructs its Keras layer, whose constructor checks the
+options and parses the factor ranges; the pixels are then computed by plain
+TensorFlow ops (utils/input/batch_ops: same draws, same clips, same label
+mixing; tests/input/test_augment_stats.py holds the Keras layers' statistics).
+The layers themselves ran each op as a chain of whole-batch kernels: a flip
+cost more CPU than the JPEG decode, RandAugment computed all its 11 ops for
+each slot (bench/augment.py measures both). Options the plain ops do not
+cover (a rotation's other fill modes) still run the Keras layer.
+
 Names come as a list, a dict {name: kwargs} (YAML) or the command line's "a,b"
 (`split_names`, the one parser of that list; train's --augment uses it too).
 
 `build_augmenter(names, image_size, seed)` returns ONE callable `(images, labels)
 -> (images, labels)` working on a BATCH (float32 [B, H, W, C] in [0, 255], dense
 float32 labels [B, K] or a per-class dict {name: [B, 1]}). Batch level because
-Keras layers are vectorised (one kernel per batch instead of per image) and
-MixUp/CutMix need partners from the same batch anyway. Each op is a small
-function of (images, labels), so a caller may run the callable in the tf.data
-pipeline or inside its own train step.
+a batch is one XLA-compiled pass for all consecutive ops, and MixUp/CutMix need
+partners from the same batch anyway. The callable is pure TensorFlow (stateful
+random ops, no Keras call), so a caller may run it in the tf.data pipeline or
+inside its own train step.
 
 Random resized crop is not a batch op: the pipeline does it per image at DECODE
 time (`decode_crop` gives its options, utils/input/image_ops.train_crop_image
 crops), before the resize to the model's input, so the crop keeps full
-resolution and a JPEG only decodes the cropped window. build_augmenter leaves it out.
+resolution and a JPEG only decodes the cropped window. The flip, too, runs per
+image in the pipeline (`decode_flip`, image_ops.random_flip: only the flipped
+half pays for a copy); build_augmenter leaves out the names in `at_decode`.
 
 Ops are applied in a fixed order whatever order the names come in: geometry,
 then colour, then erasing, then label mixing last (mixing before a colour jitter

@@ -15,10 +15,11 @@ Order of `make_dataset` and why (as in big_vision's input_pipeline):
   epoch before any record is seen twice (repeat -> shuffle would blur them).
 - repeat BEFORE the decode map so the parallel map's workers keep running
   across the epoch boundary instead of draining and restarting the pipeline.
-- batch BEFORE augment: Keras augmentation layers are vectorised (one kernel
-  per batch) and MixUp/CutMix need partners from the same batch. The random
-  resized crop is the exception: it runs per image inside the decode, on the
-  full-resolution image (image_ops.train_crop_image).
+- batch BEFORE augment: the batch ops run as one XLA-compiled pass per batch
+  (augment.build_augmenter) and MixUp/CutMix need partners from the same
+  batch. The random resized crop and the flip are the exceptions: they run per
+  image inside the decode, the crop on the full-resolution image
+  (image_ops.train_crop_image), the flip where only flipped images pay a copy.
 - prefetch LAST so the whole pipeline runs ahead of the training step.
 
 Decode failures: a record whose image cannot be decoded (or whose Example
