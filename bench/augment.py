@@ -6,8 +6,8 @@ augment=NAME) for every NAME, and through augment=none as the baseline. Each
 pass is a fresh iterator over `--epochs` epochs, run to its end, so no
 prefetch buffer carries work from one pipeline's pass into the next one's
 CPU time; the start-up is in every pass alike and cancels in the difference.
-Rounds alternate over the pipelines (load from other processes hits all
-alike); reported are medians over rounds of:
+Rounds alternate over the pipelines, in reversed order every other round
+(load from other processes hits all alike); reported are medians over rounds of:
   images/s     wall clock of the pass
   CPU ms/img   process CPU time (all threads) per image, decode included
   added        CPU ms/img minus augment=none's IN THE SAME ROUND
@@ -116,10 +116,11 @@ def main(argv=None) -> int:
         rates = {k: [] for k in pipes}
         cpu = {k: [] for k in pipes}
         added = {k: [] for k in pipes}
-        for _ in range(args.rounds):
+        for r in range(args.rounds):
             this = {}
-            for name, ds in pipes.items():
-                n, rate, ms = one_pass(ds)
+            # the order flips every round: the first pass after another one's end must not always be the same
+            for name in (list(pipes) if r % 2 == 0 else list(pipes)[::-1]):
+                n, rate, ms = one_pass(pipes[name])
                 assert n == steps * args.batch, f"{name} yielded {n} images"
                 rates[name].append(rate)
                 cpu[name].append(ms)
