@@ -23,7 +23,7 @@ def batch(b=4, c=3, seed=0):
 def test_image_op_eager_and_in_tf_data(name):
     x, y = batch()
     kwargs = {"erasing": {"factor": 1.0}, "flip": {"mode": "horizontal_and_vertical"}}.get(name, {})
-    fn = augment.build_augmenter({name: kwargs}, SIZE, seed=1)
+    fn = augment.build_augmenter({name: kwargs}, SIZE, seed=1, at_decode=("rrc",))  # a batch flip too
     assert fn.names == [name]
     for xo, yo in eager_and_in_tf_data(fn, x, y):
         assert xo.shape == x.shape and xo.dtype == np.float32
@@ -58,7 +58,7 @@ def test_dict_labels_are_mixed_as_one_vector():
 
 def test_both_mixers_pick_one_per_batch():
     x, y = batch(b=8)
-    fn = augment.build_augmenter(["mixup", "cutmix", "flip"], SIZE, seed=4)
+    fn = augment.build_augmenter(["mixup", "cutmix", "flip"], SIZE, seed=4, at_decode=("rrc",))
     assert fn.names == ["flip", "mixup", "cutmix"]  # fixed order: geometry first, mixing last
     xo, yo = fn(tf.constant(x), tf.constant(y))
     assert xo.shape == x.shape
@@ -89,10 +89,19 @@ def test_split_names_is_the_one_parser_of_the_comma_list():
     assert augment.parse_names("none") == {} and augment.parse_names("none,flip") == {"flip": {}}
 
 
-def test_random_resized_crop_is_left_to_the_decode():
-    assert augment.build_augmenter(["rrc"], SIZE) is None  # the pipeline crops while decoding
-    fn = augment.build_augmenter(["rrc", "flip"], SIZE, seed=0)
-    assert fn.names == ["flip"] and fn.image_size == SIZE
+def test_random_resized_crop_and_flip_are_left_to_the_decode():
+    assert augment.build_augmenter(["rrc", "flip"], SIZE) is None  # the pipeline crops and flips while decoding
+    fn = augment.build_augmenter(["rrc", "flip", "rotate"], SIZE, seed=0)
+    assert fn.names == ["rotate"] and fn.image_size == SIZE
+    fn = augment.build_augmenter(["rrc", "flip"], SIZE, seed=0, at_decode=())
+    assert fn.names == ["flip"]  # rrc needs the full-resolution image: never a batch op
+    assert augment.decode_flip(augment.parse_names("rrc")) is None
+    assert augment.decode_flip(augment.parse_names("flip")) == "horizontal"
+    assert augment.decode_flip({"flip": {"mode": "vertical"}}) == "vertical"
+    with pytest.raises(UsageError, match="mode must be one of"):
+        augment.decode_flip({"flip": {"mode": "sideways"}})
+    with pytest.raises(UsageError, match="unexpected option"):
+        augment.decode_flip({"flip": {"mod": "vertical"}})
     assert augment.decode_crop(augment.parse_names("flip")) is None
     assert augment.decode_crop(augment.parse_names("rrc")) == {"scale": (0.08, 1.0), "ratio": (3 / 4, 4 / 3)}
     assert augment.decode_crop({"rrc": {"scale": (0.5, 1.0)}}) == {"scale": (0.5, 1.0), "ratio": (3 / 4, 4 / 3)}

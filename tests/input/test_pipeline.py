@@ -288,3 +288,16 @@ def test_corrupted_shard_fails_loudly_instead_of_losing_its_tail(tmp_path):
     with pytest.raises(tf.errors.DataLossError):
         for _ in ds:
             pass
+
+
+def test_flip_runs_per_image_at_decode_each_image_as_is_or_mirrored(tmp_path):
+    d = simple(tmp_path, n=24, shards=1)
+    kw = dict(image_size=(32, 24), batch_size=8, training=True, seed=5, with_ids=True)
+    plain, _, ids = collect(pipeline.make_dataset(d, "train", **kw))
+    flipped, _, fids = collect(pipeline.make_dataset(d, "train", augment="flip", **kw))
+    assert fids == ids  # same seeded order: only the pixels differ
+    pairs = list(zip(np.concatenate(flipped), np.concatenate(plain)))
+    mirrored = [bool(np.allclose(f, p[:, ::-1], atol=1e-3)) for f, p in pairs]
+    same = [bool(np.allclose(f, p, atol=1e-3)) for f, p in pairs]
+    assert all(m or s for m, s in zip(mirrored, same))
+    assert 4 <= sum(mirrored) <= 20  # p = 0.5 of 24

@@ -1,4 +1,4 @@
-"""Training-time augmentation, by name, from Keras 3 core preprocessing layers.
+"""Training-time augmentation, by name, with the semantics of Keras 3 preprocessing layers.
 
     flip         keras.layers.RandomFlip                 (default mode "horizontal")
     rrc          random resized crop (Inception-style)   (scale, ratio)
@@ -9,21 +9,32 @@
     mixup        keras.layers.MixUp                      (alpha) - mixes the labels too
     cutmix       keras.layers.CutMix                     (factor) - mixes the labels too
 
+Each name still constructs its Keras layer, whose constructor checks the
+options and parses the factor ranges; the pixels are then computed by plain
+TensorFlow ops (utils/input/batch_ops: same draws, same clips, same label
+mixing; tests/input/test_augment_stats.py holds the Keras layers' statistics).
+The layers themselves ran each op as a chain of whole-batch kernels: a flip
+cost more CPU than the JPEG decode, RandAugment computed all its 11 ops for
+each slot (bench/augment.py measures both). Options the plain ops do not
+cover (a rotation's other fill modes) still run the Keras layer.
+
 Names come as a list, a dict {name: kwargs} (YAML) or the command line's "a,b"
 (`split_names`, the one parser of that list; train's --augment uses it too).
 
 `build_augmenter(names, image_size, seed)` returns ONE callable `(images, labels)
 -> (images, labels)` working on a BATCH (float32 [B, H, W, C] in [0, 255], dense
 float32 labels [B, K] or a per-class dict {name: [B, 1]}). Batch level because
-Keras layers are vectorised (one kernel per batch instead of per image) and
-MixUp/CutMix need partners from the same batch anyway. Each op is a small
-function of (images, labels), so a caller may run the callable in the tf.data
-pipeline or inside its own train step.
+a batch is one XLA-compiled pass for all consecutive ops, and MixUp/CutMix need
+partners from the same batch anyway. The callable is pure TensorFlow (stateful
+random ops, no Keras call), so a caller may run it in the tf.data pipeline or
+inside its own train step.
 
 Random resized crop is not a batch op: the pipeline does it per image at DECODE
 time (`decode_crop` gives its options, utils/input/image_ops.train_crop_image
 crops), before the resize to the model's input, so the crop keeps full
-resolution and a JPEG only decodes the cropped window. build_augmenter leaves it out.
+resolution and a JPEG only decodes the cropped window. The flip, too, runs per
+image in the pipeline (`decode_flip`, image_ops.random_flip: only the flipped
+half pays for a copy); build_augmenter leaves out the names in `at_decode`.
 
 Ops are applied in a fixed order whatever order the names come in: geometry,
 then colour, then erasing, then label mixing last (mixing before a colour jitter
@@ -35,11 +46,13 @@ Validation never augments: the pipeline calls this for training only.
 """
 from __future__ import annotations
 
-from typing import Callable
+from functools import partial
+from typing import Callable, NamedTuple
 
 import tensorflow as tf
 
 from utils.errors import UsageError, first_line
+from utils.input import batch_ops as ops
 from utils.input.image_ops import RRC_RATIO, RRC_SCALE, as_hw
 from utils.input.labels import join_labels, split_labels
 
@@ -55,12 +68,10 @@ DEFAULTS: dict[str, dict] = {
     "cutmix": {"factor": 1.0},
 }
 NAMES = tuple(DEFAULTS)
-AT_DECODE = ("rrc",)  # per-image ops the pipeline runs while decoding, not in the batch augmenter
+AT_DECODE = ("rrc", "flip")  # per-image ops the pipeline runs while decoding, not in the batch augmenter
+FLIP_MODES = ("horizontal", "vertical", "horizontal_and_vertical")
 NEEDS_RGB = ("color", "randaugment")  # hue/saturation and RandAugment's colour ops are RGB-only
 MIXERS = ("mixup", "cutmix")
-
-Op = Callable[[tf.Tensor, tf.Tensor], tuple]
-
 
 def split_names(spec):
     """The command line's "flip,rrc" -> ["flip", "rrc"]; "", "none" and None -> [].
@@ -111,21 +122,73 @@ def _seed(seed, index):
 
 # ----------------------------------------------------------------- batch ops
 
-def _layer_op(layer, mixes_labels: bool = False) -> Op:
+class _Op(NamedTuple):
+    draw: Callable  # images -> params (the op's random choices, small tensors)
+    apply: Callable  # (images, labels, params) -> (images, labels), deterministic
+    jit: bool  # apply can be compiled by XLA with its neighbours
+
+
+def _layer_op(layer, mixes_labels: bool = False) -> _Op:
+    """A Keras layer as an op, for the options the plain-TF ops do not cover."""
     # training=True explicitly: inside tf.data Keras cannot see a training
     # phase and would default to inference (MixUp then passes labels through).
-    if mixes_labels:
-        def op(images, labels):
+    def apply(images, labels, _):
+        if mixes_labels:
             out = layer({"images": images, "labels": labels}, training=True)
             return out["images"], out["labels"]
-    else:
-        def op(images, labels):
-            return layer(images, training=True), labels
-    return op
+        return layer(images, training=True), labels
+
+    return _Op(lambda images: (), apply, False)
 
 
-def _make_op(name: str, kwargs: dict, seed) -> Op:
-    # lazy: Keras is needed only when a dataset augments, not to parse names
+# RandAugment's geometric ops: Keras' matrix from its draws -> batch_ops.affine_apply
+_RA_MATRIX = {
+    "random_shear": lambda layer, t: layer._get_shear_matrix(t["shear_factor"]),
+    "random_translation": lambda layer, t: layer._get_translation_matrix(t["translations"]),
+    "random_rotation": lambda layer, t: t["rotation_matrix"],
+}
+# measured slower under XLA (sharpness: a depthwise conv) or not compilable (equalization: histograms)
+_RA_PLAIN = ("random_sharpness", "equalization")
+
+
+def _randaugment_branch(layer, key):
+    """One of RandAugment's ops as (images, its Keras draws) -> images, as fast as it goes."""
+    sub = getattr(layer, key)
+    if key in _RA_MATRIX:
+        if sub.fill_mode != "reflect" or sub.interpolation != "bilinear":
+            return sub.transform_images
+        return tf.function(lambda x, t: ops.affine_apply(x, tf.cast(_RA_MATRIX[key](sub, t), tf.float32)),
+                           jit_compile=True)
+    if key in _RA_PLAIN:
+        return sub.transform_images
+    return tf.function(lambda x, t: tf.cast(sub.transform_images(x, t), tf.float32), jit_compile=True)
+
+
+def _randaugment_op(layer) -> _Op:
+    """Keras RandAugment's draws (its ops' indices, per batch, and every op's
+    parameters), but only the chosen ops computed: Keras computed all 11 for
+    each of num_ops slots and selected with `where` (36 ms per image)."""
+    layer.build(None)
+    keys = list(layer._AUGMENT_LAYERS)
+    branch = {key: _randaugment_branch(layer, key) for key in keys}
+
+    def draw(images):
+        return layer.get_random_transformation(images, training=True)
+
+    def apply(images, labels, t):
+        for i in range(layer.num_ops):
+            branches = [lambda key=key, x=images: tf.ensure_shape(
+                tf.cast(branch[key](x, t["transforms"][key]), tf.float32), x.shape) for key in keys]
+            images = tf.switch_case(tf.cast(t["layer_idxes"][i], tf.int32), branches)
+        return images, labels
+
+    return _Op(draw, apply, False)
+
+
+def _make_op(name: str, kwargs: dict, seed) -> _Op:
+    # lazy: Keras is needed only when a dataset augments, not to parse names.
+    # Each Keras layer is still constructed: its constructor validates the
+    # options and parses the factor ranges, so both stay exactly Keras'.
     import keras
 
     layers = keras.layers
@@ -133,41 +196,77 @@ def _make_op(name: str, kwargs: dict, seed) -> Op:
     # pipeline emit float16 pixels (the pixel contract is float32).
     common = {"seed": seed, "dtype": "float32"}
     if name == "flip":
-        return _layer_op(layers.RandomFlip(**kwargs, **common))
+        mode = layers.RandomFlip(**kwargs, **common).mode
+        return _Op(partial(ops.flip_draw, seed=seed), partial(ops.flip_apply, mode=mode), True)
     if name == "rotate":
-        return _layer_op(layers.RandomRotation(**kwargs, **common))
+        layer = layers.RandomRotation(**kwargs, **common)
+        if layer.fill_mode != "reflect" or layer.interpolation != "bilinear":
+            return _layer_op(layer)
+        return _Op(partial(ops.rotate_draw, factor=layer.factor, seed=seed), ops.rotate_apply, True)
     if name == "color":
-        return _layer_op(layers.RandomColorJitter(value_range=(0, 255), **kwargs, **common))
+        layer = layers.RandomColorJitter(value_range=(0, 255), **kwargs, **common)
+        ranges = {k: getattr(getattr(layer, f"random_{k}"), "factor", None)
+                  for k in ("brightness", "contrast", "saturation", "hue")}
+        return _Op(partial(ops.color_draw, **ranges, seed=seed), ops.color_apply, True)
     if name == "randaugment":
-        return _layer_op(layers.RandAugment(value_range=(0, 255), **kwargs, **common))
+        return _randaugment_op(layers.RandAugment(value_range=(0, 255), **kwargs, **common))
     if name == "erasing":
-        return _layer_op(layers.RandomErasing(value_range=(0, 255), **kwargs, **common))
+        layer = layers.RandomErasing(value_range=(0, 255), **kwargs, **common)
+        return _Op(partial(ops.erasing_draw, factor=layer.factor, scale=layer.scale, seed=seed),
+                   partial(ops.erasing_apply, fill_value=layer.fill_value), True)
     if name == "mixup":
-        return _layer_op(layers.MixUp(**kwargs, **common), mixes_labels=True)
+        alpha = layers.MixUp(**kwargs, **common).alpha
+        return _Op(partial(ops.mixup_draw, alpha=alpha, seed=seed), ops.mixup_apply, True)
     if name == "cutmix":
-        return _layer_op(layers.CutMix(**kwargs, **common), mixes_labels=True)
+        factor = layers.CutMix(**kwargs, **common).factor
+        return _Op(partial(ops.cutmix_draw, factor=factor, seed=seed), ops.cutmix_apply, True)
     raise UsageError(f"unknown augmentation {name!r}; valid: {', '.join(NAMES)}")
 
 
-def _one_of(first: Op, second: Op, seed) -> Op:
-    gen = tf.random.Generator.from_seed(seed) if seed is not None else None
+def _one_of(first: _Op, second: _Op, seed) -> _Op:
+    """Each batch gets one of the two (p = 0.5); both draws are made, one is used."""
+    def draw(images):
+        return (tf.random.uniform([], seed=seed) < 0.5, first.draw(images), second.draw(images))
 
-    def op(images, labels):
-        u = gen.uniform([]) if gen is not None else tf.random.uniform([])
-        return tf.cond(u < 0.5, lambda: first(images, labels), lambda: second(images, labels))
+    def apply(images, labels, p):
+        return tf.cond(p[0], lambda: first.apply(images, labels, p[1]), lambda: second.apply(images, labels, p[2]))
 
-    return op
+    return _Op(draw, apply, first.jit and second.jit)
 
 
-def build_augmenter(names, image_size, seed=None, *, channels: int = 3) -> Callable | None:
+def _fuse(group: list[_Op]) -> Callable:
+    """Consecutive ops -> one apply(images, labels, [params]); XLA-compiled when all allow it."""
+    def apply(images, labels, params):
+        for op, p in zip(group, params):
+            images, labels = op.apply(images, labels, p)
+        return images, labels
+
+    return tf.function(apply, jit_compile=True) if all(op.jit for op in group) else apply
+
+
+def _segments(ops_: list[_Op]) -> list[tuple[list[_Op], Callable]]:
+    """Split the ops into runs that XLA can compile together and single non-XLA ops."""
+    runs: list[list[_Op]] = []
+    for op in ops_:
+        if op.jit and runs and runs[-1][-1].jit:
+            runs[-1].append(op)
+        else:
+            runs.append([op])
+    return [(run, _fuse(run)) for run in runs]
+
+
+def build_augmenter(names, image_size, seed=None, *, channels: int = 3,
+                    at_decode: tuple[str, ...] = AT_DECODE) -> Callable | None:
     """The batch augmentation for `names` as one callable (images, labels) -> (images, labels).
 
     Args:
-        names: list | dict | "a,b" (parse_names). Decode-time names (AT_DECODE: rrc)
-            are left to the pipeline.
+        names: list | dict | "a,b" (parse_names).
         image_size: (h, w) of the batch, or an int for a square (every op keeps it).
         seed: None for fresh randomness every run; an int makes the draws repeatable.
         channels: the image channel count; colour ops need 3.
+        at_decode: names left out because the caller runs them per image while
+            decoding (the pipeline: rrc and flip). A caller that augments whole
+            batches elsewhere (a train step) passes ("rrc",) to get a batch flip.
     Returns:
         the callable (`.names`: the ops it applies, in order; `.image_size`: the
         (h, w) it was built for), or None when nothing is left to do at batch level.
@@ -180,34 +279,57 @@ def build_augmenter(names, image_size, seed=None, *, channels: int = 3) -> Calla
     for name in spec:
         if name in NEEDS_RGB and channels != 3:
             raise UsageError(f"augmentation {name!r} needs 3-channel images, these have {channels}")
-    ops: list[Op] = []
-    mixers: list[Op] = []
+    chain: list[_Op] = []
+    mixers: list[_Op] = []
     for index, name in enumerate(NAMES):
-        if name not in spec or name in AT_DECODE:
+        if name not in spec or name in at_decode or name == "rrc":
             continue
         kwargs = dict(DEFAULTS[name], **spec[name])
         try:
             op = _make_op(name, kwargs, _seed(seed, index))
         except TypeError as e:  # a misspelt option in the config
             raise UsageError(f"augmentation {name!r}: {e}") from None
-        except ValueError as e:  # Keras' own range checks (factor > 1, ...)
+        except (ValueError, NotImplementedError) as e:  # Keras' own checks (factor > 1, fill_mode, ...)
             raise UsageError(f"augmentation {name!r}: {first_line(e)}") from None
-        (mixers if name in MIXERS else ops).append(op)
+        (mixers if name in MIXERS else chain).append(op)
     if len(mixers) == 2:
-        ops.append(_one_of(mixers[0], mixers[1], _seed(seed, 99)))
+        chain.append(_one_of(mixers[0], mixers[1], _seed(seed, 99)))
     else:
-        ops.extend(mixers)
-    if not ops:
+        chain.extend(mixers)
+    if not chain:
         return None
+    segments = _segments(chain)
 
     def augment(images, labels):
         dense, label_names = join_labels(labels)
         images = tf.cast(images, tf.float32)
-        for op in ops:
-            images, dense = op(images, dense)
-        images = tf.clip_by_value(tf.cast(images, tf.float32), 0.0, 255.0)
+        dense = tf.cast(dense, tf.float32)
+        for run, apply in segments:
+            # each op draws from the images it will see (shapes only; RandAugment's
+            # draws are Keras' own), then the run applies them in one compiled pass
+            params = [op.draw(images) for op in run]
+            images, dense = apply(images, dense, params)
+        images = tf.clip_by_value(images, 0.0, 255.0)
         return images, dense if label_names is None else split_labels(dense, label_names)
 
-    augment.names = [n for n in NAMES if n in spec and n not in AT_DECODE]
+    augment.names = [n for n in NAMES if n in spec and n not in at_decode and n != "rrc"]
     augment.image_size = image_size
     return augment
+
+
+def decode_flip(spec: dict[str, dict]) -> str | None:
+    """The flip mode if `spec` (parse_names) asks for a flip, for the per-image flip at decode.
+
+    Raises:
+        UsageError: a mode Keras' RandomFlip would refuse.
+    """
+    if "flip" not in spec:
+        return None
+    kwargs = dict(DEFAULTS["flip"], **spec["flip"])
+    unknown = set(kwargs) - {"mode", "seed"}
+    if unknown:
+        raise UsageError(f"augmentation 'flip': unexpected option(s) {', '.join(sorted(unknown))}")
+    mode = kwargs["mode"]
+    if mode not in FLIP_MODES:
+        raise UsageError(f"augmentation 'flip': mode must be one of {', '.join(FLIP_MODES)}, not {mode!r}")
+    return mode

