@@ -12,7 +12,7 @@ from tests.conftest import encode_image, random_image, write_dataset
 from utils.dataset import schema
 from utils.dataset.manifest import DatasetError
 from utils.errors import UsageError
-from utils.input import pipeline
+from utils.input import pipeline, records
 from utils.input.image_ops import eval_image
 
 K = 4
@@ -130,13 +130,13 @@ def test_corrupt_record_in_the_middle_is_skipped_and_counted(tmp_path):
     man["splits"]["train"]["shards"][0]["bytes"] = os.path.getsize(shard)
     with open(os.path.join(d, "manifest.json"), "w") as f:
         json.dump(man, f)
-    before = pipeline.decode_failures()  # process-wide: other tests' datasets count too
+    before = records.decode_failures()  # process-wide: other tests' datasets count too
     for training in (False, True):
         ds = pipeline.make_dataset(d, "train", image_size=(16, 16), batch_size=4, training=training,
                                    with_ids=True, seed=0)
         _, _, ids = collect(ds)
         assert sorted(ids) == [f"id{i:03d}" for i in range(9)]
-    assert pipeline.decode_failures() - before == 4  # two bad records, two epochs
+    assert records.decode_failures() - before == 4  # two bad records, two epochs
 
 
 def test_labels_per_head(tmp_path):
@@ -273,7 +273,7 @@ def test_cache_keeps_results_and_unlabeled_test_split(tmp_path):
 def test_failure_counters_are_never_mirrored_by_a_strategy():
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
     with strategy.scope():
-        v = pipeline._local_variable("probe")
+        v = records.local_variable("probe")
     assert not isinstance(v, tf.distribute.DistributedValues)
     assert type(v).__name__ == "ResourceVariable"
 

@@ -12,7 +12,7 @@ import tensorflow as tf
 from tests.input.test_pipeline import dataset, record
 from utils.dataset.manifest import DatasetError
 from utils.dataset.tfrecord import reports_corruption_at
-from utils.input import pipeline
+from utils.input import pipeline, records
 from utils.input.corruption import explain_data_error
 
 FIX = "then rebuild or restore that shard"
@@ -90,11 +90,11 @@ def test_skip_corrupt_shards_reads_on_and_counts_the_lost_tail(tmp_path, capfd):
     data, shards = three_shards(tmp_path)
     path = os.path.join(data, "train-00001-of-00003.tfrecord")
     flip(path, 16 + len(shards[1][0]) + 12 + 40)             # record 1 of 4: records 1..3 are lost
-    before = pipeline.corrupt_records_lost()
+    before = records.corrupt_records_lost()
     ds = pipeline.make_dataset(data, "train", image_size=8, batch_size=2, training=False, with_ids=True,
                                skip_corrupt_shards=True)
     ids = [i.decode() for batch in ds for i in batch[2].numpy()]
     assert sorted(ids) == ["id000", "id001", "id002", "id003", "id010", "id020", "id021", "id022", "id023"]
-    assert pipeline.corrupt_records_lost() - before == 3
+    assert records.corrupt_records_lost() - before == 3
     err = capfd.readouterr().err
     assert f"warning: {path} is corrupted: skipped its last 3 of 4 records (--skip-corrupt-shards)" in err

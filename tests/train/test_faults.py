@@ -22,7 +22,7 @@ from tests.train.test_cli import data, quick, run_main, runner, shapes_dataset, 
 
 
 def test_pass_length_mirrors_file_and_data_sharding():
-    from utils.input.pipeline import pass_length
+    from utils.input.records import pass_length
 
     assert pass_length([7, 6], 1, 0) == (13, False)
     assert [pass_length([7, 6, 5], 2, i) for i in range(2)] == [(12, True), (6, True)]

@@ -15,7 +15,7 @@ Mid-epoch (--checkpoint-every / --checkpoint-minutes, and on SIGTERM/SIGINT,
 see interrupt.py and callbacks.StepCheckpoint) the same file is written with
 `step` > 0 in the run record: the steps done in the epoch in progress. The
 input position needs nothing more: the training stream's order is a function of
-the seed and its position (utils.input.pipeline._resumable_stream), so the
+the seed and its position (utils.input.pipeline.resumable_stream), so the
 resumed run skips the records of (epoch - phase start) * steps + step batches.
 The dropout RNG states (Keras SeedGenerators: model.variables that are not
 model.weights) are saved too, so a resumed run draws the same masks.

@@ -29,7 +29,8 @@ from model.meta import save_meta
 from utils.dataset.manifest import class_counts, load_manifest, select_shards, split_count
 from utils.errors import DatasetError
 from utils.input.corruption import explain_data_error
-from utils.input.pipeline import dataset_info, decode_failures, make_dataset
+from utils.input.pipeline import dataset_info, make_dataset
+from utils.input.records import decode_failures
 from utils.plots import save_history_plot
 from utils.train import config, distribute, hard, lr_finder, optim
 from utils.train.callbacks import EpochEnd, ScalarLog, StepCheckpoint, metric_names, pick_monitor
