@@ -35,7 +35,7 @@ def files(out) -> dict[str, bytes]:
     """Every file of a finished dataset, by name (the manifest without its own name, path and timing)."""
     got = {}
     for n in sorted(os.listdir(out)):
-        if os.path.isdir(os.path.join(out, n)):   # a URL list's download cache
+        if os.path.isdir(os.path.join(out, n)) or n == ".lock":   # a URL list's cache; the local run's lock
             continue
         data = open(os.path.join(out, n), "rb").read()
         if n == MANIFEST:
@@ -291,8 +291,9 @@ def test_remote_out_through_filesystems_same_bytes_and_resume(tmp_path, monkeypa
     assert build(src, "fakefs://ds", *args, "--runner", "beam", *IN_PROCESS) == 0   # already built
     assert {n: os.stat(remote_dir / n).st_mtime_ns for n in kept} == kept
     with pytest.raises(SourceError, match="already holds a different finished dataset"):
-        build(src, "fakefs://ds", "--seed", "3", "--runner", "beam", *IN_PROCESS)
-    assert build(src, "fakefs://ds", "--seed", "3", "--overwrite", "--runner", "beam", *IN_PROCESS) == 0
+        build(src, "fakefs://ds", "--seed", "3", "--val-fraction", "0", "--runner", "beam", *IN_PROCESS)
+    assert build(src, "fakefs://ds", "--seed", "3", "--val-fraction", "0", "--overwrite", "--runner", "beam",
+                 *IN_PROCESS) == 0
     assert json.loads((remote_dir / MANIFEST).read_text())["seed"] == 3
     assert sum(n.endswith(".tfrecord") for n in os.listdir(remote_dir)) == 1
 

@@ -143,6 +143,10 @@ def test_end_to_end_artefacts_and_reload(tiny, data, capsys, tmp_path):
     import yaml
 
     assert yaml.safe_load(open("model_save/t.config.yaml"))["optimizer"] == "sgd"
+    page = open("log/t/report.html").read()   # the run as one page: result, curves, epochs, config
+    assert page.count("data:image/png;base64,") == 1 and 'id="epochs"' in page and 'id="config"' in page
+    assert ">optimizer</td>" in page and ">sgd</td>" in page
+    assert page.count("<tr>") >= 2 + len(cfg)   # the epochs' rows and one row per config key
 
     x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
     want = out["model"].predict(x, verbose=0)
