@@ -27,7 +27,7 @@ import zipfile
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from utils.detect.runtimes import export_meta_path, is_exported, open_exported, outputs_to_matrix
+from utils.detect.runtimes import export_meta_path, is_exported, open_exported, outputs_to_matrix, require_meta_keys
 from utils.errors import UsageError, first_line
 
 
@@ -97,10 +97,7 @@ def read_meta(path: str) -> dict:
         raise UsageError(f"no metadata for {path}: expected {meta_path(path)} (train.py writes it)") from None
     except ValueError as e:
         raise UsageError(f"{meta_path(path)} is not valid JSON: {e}") from None
-    missing = [k for k in ("class_names", "input_size") if k not in meta]
-    if missing:
-        raise UsageError(f"{meta_path(path)} lacks {', '.join(missing)}")
-    return meta
+    return require_meta_keys(meta, meta_path(path))
 
 
 def load_keras_model(path: str, config: dict | None, *, unsafe: bool = False):

@@ -50,6 +50,17 @@ def export_meta_path(artifact: str, folder: bool | None = None) -> str:
     return meta_path(artifact)
 
 
+META_KEYS = ("class_names", "input_size")   # what any predictor needs from its metadata
+
+
+def require_meta_keys(meta: dict, path: str) -> dict:
+    """`meta` itself when it has META_KEYS, else a one-line UsageError naming `path`."""
+    missing = [k for k in META_KEYS if k not in meta]
+    if missing:
+        raise UsageError(f"{path} lacks {', '.join(missing)}")
+    return meta
+
+
 def read_export_meta(artifact: str) -> dict:
     """The metadata of an exported artifact; missing or broken -> one-line UsageError."""
     from model.meta import meta_path
@@ -64,10 +75,7 @@ def read_export_meta(artifact: str) -> dict:
                     meta = json.load(f)
             except ValueError as e:
                 raise UsageError(f"{path} is not valid JSON: {e}") from None
-            missing = [k for k in ("class_names", "input_size") if k not in meta]
-            if missing:
-                raise UsageError(f"{path} lacks {', '.join(missing)}")
-            return meta
+            return require_meta_keys(meta, path)
     raise UsageError(f"no metadata for {artifact}: expected {candidates[0]} (written by the export)")
 
 
