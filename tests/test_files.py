@@ -97,3 +97,26 @@ def test_exclusive_lock_refuses_a_second_holder_and_names_its_pid(tmp_path):
         holder.wait()
     with exclusive_lock(lock, "data/x"):
         assert open(lock).read().strip() == str(os.getpid())
+    assert open(lock).read() == ""          # a clean exit leaves no pid behind
+
+
+def test_a_refusal_inside_the_holders_write_gap_waits_for_its_pid(tmp_path):
+    """The holder writes its pid just after taking the lock; a second run refused in that gap
+    reads an empty file and must wait for the pid, not print "pid unknown" (a CI failure)."""
+    import fcntl
+    import threading
+
+    from utils.files import LockedError, exclusive_lock
+
+    lock = str(tmp_path / ".lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)        # held, pid not written yet
+    writer = threading.Timer(0.3, lambda: os.pwrite(fd, b"4242\n", 0))
+    writer.start()
+    try:
+        with pytest.raises(LockedError, match=r"\(pid 4242\);"):
+            with exclusive_lock(lock, "data/x"):
+                pass
+    finally:
+        writer.join()
+        os.close(fd)

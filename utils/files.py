@@ -132,10 +132,26 @@ def exclusive_lock(lock_path: str, what: str, hint: str = "wait for it or choose
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            raise LockedError(f"{what} is being written by another run (pid {holder}); {hint}") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
+            raise LockedError(f"{what} is being written by another run (pid {_lock_holder(fd)}); {hint}") from None
+        pid = f"{os.getpid()}\n".encode()
+        os.pwrite(fd, pid, 0)            # write, then cut: the file never reads empty while held
+        os.ftruncate(fd, len(pid))
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)          # a clean exit leaves no pid behind (a kill -9 leaves its own)
     finally:
         os.close(fd)     # releases the lock
+
+
+def _lock_holder(fd: int, wait: float = 2.0) -> str:
+    """The pid in a held lock file. The holder writes it just after taking the lock, so a
+    process refused inside that gap sees an empty file: wait up to `wait` seconds for it."""
+    import time
+
+    deadline = time.monotonic() + wait
+    while True:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").split("\n")[0].strip()
+        if holder or time.monotonic() > deadline:
+            return holder or "unknown"
+        time.sleep(0.01)
