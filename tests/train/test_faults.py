@@ -54,7 +54,7 @@ def test_resumed_stream_neither_repeats_nor_skips(tmp_path, cache):
 def test_skip_records_counts_the_replicas_a_pipeline_feeds():
     import tensorflow as tf
 
-    from utils.train.loop import skip_records
+    from utils.train.data import skip_records
 
     assert skip_records(5, 8, None) == 40
     ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1, num_replicas_in_sync=4)

@@ -57,7 +57,7 @@ def test_train_on_val_adds_the_val_records_and_val_split_none_drops_them(tiny, d
 def test_mix_splits_takes_each_split_at_its_share():
     import tensorflow as tf
 
-    from utils.train.loop import mix_splits
+    from utils.train.data import mix_splits
 
     a = tf.data.Dataset.from_tensors(0).repeat()
     b = tf.data.Dataset.from_tensors(1).repeat()
@@ -67,7 +67,7 @@ def test_mix_splits_takes_each_split_at_its_share():
 
 
 def test_without_validation_reasons():
-    from utils.train.loop import without_validation
+    from utils.train.data import without_validation
 
     cfg = {"train_on_val": False, "val_split": "auto", "data": "data/x", "fold": None}
     assert without_validation(cfg, 10) is None
