@@ -138,10 +138,12 @@ def test_locked_output_is_refused_having_touched_nothing(tiny, data, capsys, tmp
         before = {p: os.stat(os.path.join(dp, p)).st_mtime_ns for dp in ("log/busy", "model_save")
                   for p in os.listdir(dp)}
         code, out, err = run_main(quick(data, "--out", "model_save/busy.h5"), capsys)
+        # (read while still held: the holder's own clean exit empties its lock file)
+        after = {p: os.stat(os.path.join(dp, p)).st_mtime_ns for dp in ("log/busy", "model_save")
+                 for p in os.listdir(dp)}
     assert code == 2
     assert err.strip() == (f"error: model_save/busy is being written by another run (pid {os.getpid()}); "
                            "wait for it or choose another --out")
-    after = {p: os.stat(os.path.join(dp, p)).st_mtime_ns for dp in ("log/busy", "model_save") for p in os.listdir(dp)}
     assert after == before  # the lock file (written by the holder) and their model untouched, nothing new
 
 
