@@ -93,18 +93,56 @@ def test_two_worker_processes_download_not_the_driver(tmp_path, http_server, mon
         {"/404": 1, "/page.html": 1}
 
 
-def test_a_failed_download_pipeline_is_one_error_and_leaves_no_parts(tmp_path, http_server, monkeypatch):  # noqa: F811
+def test_a_killed_download_is_one_error_and_its_rerun_fetches_only_the_rest(tmp_path, http_server, monkeypatch):  # noqa: F811
     lst = url_list(tmp_path, http_server.base)
+    real, done = beam_fetch.fetch_part, []
 
-    def dies(name, *a):
-        raise OSError(28, "No space left on device")
+    def dies_on_fourth(name, *a):   # a worker dies after three parts
+        if len(done) == 3:
+            raise OSError(28, "No space left on device")
+        done.append(name)
+        return real(name, *a)
 
-    monkeypatch.setattr(beam_fetch, "fetch_part", dies)
+    monkeypatch.setattr(beam_fetch, "fetch_part", dies_on_fourth)
     with pytest.raises(SourceError, match="the Beam run failed: .*No space left on device .*re-uses the files"):
-        build(lst, tmp_path / "beam", "--runner", "beam", *IN_PROCESS)
+        build(lst, tmp_path / "beam", "--timeout", "2", "--runner", "beam", *IN_PROCESS)
     work = tmp_path / "beam" / outdir.WORK
     assert not os.path.exists(work) or not [n for n in os.listdir(work) if n.startswith("fetch-")]
     assert not (tmp_path / "beam" / MANIFEST).exists()
+    first = sum(n for p, n in http_server.counts.items() if p.startswith("/img/"))
+    assert 1 <= first < GOOD
+
+    monkeypatch.setattr(beam_fetch, "fetch_part", real)
+    assert build(lst, tmp_path / "beam", "--timeout", "2", "--runner", "beam", *IN_PROCESS) == 0
+    assert all(http_server.counts[f"/img/{j}.jpg"] == 1 for j in range(GOOD))   # none fetched twice
+    assert json.loads((tmp_path / "beam" / MANIFEST).read_text())["skipped"]["count"] == 3
+
+
+def test_remote_out_keeps_the_parts_in_its_work_folder(tmp_path, http_server, monkeypatch):  # noqa: F811
+    import tempfile
+
+    from tests.generate.test_beam import FakeRemoteFS
+    FakeRemoteFS.root = str(tmp_path / "bucket")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))   # the local mirror (and its cache)
+    os.makedirs(tmp_path / "tmp")
+    lst = url_list(tmp_path, http_server.base)
+    args = ("--timeout", "2", "--shard-mb", "0.003")
+    assert build(lst, tmp_path / "local", *args) == 0
+    written = []
+    real = beam_fetch.remote.write_work
+    monkeypatch.setattr(beam_fetch.remote, "write_work", lambda out, name, data: written.append((out, name))
+                        or real(out, name, data))
+    assert build(lst, "fakefs://ds", *args, "--runner", "beam", *IN_PROCESS) == 0
+    assert {out for out, name in written if name.startswith("fetch-")} == {"fakefs://ds"}
+    remote_dir = tmp_path / "bucket" / "ds"
+    local, beam = files(tmp_path / "local"), files(remote_dir)
+    assert sorted(local) == sorted(beam) and len(shard_names(beam)) >= 2
+    assert all(local[n] == beam[n] for n in local if n != MANIFEST)
+    man_local, man_beam = json.loads(local[MANIFEST]), json.loads(beam[MANIFEST])
+    for man in (man_local, man_beam):   # the cache is in the local mirror, not in OUT
+        man["source"]["args"].pop("cache_dir")
+    assert man_local == man_beam
+    assert not os.listdir(remote_dir / outdir.WORK)
 
 
 def test_parts_cover_the_list_in_order():
