@@ -153,3 +153,17 @@ def test_parts_cover_the_list_in_order():
     assert beam_fetch.split_parts([], 4) == []
     big = beam_fetch.split_parts([("k", "u")] * 5000, 1)
     assert len(big) == 5 and max(map(len, big)) == beam_fetch.PART_URLS
+
+
+def test_workers_without_the_shared_cache_is_one_error(tmp_path, http_server, monkeypatch):  # noqa: F811
+    lst = url_list(tmp_path, http_server.base)
+    real = beam_fetch.fetch_part
+
+    def elsewhere(name, work_out, cache_dir, opts):   # a worker whose disk is not this one
+        return real(name, work_out, str(tmp_path / "their_disk"), opts)
+
+    monkeypatch.setattr(beam_fetch, "fetch_part", elsewhere)
+    with pytest.raises(SourceError, match=r"the workers downloaded u\d but .* is not here: the cache .* must be a "
+                                          "folder the workers and this process share"):
+        build(lst, tmp_path / "beam", "--timeout", "2", "--runner", "beam", *IN_PROCESS)
+    assert len(os.listdir(tmp_path / "their_disk")) == GOOD + 1

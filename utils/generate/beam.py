@@ -178,16 +178,16 @@ class BeamShardWriter:
         import apache_beam as beam
 
         items, labels = index.items, index.labels
-        # The plan goes to the workers as one file per shard in .work/ (its keys,
-        # labels and loaders), not inside the pipeline: Create's elements are
-        # part of the job graph a runner submits (Dataflow caps it near 20 MB;
-        # a 12M-photo plan is GBs).
-        for si, s in todo:
-            spec = (s.file, s.split, s.fold, [(items[i].key, items[i].source_id) for i in s.members],
-                    [labels[i] for i in s.members], [items[i].load for i in s.members])
-            remote.write_work(out_dir, s.file + SPEC_SUFFIX, pickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL))
 
         def build(p) -> None:
+            # The plan goes to the workers as one file per shard in .work/ (its keys,
+            # labels and loaders), not inside the pipeline: Create's elements are
+            # part of the job graph a runner submits (Dataflow caps it near 20 MB;
+            # a 12M-photo plan is GBs).
+            for si, s in todo:
+                spec = (s.file, s.split, s.fold, [(items[i].key, items[i].source_id) for i in s.members],
+                        [labels[i] for i in s.members], [items[i].load for i in s.members])
+                remote.write_work(out_dir, s.file + SPEC_SUFFIX, pickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL))
             prepared = (p | "shards" >> beam.Create([(si, s.file) for si, s in todo])
                         | "items" >> beam.FlatMap(_items_of, out_dir)
                         | "spread" >> beam.Reshuffle()

@@ -27,6 +27,7 @@ import pickle
 import uuid
 from typing import Callable
 
+from utils.errors import SourceError, first_line
 from utils.generate import remote
 
 PART_URLS = 1000          # most URLs per part: a part is one worker's unit, retried whole on failure
@@ -84,22 +85,43 @@ def fetch_in_workers(writer, work_out: str, items: list[tuple[str, str]], cache_
     failed: dict[str, str] = {}
     if todo:
         token = uuid.uuid4().hex[:8]
-        names = [f"fetch-{token}-{i:05d}" for i in range(len(split_parts(todo, writer.workers)))]
-        for name, part in zip(names, split_parts(todo, writer.workers)):
-            remote.write_work(work_out, name + ".urls", pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL))
+        parts = split_parts(todo, writer.workers)
+        names = [f"fetch-{token}-{i:05d}" for i in range(len(parts))]
+
+        def build(p) -> None:
+            # the URLs go to the workers in files, as the shards' plans do (utils.generate.beam)
+            for name, part in zip(names, parts):
+                remote.write_work(work_out, name + ".urls", pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL))
+            (p | "parts" >> beam.Create(names) | "spread" >> beam.Reshuffle()
+             | "download" >> beam.Map(fetch_part, work_out, cache_dir, opts))
+
         writer.log(f"beam: {len(todo)} of {len(items)} URL(s) to download in {len(names)} part(s) "
                    f"on {writer.runner_name}")
         try:
-            writer.run_pipeline(lambda p: (p | "parts" >> beam.Create(names) | "spread" >> beam.Reshuffle()
-                                           | "download" >> beam.Map(fetch_part, work_out, cache_dir, opts)),
-                                "re-uses the files it downloaded")
+            writer.run_pipeline(build, "re-uses the files it downloaded")
             for name in names:
-                got = pickle.loads(remote.read_work(work_out, name + ".fetched"))
-                failed.update({k: reason for k, reason in got.items() if reason is not None})
+                failed.update({k: why for k, why in _read_result(work_out, name).items() if why is not None})
         finally:
             remote.remove_work(work_out, [n + ext for n in names for ext in (".urls", ".fetched")])
         writer.log(f"beam: downloaded {len(todo) - len(failed)}, {len(failed)} failed")
+        missing = next((key for key, _ in todo if key not in failed and not os.path.isfile(paths[key])), None)
+        if missing is not None:   # workers with a disk of their own (a cluster without a shared mount)
+            raise SourceError(f"the workers downloaded {missing} but {paths[missing]} is not here: the cache "
+                              f"({cache_dir}) must be a folder the workers and this process share")
     return {key: DownloadError(failed[key]) if key in failed else paths[key] for key, _ in items}
+
+
+def _read_result(work_out: str, name: str) -> dict:
+    """A part's {key: None | reason}, written by fetch_part.
+
+    Raises:
+        SourceError: the runner finished without writing it.
+    """
+    try:
+        return pickle.loads(remote.read_work(work_out, name + ".fetched"))
+    except (OSError, ValueError, pickle.UnpicklingError) as e:
+        raise SourceError(f"the Beam run ended without the downloads of {name} ({first_line(e, 200)}); "
+                          "rerun to resume") from None
 
 
 def fetch_part(name: str, work_out: str, cache_dir: str, opts: dict) -> str:

@@ -223,7 +223,7 @@ def fetch_cached(session, url: str, path: str, *, timeout: float, retries: int, 
 
 
 def sweep_stale(cache_dir: str) -> int:
-    """Remove the part and lock files killed fetchers left; -> how many files went.
+    """Remove the part and lock files killed fetchers left; -> how many part files went.
 
     A NAME's parts and lock go only when NAME's lock can be taken at once: no
     live process (here or on another machine sharing the folder, where flock
