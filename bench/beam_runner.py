@@ -8,11 +8,17 @@ Each round is a fresh subprocess per runner, alternating; prints the medians
 and the ratio beam/local of wall time (Beam's start-up included), and checks
 that both wrote the same shard bytes.
 
-    python bench/beam_runner.py [--n 500] [--rounds 3] [--workers 2]
+--urls serves the same images from a local HTTP server (127.0.0.1, this
+process) and builds from a URL list instead: each run downloads everything
+into its own --out's cache, the local run in this machine's threads, the Beam
+run in its workers (a download pipeline, then the write pipeline).
+
+    python bench/beam_runner.py [--n 500] [--rounds 3] [--workers 2] [--urls]
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import os
 import shutil
@@ -20,7 +26,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -32,6 +40,25 @@ def make_images(root: str, n: int, classes: int = 5) -> None:
     for i in range(n):
         side = 32 + (i * 7) % 33
         write_image(os.path.join(root, f"class{i % classes}", f"{i:05d}.png"), random_image(i, side, side, blocky=False))
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def serve_list(src: str, list_path: str) -> ThreadingHTTPServer:
+    """Serve `src` on 127.0.0.1 and write a URL list of its images (id,url,one 0/1 column per class)."""
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=src))
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    classes = sorted(os.listdir(src))
+    with open(list_path, "w") as f:
+        for c in classes:
+            for n in sorted(os.listdir(os.path.join(src, c))):
+                flags = ",".join("1" if c == k else "0" for k in classes)
+                f.write(f"{c}-{n},http://127.0.0.1:{srv.server_address[1]}/{c}/{n},{flags}\n")
+    return srv
 
 
 def run(src: str, out: str, workers: int, beam: bool) -> float:
@@ -58,17 +85,27 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=500, help="images (default 500)")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
     ap.add_argument("--workers", type=int, default=2, help="--workers for both runners (default 2)")
+    ap.add_argument("--urls", action="store_true", help="build from a URL list served on 127.0.0.1 (downloads included)")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, "src")
         make_images(src, a.n)
+        srv = serve_list(src, os.path.join(tmp, "list.txt")) if a.urls else None
+        what = os.path.join(tmp, "list.txt") if a.urls else src
         local, beam = [], []
-        for _ in range(a.rounds):
-            local.append(run(src, os.path.join(tmp, "local"), a.workers, beam=False))
-            beam.append(run(src, os.path.join(tmp, "beam"), a.workers, beam=True))
+        try:
+            for _ in range(a.rounds):
+                local.append(run(what, os.path.join(tmp, "local"), a.workers, beam=False))
+                beam.append(run(what, os.path.join(tmp, "beam"), a.workers, beam=True))
+        finally:
+            if srv is not None:
+                srv.shutdown()
+                srv.server_close()
         same = shard_digest(os.path.join(tmp, "local")) == shard_digest(os.path.join(tmp, "beam"))
     lm, bm = statistics.median(local), statistics.median(beam)
-    print(f"{a.n} images, --max-side 24, --workers {a.workers}, medians of {a.rounds} rounds (wall time, start-up included)")
+    kind = "URL list on 127.0.0.1" if a.urls else "image folder"
+    print(f"{a.n} images ({kind}), --max-side 24, --workers {a.workers}, medians of {a.rounds} rounds "
+          "(wall time, start-up included)")
     print(f"  local runner            {lm:6.2f} s")
     print(f"  beam DirectRunner x{a.workers}    {bm:6.2f} s")
     print(f"  beam / local            {bm / lm:6.2f}x wall time   (same shard bytes: {same})")

@@ -215,3 +215,83 @@ def test_cache_names_are_safe_and_url_specific(tmp_path):
     a = cache_path(str(tmp_path), "../../etc/passwd", "http://x/1")
     assert os.path.dirname(a) == str(tmp_path) and "/" not in os.path.basename(a)
     assert cache_path(str(tmp_path), "k", "http://x/1") != cache_path(str(tmp_path), "k", "http://x/2")
+
+
+FETCHER = """
+import os, sys, time
+sys.path.insert(0, {root!r})
+from utils.sources.download import fetch_all
+cache, base, ready, go, keys = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5].split(",")
+open(ready, "w").close()
+while not os.path.exists(go):      # both processes start their requests together
+    time.sleep(0.01)
+res = fetch_all([(k, f"{{base}}/wait/{{k}}") for k in keys], cache, concurrency=3, timeout=5, retries=0,
+                progress=False)
+bad = [k for k, v in res.items() if not isinstance(v, str)]
+sys.exit(1 if bad else 0)
+"""
+
+
+def test_two_processes_share_one_cache(http_server, tmp_path):
+    """Overlapping lists fetched at once by two processes: every file whole, none fetched twice, nothing left over."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    cache, go = tmp_path / "cache", tmp_path / "go"
+    sets = [[f"k{i}" for i in range(0, 6)], [f"k{i}" for i in range(2, 9)]]     # k2..k5 in both
+    script = FETCHER.format(root=root)
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(cache), http_server.base, str(tmp_path / f"ready{n}"),
+                               str(go), ",".join(keys)]) for n, keys in enumerate(sets)]
+    try:
+        deadline = time.monotonic() + 60
+        while not all((tmp_path / f"ready{n}").exists() for n in range(2)):
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "fetchers did not start"
+            time.sleep(0.02)
+        go.touch()
+        assert [p.wait(timeout=60) for p in procs] == [0, 0]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    keys = sorted(set(sets[0]) | set(sets[1]))
+    want = sorted(os.path.basename(cache_path(str(cache), k, f"{http_server.base}/wait/{k}")) for k in keys)
+    assert sorted(os.listdir(cache)) == want                    # no .part-*, no .lock left
+    for k in keys:
+        with open(cache_path(str(cache), k, f"{http_server.base}/wait/{k}"), "rb") as f:
+            assert f.read() == http_server.jpeg
+    assert {k: http_server.counts[f"/wait/{k}"] for k in keys} == {k: 1 for k in keys}   # the overlap once
+    assert http_server.max_in_flight >= 4                       # they did run at the same time
+
+
+def test_sweep_leaves_parts_of_a_file_being_fetched(tmp_path):
+    from utils.sources.download import LOCK_SUFFIX, TMP_MARK, _claim, sweep_stale
+    busy, dead = cache_path(str(tmp_path), "busy", "http://x/1"), cache_path(str(tmp_path), "dead", "http://x/2")
+    for path in (busy, dead):
+        (tmp_path / (os.path.basename(path) + f"{TMP_MARK}999-1")).write_bytes(b"\xff\xd8half")
+    (tmp_path / (os.path.basename(dead) + LOCK_SUFFIX)).touch()     # a killed fetcher's lock file
+    with _claim(busy):            # another fetcher (a separate open: flock refuses it too) is writing `busy`
+        assert sweep_stale(str(tmp_path)) == 1
+        assert sorted(os.listdir(tmp_path)) == sorted([os.path.basename(busy) + LOCK_SUFFIX,
+                                                       os.path.basename(busy) + f"{TMP_MARK}999-1"])
+    assert sweep_stale(str(tmp_path)) == 1 and os.listdir(tmp_path) == []
+
+
+def test_a_waiting_fetcher_reuses_the_file_its_holder_fetched(http_server, tmp_path):
+    """Two threads, one URL: the second waits on the lock, then finds the file (one request)."""
+    import requests
+    from utils.sources.download import fetch_cached
+    url = f"{http_server.base}/wait/same"
+    path = cache_path(str(tmp_path), "same", url)
+    out = []
+
+    def fetch():
+        with requests.Session() as s:
+            out.append(fetch_cached(s, url, path, timeout=5, retries=0, max_bytes=MAX_BYTES, backoff=0))
+
+    threads = [threading.Thread(target=fetch) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert out == [path, path] and http_server.counts["/wait/same"] == 1
+    assert os.listdir(tmp_path) == [os.path.basename(path)]

@@ -19,6 +19,10 @@ that count, and a rerun writes the others (utils.generate.outdir).
 --dedupe needs the first occurrence in plan order of every repeated input: a
 side branch groups the workers' sha1s and hands each shard the earlier winners.
 
+A URL list is downloaded by the workers too, in a pipeline of its own before
+the index (utils.generate.beam_fetch: the plan needs the downloads' outcome);
+`attach` hands the source that fetcher.
+
 Beam is imported on use: `--runner local` must not pay for it.
 """
 from __future__ import annotations
@@ -139,6 +143,7 @@ class BeamShardWriter:
         except (ValueError, RuntimeError) as e:
             raise UsageError(f"--beam-option runner={name}: {first_line(e, 300)}") from None
         self.runner_name, self.remote_out = name, remote_out
+        self.workers = int(workers or os.cpu_count() or 1)
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
 
     def __call__(self, index: Index, plan: list[ShardPlan], out_dir: str, *, resize: dict, max_pixels: int,
@@ -161,14 +166,8 @@ class BeamShardWriter:
                 if s.file in done and dedupe:
                     prior.update(done[s.file].get("hashes") or {})
             self.log(f"beam: {len(todo)} of {len(plan)} shard(s) to write on {self.runner_name}")
-            try:
-                self._run(index, todo, out_dir, resize=resize, max_pixels=max_pixels, dedupe=dedupe, prior=prior,
-                          num_classes=len(index.classes))
-            except (UsageError, SourceError):
-                raise
-            except Exception as e:  # a worker's error arrives wrapped in the runner's; its last line names it
-                raise SourceError(f"the Beam run failed: {_root_cause(e)} (a rerun with the same arguments "
-                                  "keeps the shards it finished)") from None
+            self._run(index, todo, out_dir, resize=resize, max_pixels=max_pixels, dedupe=dedupe, prior=prior,
+                      num_classes=len(index.classes))
         for s in plan:
             if s.file not in done:
                 done[s.file] = remote.read_sidecar(out_dir, s.file)
@@ -179,21 +178,16 @@ class BeamShardWriter:
         import apache_beam as beam
 
         items, labels = index.items, index.labels
-        # Worker processes import this project by module name: the driver's
-        # sys.path (generate_dataset.py puts the checkout first) is not theirs.
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        path = os.environ.get("PYTHONPATH", "")
-        if root not in path.split(os.pathsep):
-            os.environ["PYTHONPATH"] = root + (os.pathsep + path if path else "")
-        # The plan goes to the workers as one file per shard in .work/ (its keys,
-        # labels and loaders), not inside the pipeline: Create's elements are
-        # part of the job graph a runner submits (Dataflow caps it near 20 MB;
-        # a 12M-photo plan is GBs).
-        for si, s in todo:
-            spec = (s.file, s.split, s.fold, [(items[i].key, items[i].source_id) for i in s.members],
-                    [labels[i] for i in s.members], [items[i].load for i in s.members])
-            remote.write_work(out_dir, s.file + SPEC_SUFFIX, pickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL))
-        with _beam_logs_quiet(), beam.Pipeline(runner=self.runner, options=self.options) as p:
+
+        def build(p) -> None:
+            # The plan goes to the workers as one file per shard in .work/ (its keys,
+            # labels and loaders), not inside the pipeline: Create's elements are
+            # part of the job graph a runner submits (Dataflow caps it near 20 MB;
+            # a 12M-photo plan is GBs).
+            for si, s in todo:
+                spec = (s.file, s.split, s.fold, [(items[i].key, items[i].source_id) for i in s.members],
+                        [labels[i] for i in s.members], [items[i].load for i in s.members])
+                remote.write_work(out_dir, s.file + SPEC_SUFFIX, pickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL))
             prepared = (p | "shards" >> beam.Create([(si, s.file) for si, s in todo])
                         | "items" >> beam.FlatMap(_items_of, out_dir)
                         | "spread" >> beam.Reshuffle()
@@ -205,6 +199,48 @@ class BeamShardWriter:
                     | "by digest" >> beam.GroupByKey() | "repeats" >> beam.FlatMap(_first_of_repeats))
             (prepared | "by shard" >> beam.Map(_by_shard) | "group" >> beam.GroupByKey()
              | "write" >> beam.Map(write_grouped, out_dir, num_classes, dedupe, prior, winners))
+
+        self.run_pipeline(build, "keeps the shards it finished")
+
+    def run_pipeline(self, build: Callable, keeps: str) -> None:
+        """Build a pipeline with `build(p)` and run it to the end on this writer's runner.
+
+        Args:
+            build: adds the transforms to the Pipeline it is given.
+            keeps: what a rerun keeps of a failed run, for the error line.
+
+        Raises:
+            SourceError: the run failed; the line names the worker's error.
+        """
+        import apache_beam as beam
+
+        # Worker processes import this project by module name: the driver's
+        # sys.path (generate_dataset.py puts the checkout first) is not theirs.
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        path = os.environ.get("PYTHONPATH", "")
+        if root not in path.split(os.pathsep):
+            os.environ["PYTHONPATH"] = root + (os.pathsep + path if path else "")
+        try:
+            with _beam_logs_quiet(), beam.Pipeline(runner=self.runner, options=self.options) as p:
+                build(p)
+        except (UsageError, SourceError):
+            raise
+        except Exception as e:  # a worker's error arrives wrapped in the runner's; its last line names it
+            raise SourceError(f"the Beam run failed: {_root_cause(e)} (a rerun with the same arguments "
+                              f"{keeps})") from None
+
+    def attach(self, source, out_dir: str) -> None:
+        """Have the workers, not this process, download a URL list's images (other sources: nothing to do).
+
+        Args:
+            source: the run's Source; a UrlListSource gets this runner as its fetcher.
+            out_dir: the folder write_dataset writes (the workers' part lists go in its .work/).
+        """
+        from utils.generate.beam_fetch import worker_fetcher   # it imports this module
+        from utils.sources.urls import UrlListSource
+
+        if isinstance(source, UrlListSource):
+            source.fetcher = worker_fetcher(self, self.remote_out or out_dir)
 
 
 def _read_spec(out_dir: str, file: str) -> tuple:

@@ -46,6 +46,8 @@ def build(args: argparse.Namespace) -> int:
     def run(out: str, source=None) -> dict:
         if source is None:
             source = open_source(args.kind, args.source, argparse.Namespace(**{**vars(args), "out": out}))
+        if shard_writer is not None:   # a URL list: Beam's workers download it
+            shard_writer.attach(source, out)
         val_fraction = args.val_fraction if args.val_fraction is not None else default_val_fraction(source, args.folds)
         manifest = write_dataset(source, out, name=name, val_fraction=val_fraction, folds=args.folds,
                                  fraction=args.fraction, shard_mb=args.shard_mb, max_side=args.max_side,

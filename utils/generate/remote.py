@@ -228,6 +228,7 @@ def write_to(out_dir: str, file: str, write: Callable[[str], dict]) -> dict:
 def write_work(out_dir: str, name: str, data: bytes) -> None:
     """out_dir/.work/name through name.tmp and a rename, local or remote."""
     if is_local(out_dir):
+        os.makedirs(os.path.join(out_dir, outdir.WORK), exist_ok=True)   # a URL list's parts come before the run state
         atomic_write_bytes(os.path.join(out_dir, outdir.WORK, name), data, fsync=False)
         return
     path = _join(out_dir, outdir.WORK, name)
@@ -240,6 +241,14 @@ def read_work(out_dir: str, name: str) -> bytes:
     """out_dir/.work/name, local or remote."""
     with _fs().open(_join(out_dir, outdir.WORK, name)) as f:
         return f.read()
+
+
+def remove_work(out_dir: str, names: list[str]) -> None:
+    """Remove out_dir/.work/<name> for each name that exists, local or remote."""
+    paths = [_join(out_dir, outdir.WORK, n) for n in names]
+    paths = [p for p in paths if _fs().exists(p)]
+    if paths:
+        _fs().delete(paths)
 
 
 def write_sidecar(out_dir: str, meta: dict) -> None:

@@ -12,6 +12,8 @@ every label, unlike a test-list line (labels=(), split "test").
 `items()` first downloads every URL into the cache folder (utils/sources/download.py:
 concurrent, retried, size-capped, cached across reruns), then yields Items
 that read the cached files; failed downloads become Skips with the reason.
+Who downloads is the source's `fetcher` (default: download.fetch_all, in this
+process; `--runner beam` puts its workers there, utils.generate.beam).
 
 `read_url_list` is detect.py's reading of the same lines (see there why it is stricter).
 """
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from typing import Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 from utils.sources.base import Item, Skip, Source, SourceError, file_loader
 from utils.sources.table import read_csv_rows
@@ -141,12 +143,16 @@ class UrlListSource(Source):
         self.args = {"list": list_path, "label_names": label_names, "cache_dir": cache_dir,
                      **self.fetch_opts}
         self.fetch_opts["progress"] = progress
+        # (key, url) pairs, cache_dir, **fetch_opts -> {key: cached file | DownloadError};
+        # None: download.fetch_all. Not part of the signature: the files are the same.
+        self.fetcher: Callable[..., dict] | None = None
 
     def items(self) -> Iterator[Item | Skip]:
         from utils.sources.download import fetch_all
 
         rows = [e for e in self._entries if isinstance(e, Row)]
-        fetched = fetch_all([(r.image_id, r.url) for r in rows], self.cache_dir, **self.fetch_opts)
+        fetched = (self.fetcher or fetch_all)([(r.image_id, r.url) for r in rows], self.cache_dir,
+                                              **self.fetch_opts)
         for e in self._entries:
             if isinstance(e, Skip):
                 yield e
