@@ -220,6 +220,8 @@ def test_open_source_builds_each_kind(tmp_path):
     u = open_source(None, str(tmp_path / "u.txt"), ns(label_names="x,y"))
     assert u.kind == "urls" and u.classes == ["x", "y"]
     assert u.cache_dir == os.path.join(str(tmp_path / "out"), "cache")
+    assert u.fetch_opts["progress"] is True
+    assert open_source(None, str(tmp_path / "u.txt"), ns(no_progress=True)).fetch_opts["progress"] is False
     with pytest.raises(UsageError):
         open_source("csv", folder, ns())
 

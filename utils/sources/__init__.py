@@ -64,7 +64,7 @@ def open_source(kind: str | None, path: str, args=None):
         kind: one of KINDS, or None to detect it. A folder with --channels is
             multichannel, with --labels csv.
         args: the CLI namespace (labels, label_names, label_mode, channels,
-            categories, out, concurrency, timeout); None for the defaults.
+            categories, out, concurrency, timeout, no_progress); None for the defaults.
     Raises:
         SourceError: a missing input (and what the source itself refuses).
         UsageError: a kind that does not fit the path or lacks its flags.
@@ -116,6 +116,8 @@ def open_source(kind: str | None, path: str, args=None):
         kw["concurrency"] = int(args.concurrency)
     if _opt(args, "timeout") is not None:
         kw["timeout"] = float(args.timeout)
+    if _opt(args, "no_progress"):
+        kw["progress"] = False      # --no-progress hushes the download bar too
     return UrlListSource(path, os.path.join(out, "cache"), names, **kw)
 
 
