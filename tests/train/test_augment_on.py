@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT, encode_image
-from tests.train.test_cli import bad, data, quick, run_main, tiny  # noqa: F401 - fixtures
+from tests.train.test_cli import bad, data, quick, run_main, runner, tiny  # noqa: F401 - fixtures
 from utils.train import augment_step, config
 
 BATCH_OPS = "rotate,color,mixup"
@@ -256,3 +256,29 @@ def test_mirrored_two_logical_cpus_runs_device_augmentation():
     assert p.returncode == 0, p.stderr[-3000:]
     # two replicas trained; each drew its own augmentation (replica seeds) from the same input
     assert p.stdout.strip().splitlines()[-1] == "2 True False"
+
+
+@pytest.mark.slow
+def test_device_run_sigterm_then_resume(tiny, data, tmp_path):
+    import csv
+    import json
+    import signal
+    import time
+
+    argv = quick(data, "--epochs", "2", "--steps-per-epoch", "12", "--augment", "rotate,mixup", "--augment-on",
+                 "device", "--checkpoint-every", "1", "--out", "model_save/r.h5")
+    p = runner(argv, cwd=tmp_path)
+    state = tmp_path / "model_save" / "r.resume" / "state.npz"
+    deadline = time.time() + 300
+    while p.poll() is None and not state.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert p.poll() is None and state.exists(), "the run ended or never checkpointed"
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 143 and "interrupted: saved epoch" in err, err[-2000:]
+    p = runner(argv + ["--resume"], cwd=tmp_path)
+    out, err = p.communicate(timeout=400)
+    assert p.returncode == 0 and "resuming at epoch" in err, err[-2000:]
+    meta = json.load(open(tmp_path / "model_save" / "r.json"))
+    assert meta["history"]["iterations"] == 24 and meta["config"]["augment_on"] == "device"
+    assert [r["epoch"] for r in csv.DictReader(open(tmp_path / "log" / "r" / "epochs.csv"))] == ["0", "1"]
