@@ -14,8 +14,9 @@ alternating rounds, medians, and the ratio device/cpu.
 On a machine without a GPU (this one) "device" is the CPU too: both placements do the same
 work on the same cores, so expect a ratio near 1; the point of device placement (freeing the
 input pipeline's cores while a GPU augments) only shows on a GPU machine. Measured here on 2
-shared, busy cores: 1.68 with --steps 8, 1.17 with --steps 32 (each round is a new fit, so a
-new iterator whose parallel augment map starts cold; longer rounds shrink that share).
+shared, busy cores: 1.68 with --steps 8, 1.17 with --steps 32 (not profiled; likely each
+round is a new fit, so a new iterator whose parallel augment map starts cold, and longer
+rounds shrink that share).
 
 Then, in a fresh process, the issue's second ratio: the read pipeline alone vs
 keras.utils.image_dataset_from_directory on the same images at the same size
