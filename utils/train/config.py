@@ -92,6 +92,10 @@ OPTIONS: dict[str, Option] = {
     "ohem": Option(None, "online hard example mining: only this fraction of each batch's highest per-sample losses counts (e.g. 0.5; the reported loss too)", float),
     # --- data
     "augment": Option("flip", "comma list of train augmentations: flip,rrc,rotate,color,randaugment,mixup,cutmix,erasing (or none); in YAML also {name: {kwargs}}"),
+    "augment_on": Option(None, "where --augment's batch ops (rotate, color, randaugment, erasing, mixup, cutmix) "
+                               "run: cpu (in the tf.data pipeline) or device (inside the train step, per replica, "
+                               "on the accelerator); flip and rrc run per image while decoding either way; "
+                               "default device when a GPU is visible, else cpu", choices=("cpu", "device")),
     "fold": Option(None, "K-fold dataset: validate on fold k, train on the others", int),
     "cache": Option(False, "cache the encoded records in memory after the first epoch (datasets that fit in RAM; decoding still runs each epoch)", bool),
     "shuffle_buffer": Option(2048, "shuffle buffer in records", int),
@@ -115,6 +119,7 @@ OPTIONS: dict[str, Option] = {
 # Settings that may change between an interrupted run and its --resume.
 RESUME_MUTABLE = {"resume", "early_stop", "strategy", "preview", "config", "val_steps", "cache", "shuffle_buffer"}
 RESUME_MUTABLE |= {"checkpoint_every", "checkpoint_minutes"}  # when to save, not what is trained
+RESUME_MUTABLE |= {"augment_on"}  # where the same augmentation runs (a resume may land on a machine without a GPU)
 
 
 def defaults() -> dict:

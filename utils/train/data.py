@@ -9,6 +9,7 @@ from utils.dataset.manifest import class_counts, load_manifest, select_shards, s
 from utils.errors import DatasetError
 from utils.input.pipeline import make_dataset
 from utils.train import distribute
+from utils.train.augment_step import pipeline_augment
 from utils.train.phases import Phase
 
 
@@ -80,7 +81,7 @@ def make_datasets(cfg: dict, info: dict, strategy, phase: Phase, out_names: list
     batch = phase.batch_size or cfg["batch_size"]
 
     def train_split(split, b, ctx, skip):
-        return make_dataset(cfg["data"], split, batch_size=b, training=True, augment=cfg["augment"],
+        return make_dataset(cfg["data"], split, batch_size=b, training=True, augment=pipeline_augment(cfg),
                             cache=cfg["cache"], shuffle_buffer=cfg["shuffle_buffer"], repeat=True,
                             drop_remainder=True, input_context=ctx, skip=skip, records_fn=records_fn, **common)
 

@@ -30,7 +30,7 @@ from utils.input.corruption import explain_data_error
 from utils.input.pipeline import dataset_info
 from utils.input.records import decode_failures
 from utils.plots import save_history_plot
-from utils.train import config, distribute, hard, lr_finder, optim
+from utils.train import augment_step, config, distribute, hard, lr_finder, optim
 from utils.train.callbacks import EpochEnd, ScalarLog, StepCheckpoint, metric_names, pick_monitor
 from utils.train.data import make_datasets, split_sizes, without_validation
 from utils.train.checkpoint import Checkpoint, read_csv_rows, remove_dir, run_lock, save_model_files
@@ -104,6 +104,7 @@ def run(cfg: dict) -> dict:
     strategy = distribute.make_strategy(cfg["strategy"])  # first: MultiWorker must exist before other TF work
     info = dataset_info(cfg["data"])
     cfg = config.resolve_run(cfg, info, spec)
+    cfg = augment_step.resolve_placement(cfg, distribute.is_chief())  # --augment-on's default needs TF
     sizes = split_sizes(cfg, info)
     paths = run_paths(cfg["out"], distribute.is_chief())
     with contextlib.ExitStack() as held:  # one writer per output; SIGTERM/SIGINT stop after a step
@@ -174,6 +175,7 @@ def train_locked(cfg: dict, spec, strategy, info: dict, paths: RunPaths, sizes: 
                                   weights=weights, head=cfg["head"], dropout=cfg["dropout"], head_bn=cfg["head_bn"],
                                   class_names=info["class_names"])
         distribute.fix_multiworker_build(m, strategy)
+        augment_step.attach(m, cfg, strategy, size, info["channels"])  # --augment-on device: in the step
         return m
 
     model = build_at(phases[0].image_size, cfg["weights"])
