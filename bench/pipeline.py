@@ -293,7 +293,7 @@ def minimal_compare(args, short_dir: str) -> None:
     for cores, res in results.items():
         for path in minimal.PATHS:
             r = res[path]["ratio"]
-            print(f"  {name[path]}, {cores} core{'s' if cores > 1 else ''}: ours/minimal {r:.2f}x "
+            print(f"  {name[path]}, {cores} core{'s' if cores > 1 else ''}: ours/minimal {r:.3f}x "
                   f"(target >= {MINIMAL_TARGET}x: {'met' if r >= MINIMAL_TARGET else 'NOT met'})")
     busy = min(res[path]["ours"]["util"] for res in results.values() for path in minimal.PATHS)
     print(f"  ours' cores busy in steady state: lowest {100 * busy:.0f}% (target >= {100 * BUSY_TARGET:.0f}%: "
