@@ -1,4 +1,4 @@
-"""Benchmark: our read pipeline vs keras.utils.image_dataset_from_directory.
+"""Benchmark: our read pipeline vs keras.utils.image_dataset_from_directory and vs a minimal tf.data pipeline.
 
 The same JPEGs (written here, 300-500 px, a folder per class) go through:
   keras        image_dataset_from_directory(folder, image_size=SIZE) (+ prefetch)
@@ -36,16 +36,27 @@ Two conditions:
         an epoch over a dataset that does not fit in RAM, or the first epoch.
   warm  everything in the page cache: pure CPU (decode + resize dominate).
 
-    python bench/pipeline.py [--images 2000] [--size 224] [--batch 32] [--mode both]
+Second baseline (bench/minimal.py): the --short-side shards through a minimal
+tf.data pipeline (TFRecordDataset -> parallel map -> batch -> prefetch) and
+through ours, eval path and training path with flip,rrc, in a child process
+pinned to 1 CPU and in one pinned to all of them; printed: images/s, CPU per
+image and CPU utilisation (busy = CPU seconds / (wall seconds x cores)) of
+each, and ours/minimal (median over alternating rounds). The load average is
+printed with them: on a shared machine "busy" reads low because other jobs
+hold the cores.
+
+    python bench/pipeline.py [--images 2000] [--size 224] [--batch 32] [--mode both] [--compare both]
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import io
+import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -56,8 +67,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+import minimal  # noqa: E402  (bench/minimal.py, next to this file)
+
 CLASSES = 5
-TARGET = 1.5
+TARGET = 2.0  # --short-side shards vs keras, warm and cold
+MINIMAL_TARGET = 0.95  # ours vs the minimal pipeline, eval and train, 1 and all cores
+BUSY_TARGET = 0.90  # CPU utilisation of ours in steady state
 KERAS = "keras image_dataset_from_directory"
 PASS = "ours, pass-through shards"
 SHORT = "ours, --short-side shards"
@@ -92,7 +107,8 @@ def build(folder: str, out: str, *extra: str) -> float:
 
     t = time.perf_counter()
     with contextlib.redirect_stderr(io.StringIO()):
-        code = generate_dataset.main([folder, "--out", out, "--shard-mb", "16", "--no-progress", *extra])
+        code = generate_dataset.main([folder, "--out", out, "--shard-mb", "16", "--no-progress",
+                                    "--val-fraction", "0", *extra])  # every image in train: passes count them all
     assert code == 0, f"generate_dataset.py failed with {code}"
     return time.perf_counter() - t
 
@@ -162,6 +178,130 @@ def pictures(ds, stems: list[str], wanted: set[str]) -> dict[str, np.ndarray]:
     return out
 
 
+def keras_compare(args, folder: str, paths: list[str], data: dict, build_s: dict) -> None:
+    """Keras vs ours (pass-through and --short-side shards), in this process on every CPU; prints its lines."""
+    import keras
+    import tensorflow as tf
+
+    from utils.input.image_ops import as_hw
+    from utils.input.pipeline import make_dataset
+
+    size = as_hw(args.size)
+
+    def keras_ds():
+        ds = keras.utils.image_dataset_from_directory(
+            folder, image_size=size, batch_size=args.batch, shuffle=False, verbose=False)
+        return ds.prefetch(tf.data.AUTOTUNE), [os.path.splitext(os.path.basename(f))[0] for f in ds.file_paths]
+
+    def ours_ds(d, with_ids=False):
+        return make_dataset(d, "train", image_size=size, batch_size=args.batch, training=False, with_ids=with_ids)
+
+    kds, kstems = keras_ds()
+    pipes = {KERAS: kds, PASS: ours_ds(data[PASS]), SHORT: ours_ds(data[SHORT])}
+    all_files = paths + files_under(data[PASS]) + files_under(data[SHORT])
+    for ds in pipes.values():  # warm-up: tf.function tracing, autotune
+        one_pass(ds)
+    modes = ["cold", "warm"] if args.mode == "both" else [args.mode]
+    rates = {(m, k): [] for m in modes for k in pipes}
+    cpus = {(m, k): [] for m in modes for k in pipes}
+    starts = {(m, k): [] for m in modes for k in pipes}
+    for _ in tqdm(range(args.rounds), desc="timed rounds", unit="round"):
+        for mode in modes:
+            for name, ds in pipes.items():
+                if mode == "cold":
+                    evict(all_files)
+                n, rate, ms, first = one_pass(ds)
+                assert n == args.images, f"{name} yielded {n} images, expected {args.images}"
+                rates[mode, name].append(rate)
+                cpus[mode, name].append(ms)
+                starts[mode, name].append(first)
+    med = statistics.median
+    rate = {key: med(v) for key, v in rates.items()}
+    ratio = {(m, k): med(r / b for r, b in zip(rates[m, k], rates[m, KERAS])) for m, k in rates}
+    cpu = {key: med(v) for key, v in cpus.items()}
+    start = {key: med(v) for key, v in starts.items()}
+
+    # picture quality: the same images from each pipeline vs an anti-aliased resize of the original
+    wanted = {os.path.splitext(os.path.basename(f))[0] for f in paths[: args.check]}
+    refs = {os.path.splitext(os.path.basename(f))[0]: reference(f, args.size) for f in paths[: args.check]}
+    got = {KERAS: pictures(kds, kstems, wanted),
+           PASS: pictures(ours_ds(data[PASS], True), None, wanted),
+           SHORT: pictures(ours_ds(data[SHORT], True), None, wanted)}
+    quality = {k: float(np.mean([psnr(v[s], refs[s]) for s in wanted])) for k, v in got.items()}
+    same_as_keras = sum(bool(np.allclose(got[PASS][s], got[KERAS][s], atol=1e-3)) for s in wanted)
+    floor = decode_floor(paths)
+
+    mb = {k: sum(os.path.getsize(f) for f in files_under(d) if f.endswith(".tfrecord")) / 1e6
+          for k, d in data.items()}
+    src_mb = sum(os.path.getsize(f) for f in paths) / 1e6
+    print(f"\n{args.images} JPEGs {args.min_side}-{args.max_side} px ({src_mb:.0f} MB) -> "
+          f"{args.size}x{args.size}, batch {args.batch}, {len(os.sched_getaffinity(0))} CPUs, "
+          f"medians of {args.rounds} rounds, load average {os.getloadavg()[0]:.1f}")
+    for mode in modes:
+        print(f"  {mode}:")
+        for name in pipes:
+            print(f"    {name:36s} {rate[mode, name]:7.1f} images/s  {ratio[mode, name]:5.2f}x"
+                  f"   CPU {cpu[mode, name]:.2f} ms/image   start-up {1000 * start[mode, name]:4.0f} ms")
+    print(f"  read + decode of the original JPEGs alone: CPU {floor:.2f} ms/image (the floor for any "
+          f"pipeline that decodes them each epoch)")
+    print(f"  picture quality, PSNR vs an anti-aliased resize of the original ({len(wanted)} images): "
+          + ", ".join(f"{name.split(',')[-1].strip()} {quality[name]:.1f} dB" for name in pipes)
+          + f"; pass-through equals keras on {same_as_keras} of {len(wanted)} images (the others shrink "
+          "2x or more, where ours averages (area) and Keras samples (bilinear))")
+    keras_epoch = args.images / rate[modes[-1], KERAS]
+    print(f"  one-off build: pass-through {build_s[PASS]:.1f} s ({mb[PASS]:.0f} MB of shards), "
+          f"--short-side {args.size} {build_s[SHORT]:.1f} s ({mb[SHORT]:.0f} MB) = "
+          f"{build_s[SHORT] / keras_epoch:.1f} keras epochs")
+    for mode in modes:
+        r = ratio[mode, SHORT]
+        print(f"  {mode}: --short-side {args.size} shards vs keras {r:.2f}x "
+              f"(target >= {TARGET}x: {'met' if r >= TARGET else 'NOT met'})")
+
+
+def pinned_run(cpus: list[int], argv: list[str]) -> dict:
+    """bench/minimal.py argv in a child pinned to `cpus` before its interpreter starts -> its JSON."""
+    child = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "minimal.py"), *argv]
+    done = subprocess.run(child, preexec_fn=lambda: os.sched_setaffinity(0, cpus), capture_output=True,
+                          text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"bench/minimal.py on CPUs {cpus} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def minimal_compare(args, short_dir: str) -> None:
+    """Ours vs the minimal pipeline on the --short-side shards, pinned to 1 CPU and to all; prints its lines."""
+    allowed = sorted(os.sched_getaffinity(0))
+    core_counts = sorted({1, len(allowed)})
+    load = [os.getloadavg()[0]]
+    results = {}
+    for cores in core_counts:
+        results[cores] = pinned_run(allowed[:cores], ["--data", short_dir, "--cores", str(cores),
+                                                      "--rounds", str(args.rounds), "--size", str(args.size),
+                                                      "--batch", str(args.batch)])
+        load.append(os.getloadavg()[0])
+    name = {"eval": "eval", "train": f"train {minimal.AUGMENT}"}
+    print(f"\nours vs minimal (TFRecordDataset -> parallel map -> batch -> prefetch) on the --short-side "
+          f"{args.size} shards, {args.images} images, medians of {args.rounds} alternating rounds, "
+          f"load average {min(load):.1f}-{max(load):.1f} on {len(allowed)} CPUs")
+    for cores, res in results.items():
+        for path in minimal.PATHS:
+            r = res[path]
+            cells = "   ".join(f"{k} {r[k]['rate']:7.1f} images/s CPU {r[k]['cpu_ms']:.2f} ms/image busy "
+                               f"{100 * r[k]['util']:3.0f}%" for k in ("ours", "minimal"))
+            print(f"  {cores} core{'s' if cores > 1 else ' '} {name[path]:15s} {cells}   ours/minimal "
+                  f"{r['ratio']:.2f}x (CPU per image {r['cpu_ratio']:.2f}x)")
+    for cores, res in results.items():
+        for path in minimal.PATHS:
+            r = res[path]["ratio"]
+            print(f"  {name[path]}, {cores} core{'s' if cores > 1 else ''}: ours/minimal {r:.3f}x "
+                  f"(target >= {MINIMAL_TARGET}x: {'met' if r >= MINIMAL_TARGET else 'NOT met'})")
+    busy = min(res[path]["ours"]["util"] for res in results.values() for path in minimal.PATHS)
+    print(f"  ours' cores busy in steady state: lowest {100 * busy:.0f}% (target >= {100 * BUSY_TARGET:.0f}%: "
+          f"{'met' if busy >= BUSY_TARGET else 'NOT met'}"
+          + (f"; load average {max(load):.1f} on {len(allowed)} CPUs: other jobs hold the cores)"
+             if max(load) > len(allowed) / 2 else ")"))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=2000, help="number of JPEGs to write (default 2000)")
@@ -172,16 +312,13 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=5, help="timed passes per pipeline (default 5)")
     p.add_argument("--mode", choices=("cold", "warm", "both"), default="both",
                    help="page cache evicted before each pass (cold), kept (warm), or both (default)")
+    p.add_argument("--compare", choices=("keras", "minimal", "both"), default="both",
+                   help="baselines to run: keras image_dataset_from_directory, the minimal tf.data "
+                        "pipeline on 1 and all CPUs, or both (default)")
     p.add_argument("--check", type=int, default=200, help="images compared for picture quality (default 200)")
     p.add_argument("--workdir", default=None, help="where to write images and shards (default: a temp dir, removed)")
     p.add_argument("--seed", type=int, default=0, help="image generation seed")
     args = p.parse_args(argv)
-
-    import keras
-    import tensorflow as tf
-
-    from utils.input.image_ops import as_hw
-    from utils.input.pipeline import make_dataset
 
     work = args.workdir or tempfile.mkdtemp(prefix="bench-pipeline-")
     try:
@@ -189,75 +326,10 @@ def main(argv=None) -> int:
         paths = make_images(folder, args.images, args.min_side, args.max_side, args.seed)
         data = {PASS: os.path.join(work, "pass"), SHORT: os.path.join(work, "short")}
         build_s = {PASS: build(folder, data[PASS]), SHORT: build(folder, data[SHORT], "--short-side", str(args.size))}
-        size = as_hw(args.size)
-
-        def keras_ds():
-            ds = keras.utils.image_dataset_from_directory(
-                folder, image_size=size, batch_size=args.batch, shuffle=False, verbose=False)
-            return ds.prefetch(tf.data.AUTOTUNE), [os.path.splitext(os.path.basename(f))[0] for f in ds.file_paths]
-
-        def ours_ds(d, with_ids=False):
-            return make_dataset(d, "train", image_size=size, batch_size=args.batch, training=False, with_ids=with_ids)
-
-        kds, kstems = keras_ds()
-        pipes = {KERAS: kds, PASS: ours_ds(data[PASS]), SHORT: ours_ds(data[SHORT])}
-        all_files = paths + files_under(data[PASS]) + files_under(data[SHORT])
-        for ds in pipes.values():  # warm-up: tf.function tracing, autotune
-            one_pass(ds)
-        modes = ["cold", "warm"] if args.mode == "both" else [args.mode]
-        rates = {(m, k): [] for m in modes for k in pipes}
-        cpus = {(m, k): [] for m in modes for k in pipes}
-        starts = {(m, k): [] for m in modes for k in pipes}
-        for _ in tqdm(range(args.rounds), desc="timed rounds", unit="round"):
-            for mode in modes:
-                for name, ds in pipes.items():
-                    if mode == "cold":
-                        evict(all_files)
-                    n, rate, ms, first = one_pass(ds)
-                    assert n == args.images, f"{name} yielded {n} images, expected {args.images}"
-                    rates[mode, name].append(rate)
-                    cpus[mode, name].append(ms)
-                    starts[mode, name].append(first)
-        med = statistics.median
-        rate = {key: med(v) for key, v in rates.items()}
-        ratio = {(m, k): med(r / b for r, b in zip(rates[m, k], rates[m, KERAS])) for m, k in rates}
-        cpu = {key: med(v) for key, v in cpus.items()}
-        start = {key: med(v) for key, v in starts.items()}
-
-        # picture quality: the same images from each pipeline vs an anti-aliased resize of the original
-        wanted = {os.path.splitext(os.path.basename(f))[0] for f in paths[: args.check]}
-        refs = {os.path.splitext(os.path.basename(f))[0]: reference(f, args.size) for f in paths[: args.check]}
-        got = {KERAS: pictures(kds, kstems, wanted),
-               PASS: pictures(ours_ds(data[PASS], True), None, wanted),
-               SHORT: pictures(ours_ds(data[SHORT], True), None, wanted)}
-        quality = {k: float(np.mean([psnr(v[s], refs[s]) for s in wanted])) for k, v in got.items()}
-        same_as_keras = sum(bool(np.allclose(got[PASS][s], got[KERAS][s], atol=1e-3)) for s in wanted)
-        floor = decode_floor(paths)
-
-        mb = {k: sum(os.path.getsize(f) for f in files_under(d) if f.endswith(".tfrecord")) / 1e6
-              for k, d in data.items()}
-        src_mb = sum(os.path.getsize(f) for f in paths) / 1e6
-        print(f"\n{args.images} JPEGs {args.min_side}-{args.max_side} px ({src_mb:.0f} MB) -> "
-              f"{args.size}x{args.size}, batch {args.batch}, {os.cpu_count()} CPUs, medians of {args.rounds} rounds")
-        for mode in modes:
-            print(f"  {mode}:")
-            for name in pipes:
-                print(f"    {name:36s} {rate[mode, name]:7.1f} images/s  {ratio[mode, name]:5.2f}x"
-                      f"   CPU {cpu[mode, name]:.2f} ms/image   start-up {1000 * start[mode, name]:4.0f} ms")
-        print(f"  read + decode of the original JPEGs alone: CPU {floor:.2f} ms/image (the floor for any "
-              f"pipeline that decodes them each epoch)")
-        print(f"  picture quality, PSNR vs an anti-aliased resize of the original ({len(wanted)} images): "
-              + ", ".join(f"{name.split(',')[-1].strip()} {quality[name]:.1f} dB" for name in pipes)
-              + f"; pass-through equals keras on {same_as_keras} of {len(wanted)} images (the others shrink "
-              "2x or more, where ours averages (area) and Keras samples (bilinear))")
-        keras_epoch = args.images / rate[modes[-1], KERAS]
-        print(f"  one-off build: pass-through {build_s[PASS]:.1f} s ({mb[PASS]:.0f} MB of shards), "
-              f"--short-side {args.size} {build_s[SHORT]:.1f} s ({mb[SHORT]:.0f} MB) = "
-              f"{build_s[SHORT] / keras_epoch:.1f} keras epochs")
-        for mode in modes:
-            r = ratio[mode, SHORT]
-            print(f"  {mode}: --short-side {args.size} shards vs keras {r:.2f}x "
-                  f"(target >= {TARGET}x: {'met' if r >= TARGET else 'NOT met'})")
+        if args.compare in ("keras", "both"):
+            keras_compare(args, folder, paths, data, build_s)
+        if args.compare in ("minimal", "both"):
+            minimal_compare(args, data[SHORT])
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)

@@ -179,6 +179,19 @@ def resumable_stream(shards: list[dict], *, seed, cache: bool, shuffle_buffer: i
 DECODE_CHUNK = 16  # records per decode task (see decode_skipping_failures)
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask (taskset, a container's cpuset), not the host's count.
+
+    os.cpu_count() counts the host: pinned to 2 of 64 CPUs, a pipeline sized by it
+    would keep 64 decode chunks in flight on 2 CPUs (memory, and a long wait for
+    the first batch). TensorFlow sizes its own pools from the mask.
+    """
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover  (no affinity API: macOS, Windows)
+        return max(1, os.cpu_count() or 1)
+
+
 def decode_skipping_failures(records, decode, deterministic: bool):
     """records -> decode(record) for every record that decodes; failures dropped.
 
@@ -197,7 +210,7 @@ def decode_skipping_failures(records, decode, deterministic: bool):
 
     return records.batch(DECODE_CHUNK).interleave(
         decode_chunk,
-        cycle_length=max(2, os.cpu_count() or 2),
+        cycle_length=max(2, usable_cpus()),  # two at least: one slow chunk does not stall the batch
         block_length=DECODE_CHUNK,
         num_parallel_calls=AUTOTUNE,
         deterministic=deterministic,
