@@ -20,6 +20,7 @@ import pytest
 
 from tests.conftest import encode_image, random_image
 from tests.generate.common import FakeSource, build
+from utils.generate import pool
 from utils.sources.base import Item, file_loader
 
 
@@ -168,10 +169,43 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_output_bytes_are_unchanged(tmp_path, case):
+def test_output_bytes_are_unchanged(tmp_path, monkeypatch, case):
+    # the worker cases on forkserver here; test_forked_workers_give_the_same_bytes forks them
+    monkeypatch.setattr(pool, "start_method", lambda: "forkserver")
     src = (_planes_source if case.startswith("planes") else _source)(tmp_path / "img")
     kw = dict(CASES[case], val_fraction=0.25, dedupe=True, seed=3)
     build(src, tmp_path / "out", **kw)
     got = _file_hashes(tmp_path / "out")
     assert len([n for n in got if n.endswith(".tfrecord")]) >= 3   # several shards
     assert got == EXPECTED[case]
+
+
+_FORKED = """
+import json, pathlib, sys
+sys.path.insert(0, {root!r})
+from tests.generate import test_writer_bytes as T
+from tests.generate.common import build
+from utils.generate import pool
+assert "tensorflow" not in sys.modules and pool.start_method() == "fork"
+if __name__ == "__main__":
+    d = pathlib.Path({tmp!r})
+    src = (T._planes_source if {case!r}.startswith("planes") else T._source)(d / "img")
+    build(src, d / "out", **dict(T.CASES[{case!r}], val_fraction=0.25, dedupe=True, seed=3))
+    print(json.dumps(T._file_hashes(d / "out")))
+"""
+
+
+@pytest.mark.parametrize("case", ["resize-2-workers", "planes-resize-2-workers"])
+def test_forked_workers_give_the_same_bytes(tmp_path, case):
+    # a fresh interpreter without TensorFlow forks its workers, as generate_dataset.py does
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    script = tmp_path / "run.py"
+    script.write_text(_FORKED.format(root=ROOT, tmp=str(tmp_path), case=case))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout) == EXPECTED[case]

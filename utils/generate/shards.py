@@ -1,6 +1,7 @@
 """WRITE: one planned shard -> a framed, hashed .tfrecord file and its metadata.
 
-Per sample, `prepare_item` (in a worker: threads or processes) loads the bytes
+Per sample, `prepare_item` (inline, or in the worker processes of
+utils.generate.pool) loads the bytes
 and checks or resizes them with utils.image.prepare.prepare_planes; per shard,
 `write_shard` serializes the records (utils.dataset.schema), frames them
 (utils.dataset.tfrecord, no TensorFlow) and writes them to `<shard>.tmp` on a
@@ -13,14 +14,11 @@ each of them ~700 MB RSS and seconds of start-up.
 """
 from __future__ import annotations
 
-import collections
-import concurrent.futures as cf
 import hashlib
-import multiprocessing
 import os
 import queue
 import threading
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from utils.dataset import schema, tfrecord
 from utils.errors import first_line
@@ -62,37 +60,6 @@ def prepare_item(load: Callable[[], list[bytes]], resize: dict, max_pixels: int,
     except Exception as e:  # BadImage's text is the reason; any decoder error is a bad image too
         return ("skip", first_line(e, 200))
     return ("ok", out, (info.fmt, int(info.height), int(info.width), int(info.channels)), digest)
-
-
-def ordered_results(fn: Callable, args: Iterable[tuple], executor: cf.Executor | None, window: int) -> Iterator:
-    """map() with bounded look-ahead, results in submission order; inline without an executor."""
-    if executor is None:
-        for a in args:
-            yield fn(*a)
-        return
-    pending: collections.deque = collections.deque()
-    for a in args:
-        pending.append(executor.submit(fn, *a))
-        if len(pending) >= window:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
-
-
-def make_executor(resizing: bool, workers: int) -> tuple[cf.Executor | None, int]:
-    """-> (executor or None, look-ahead window) for prepare_item.
-
-    Resizing is CPU-bound: a process pool (forkserver/spawn, never a fork of a
-    process that may hold TensorFlow). Pass-through runs inline: a read plus a
-    header check is cheap and GIL-bound, and the sink thread already overlaps
-    hashing and writing with it. Measured on 2,000 JPEGs (bench/generate.py,
-    medians of 3 rounds): inline 0.61x of a plain copy, a 2-thread pool 0.35x.
-    """
-    if workers <= 1 or not resizing:
-        return None, 1
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx), workers * 8
 
 
 _IOV_MAX = 1024   # POSIX's minimum for writev's vector length; Linux's limit too
