@@ -91,3 +91,14 @@ def test_forked_workers_die_with_a_killed_writer():
         time.sleep(0.05)
     assert all(_gone(int(x)) for x in pids)
     assert not os.path.exists(f"/proc/{p.pid}")   # (reaped by us)
+
+
+def test_a_build_leaves_no_thread_behind(tmp_path):
+    # a second build in the same process can then fork its workers again (tqdm's monitor thread was one)
+    from tests.generate.common import FakeSource, build, make_images
+
+    before = set(threading.enumerate())
+    src = FakeSource(make_images(tmp_path / "img", {"a": 3, "b": 3}))
+    build(src, tmp_path / "out", progress=True, max_side=16)
+    build(src, tmp_path / "out2", progress=False)
+    assert set(threading.enumerate()) == before
