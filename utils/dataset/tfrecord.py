@@ -136,8 +136,14 @@ def bytes_feature(values) -> list[bytes]:
 
 def int64_feature(values) -> list[bytes]:
     """A Feature{int64_list} of `values` (ints, packed), as chunks for encode_example."""
-    packed = b"".join([_varint(int(v)) for v in values])
-    return [b"".join(_wrap(3, _wrap(1, [packed]) if packed else []))]
+    return [_int64_feature(tuple(int(v) for v in values))]
+
+
+@functools.lru_cache(maxsize=65536)
+def _int64_feature(values: tuple[int, ...]) -> bytes:
+    """Cached: a dataset has few distinct heights, widths, channel counts and label sets."""
+    packed = b"".join([_varint(v) for v in values])
+    return b"".join(_wrap(3, _wrap(1, [packed]) if packed else []))
 
 
 @functools.lru_cache(maxsize=None)

@@ -177,24 +177,25 @@ def write_shard(entry: ShardPlan, items: Sequence[Item], labels: Sequence[tuple[
     try:
         for i in entry.members:
             res = next(prepared)
-            key = items[i].key
+            item = items[i]   # (an index's item is a view made on access: once per record)
             if res[0] == "skip":
-                meta["skipped"].append([key, res[1]])
+                meta["skipped"].append([item.key, res[1]])
                 tick(0)
                 continue
             _, planes, (fmt, height, width, channels), digest = res
             if seen is not None:
+                key = item.key
                 if digest in seen:
                     meta["skipped"].append([key, f"duplicate of {seen[digest]}"])
                     tick(0)
                     continue
                 seen[digest] = key
                 meta["hashes"][digest] = key
-            rec = schema.serialize_chunks(planes, fmt, height, width, channels, labels[i], items[i].source_id)
-            size = sink.write_chunks(rec)
+            lab = labels[i]
+            size = sink.write_chunks(schema.serialize_chunks(planes, fmt, height, width, channels, lab, item.source_id))
             meta["count"] += 1
-            for lab in labels[i]:
-                meta["class_counts"][lab] += 1
+            for c in lab:
+                meta["class_counts"][c] += 1
             if len(planes) not in meta["planes"]:
                 meta["planes"].append(len(planes))
             if channels not in meta["channels"]:
