@@ -1,11 +1,11 @@
 """WRITE: one planned shard -> a framed, hashed .tfrecord file and its metadata.
 
 Per sample, `prepare_item` (inline, or in the worker processes of
-utils.generate.pool) loads the bytes
-and checks or resizes them with utils.image.prepare.prepare_planes; per shard,
-`write_shard` serializes the records (utils.dataset.schema), frames them
-(utils.dataset.tfrecord, no TensorFlow) and writes them to `<shard>.tmp` on a
-sink thread that hashes as it writes, then renames the file. Nothing here knows
+utils.generate.pool) loads the bytes and checks or resizes them with
+utils.image.prepare.prepare_planes; per shard, `write_shard` serializes the
+records (utils.dataset.schema) and hands them to a sink thread that frames
+them (utils.dataset.tfrecord, no TensorFlow), hashes them and writes them to
+`<shard>.tmp`, then renames the file. Nothing here knows
 about the output folder's resume state (utils.generate.outdir) or the other
 shards, except through the `seen` hashes of --dedupe.
 
@@ -62,7 +62,16 @@ def prepare_item(load: Callable[[], list[bytes]], resize: dict, max_pixels: int,
     return ("ok", out, (info.fmt, int(info.height), int(info.width), int(info.channels)), digest)
 
 
-_IOV_MAX = 1024   # POSIX's minimum for writev's vector length; Linux's limit too
+def _iov_max() -> int:
+    """How many buffers one writev takes (Linux: 1024; POSIX promises 16)."""
+    try:
+        n = os.sysconf("SC_IOV_MAX")
+    except (AttributeError, ValueError, OSError):
+        n = -1
+    return n if n > 0 else 16
+
+
+_IOV_MAX = _iov_max()
 
 
 def _write_all(f, parts: list[bytes]) -> None:
