@@ -39,8 +39,13 @@ def frame_parts(data: bytes) -> tuple[bytes, bytes]:
     header + data + footer is its TFRecord form; the caller writes the three
     without joining them, so the record's bytes are never copied.
     """
-    length = struct.pack("<Q", len(data))
-    return length + struct.pack("<I", masked_crc(length)), struct.pack("<I", masked_crc(data))
+    return _length_header(len(data)), struct.pack("<I", masked_crc(data))
+
+
+def _length_header(size: int) -> bytes:
+    """uint64 length + uint32 masked crc32c of those 8 bytes."""
+    length = struct.pack("<Q", size)
+    return length + struct.pack("<I", masked_crc(length))
 
 
 def frame_chunks(chunks: list[bytes]) -> list[bytes]:
@@ -56,9 +61,7 @@ def frame_chunks(chunks: list[bytes]) -> list[bytes]:
     for c in chunks:
         crc = google_crc32c.extend(crc, c)
         size += len(c)
-    length = struct.pack("<Q", size)
-    header = length + struct.pack("<I", masked_crc(length))
-    footer = struct.pack("<I", _mask(crc))
+    header, footer = _length_header(size), struct.pack("<I", _mask(crc))
     out = [header, *chunks, footer]
     if len(out[1]) < _SMALL_CHUNK:
         out[:2] = [header + out[1]]
@@ -124,7 +127,8 @@ def _coalesce(chunks: list[bytes]) -> list[bytes]:
 
 def bytes_feature(values) -> list[bytes]:
     """A Feature{bytes_list} of `values` (bytes), as chunks for encode_example."""
-    if len(values) == 1 and len(values[0]) < _SMALL_CHUNK:   # format, source_id: one small chunk
+    if isinstance(values, (list, tuple)) and len(values) == 1 and len(values[0]) < _SMALL_CHUNK:
+        # format, source_id: one small value, one chunk
         v = values[0]
         n = _varint(len(v))
         return [b"\x0a" + _varint(1 + len(n) + len(v)) + b"\x0a" + n + v]
