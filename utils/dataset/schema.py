@@ -71,11 +71,29 @@ def serialize(
     Raises:
         ValueError: no plane.
     """
+    return b"".join(serialize_chunks(planes, fmt, height, width, channels, labels, source_id))
+
+
+def serialize_chunks(
+    planes: Sequence[bytes],
+    fmt: str,
+    height: int,
+    width: int,
+    channels: int,
+    labels: Sequence[int] = (),
+    source_id: str | bytes = b"",
+) -> list[bytes]:
+    """serialize(), as chunks whose join is its bytes: the planes are not copied.
+
+    The shard writer checksums, hashes and writes the chunks as they are
+    (utils.dataset.tfrecord.encode_example_chunks). Same arguments and errors
+    as serialize.
+    """
     if not planes:
         raise ValueError("a record needs at least one encoded plane")
     if isinstance(source_id, str):
         source_id = source_id.encode("utf-8")
-    return tfrecord.encode_example({
+    return tfrecord.encode_example_chunks({
         ENCODED: tfrecord.bytes_feature(planes),
         FORMAT: tfrecord.bytes_feature([fmt.encode("ascii")]),
         HEIGHT: tfrecord.int64_feature([height]),

@@ -19,11 +19,17 @@ import struct
 import google_crc32c
 
 _MASK_DELTA = 0xA282EAD8
+# Chunks shorter than this are joined with their neighbours (encode_example_chunks,
+# frame_chunks); longer ones (the images) stay the very objects the caller gave.
+_SMALL_CHUNK = 4096
 
 
 def masked_crc(data: bytes) -> int:
     """TFRecord's checksum: crc32c, rotated and offset (a crc over data that holds crcs is weak)."""
-    crc = google_crc32c.value(data)
+    return _mask(google_crc32c.value(data))
+
+
+def _mask(crc: int) -> int:
     return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
 
 
@@ -33,8 +39,35 @@ def frame_parts(data: bytes) -> tuple[bytes, bytes]:
     header + data + footer is its TFRecord form; the caller writes the three
     without joining them, so the record's bytes are never copied.
     """
-    length = struct.pack("<Q", len(data))
-    return length + struct.pack("<I", masked_crc(length)), struct.pack("<I", masked_crc(data))
+    return _length_header(len(data)), struct.pack("<I", masked_crc(data))
+
+
+def _length_header(size: int) -> bytes:
+    """uint64 length + uint32 masked crc32c of those 8 bytes."""
+    length = struct.pack("<Q", size)
+    return length + struct.pack("<I", masked_crc(length))
+
+
+def frame_chunks(chunks: list[bytes]) -> list[bytes]:
+    """A record given as chunks (encode_example_chunks) -> its TFRecord form, as chunks.
+
+    The checksum runs over the chunks in turn, so the record is never joined:
+    b"".join of the result is exactly header + record + footer of frame_parts.
+    The length header is joined onto the first chunk, and the footer onto the
+    last, when those are small (a header-check-sized copy instead of two more
+    pieces for every later write and hash call).
+    """
+    crc, size = 0, 0
+    for c in chunks:
+        crc = google_crc32c.extend(crc, c)
+        size += len(c)
+    header, footer = _length_header(size), struct.pack("<I", _mask(crc))
+    out = [header, *chunks, footer]
+    if len(out[1]) < _SMALL_CHUNK:
+        out[:2] = [header + out[1]]
+    if len(out[-2]) < _SMALL_CHUNK:
+        out[-2:] = [out[-2] + footer]
+    return out
 
 
 # --- tf.train.Example protobuf encoding --------------------------------------
@@ -48,6 +81,8 @@ _SMALL = [bytes([i]) for i in range(128)]  # most tags, lengths and labels fit o
 def _varint(n: int) -> bytes:
     if 0 <= n < 128:
         return _SMALL[n]
+    if 0 < n < 16384:   # two bytes: image sides, short lengths
+        return bytes(((n & 0x7F) | 0x80, n >> 7))
     n &= 0xFFFFFFFFFFFFFFFF  # int64 two's complement, as protobuf does
     out = bytearray()
     while True:
@@ -61,9 +96,10 @@ def _varint(n: int) -> bytes:
 
 
 # A message under construction is a list of byte chunks; its length is the sum of the
-# chunk lengths. Nesting only prepends small headers, so an image's bytes are copied
-# once, by the final join, however deep they sit (the old nested joins copied each
-# plane five times, which dominated pass-through writing).
+# chunk lengths. Nesting only prepends small headers, so an image's bytes are never
+# copied by the encoding: the writer checksums, hashes and writes them where they are
+# (the old nested joins copied each plane five times, which dominated pass-through
+# writing). Runs of small chunks are joined as they are made: fewer pieces to walk.
 
 
 def _wrap(number: int, chunks: list[bytes]) -> list[bytes]:
@@ -72,18 +108,46 @@ def _wrap(number: int, chunks: list[bytes]) -> list[bytes]:
     return [_varint((number << 3) | 2), _varint(size), *chunks]
 
 
+def _coalesce(chunks: list[bytes]) -> list[bytes]:
+    """Join each run of chunks shorter than _SMALL_CHUNK; longer ones stay the same objects."""
+    out: list[bytes] = []
+    run: list[bytes] = []
+    for c in chunks:
+        if len(c) < _SMALL_CHUNK:
+            run.append(c)
+            continue
+        if run:
+            out.append(b"".join(run) if len(run) > 1 else run[0])
+            run = []
+        out.append(c)
+    if run or not out:
+        out.append(b"".join(run))
+    return out
+
+
 def bytes_feature(values) -> list[bytes]:
     """A Feature{bytes_list} of `values` (bytes), as chunks for encode_example."""
+    if isinstance(values, (list, tuple)) and len(values) == 1 and len(values[0]) < _SMALL_CHUNK:
+        # format, source_id: one small value, one chunk
+        v = values[0]
+        n = _varint(len(v))
+        return [b"\x0a" + _varint(1 + len(n) + len(v)) + b"\x0a" + n + v]
     inner: list[bytes] = []
     for v in values:
         inner += (b"\x0a", _varint(len(v)), v)  # BytesList.value = 1, wire type 2
-    return _wrap(1, inner)
+    return _coalesce(_wrap(1, inner))
 
 
 def int64_feature(values) -> list[bytes]:
     """A Feature{int64_list} of `values` (ints, packed), as chunks for encode_example."""
-    packed = b"".join(_varint(int(v)) for v in values)
-    return _wrap(3, _wrap(1, [packed]) if packed else [])
+    return [_int64_feature(tuple(int(v) for v in values))]
+
+
+@functools.lru_cache(maxsize=65536)
+def _int64_feature(values: tuple[int, ...]) -> bytes:
+    """Cached: a dataset has few distinct heights, widths, channel counts and label sets."""
+    packed = b"".join([_varint(v) for v in values])
+    return b"".join(_wrap(3, _wrap(1, [packed]) if packed else []))
 
 
 @functools.lru_cache(maxsize=None)
@@ -93,15 +157,31 @@ def _key_field(key: str) -> bytes:
     return b"\x0a" + _varint(len(k)) + k + b"\x12"
 
 
-def encode_example(features: dict[str, list[bytes]]) -> bytes:
-    """{key: Feature chunks (from bytes_feature/int64_feature)} -> serialized Example."""
+def encode_example_chunks(features: dict[str, list[bytes]]) -> list[bytes]:
+    """{key: Feature chunks (from bytes_feature/int64_feature)} -> serialized Example, as chunks.
+
+    b"".join of the result is the serialized Example. Runs of small pieces
+    (tags, lengths, keys, labels) are joined; every piece of `_SMALL_CHUNK`
+    bytes or more (an image plane) stays the caller's object, uncopied, so a
+    writer can checksum, hash and write the record without joining it.
+    """
     entries: list[bytes] = []
+    total = 0
     for k, v in features.items():
         key = _key_field(k)
         size = sum(map(len, v))
         vlen = _varint(size)
-        entries += (b"\x0a", _varint(len(key) + len(vlen) + size), key, vlen, *v)
-    return b"".join(_wrap(1, entries))
+        n = len(key) + len(vlen) + size
+        head = b"\x0a" + _varint(n) + key + vlen
+        entries.append(head)
+        entries += v
+        total += len(head) + size
+    return _coalesce([b"\x0a" + _varint(total), *entries])   # Example.features = 1
+
+
+def encode_example(features: dict[str, list[bytes]]) -> bytes:
+    """{key: Feature chunks (from bytes_feature/int64_feature)} -> serialized Example."""
+    return b"".join(encode_example_chunks(features))
 
 
 # --- finding a corruption TensorFlow reported -----------------------------------

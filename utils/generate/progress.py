@@ -4,6 +4,20 @@ from __future__ import annotations
 from tqdm import tqdm
 
 
+class _Bar(tqdm):
+    """tqdm without its monitor thread.
+
+    tqdm starts a monitor thread with the first bar of a process, even a
+    disabled one, and keeps it while any bar object lives. The resize pool
+    forks its workers only while no other thread runs (utils.generate.pool),
+    so a second build in the same process (tests, benches, a notebook) would
+    fall back to the slower forkserver start. The monitor only refreshes a
+    bar that has not been updated for a long while, which cannot happen here.
+    """
+
+    monitor_interval = 0
+
+
 def progress_bar(progress: bool, **kw) -> tqdm:
     """A tqdm bar that resizes with the terminal; `progress=False` turns it off.
 
@@ -11,4 +25,4 @@ def progress_bar(progress: bool, **kw) -> tqdm:
         progress: show the bar.
         **kw: passed to tqdm (desc, total, unit, ...).
     """
-    return tqdm(disable=not progress, dynamic_ncols=True, **kw)
+    return _Bar(disable=not progress, dynamic_ncols=True, **kw)

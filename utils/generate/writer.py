@@ -22,6 +22,7 @@ and worker processes import the shard writer); only verify decodes with TF.
 from __future__ import annotations
 
 import collections
+import functools
 import os
 import sys
 import time
@@ -35,7 +36,8 @@ from utils.generate import outdir
 from utils.generate.index import Index, build_index
 from utils.generate.plan import ShardPlan, make_plan
 from utils.generate.progress import progress_bar
-from utils.generate.shards import make_executor, ordered_results, prepare_item, write_shard
+from utils.generate.pool import make_executor, ordered_results
+from utils.generate.shards import prepare_item, write_shard
 from utils.sources.base import Source
 
 
@@ -110,16 +112,22 @@ def write_dataset(source: Source, out_dir: str, *, name: str, val_fraction: floa
         log(f"already built: {out_dir} (same source and arguments; --overwrite rebuilds it)")
         return load_manifest(out_dir)
 
-    index = build_index(source, strict=strict, progress=progress)
-    if not index.items:
-        raise SourceError(f"no usable samples in {sig['source']['path']}"
-                          + (f" ({len(index.skips)} inputs skipped, e.g. {index.skips[0][1]})" if index.skips else ""))
-    plan = make_plan(index.labels, index.source_ids, index.splits, index.sizes, val_fraction=val_fraction,
-                     folds=folds, fraction=fraction, shard_mb=shard_mb, **resize, seed=seed)
-    outdir.start_run(out_dir, sig, outdir.plan_hash(sig, index, plan), state == "resume", log)
-
-    done = (shard_writer or _write_shards)(index, plan, out_dir, resize=resize, max_pixels=max_pixels, dedupe=dedupe,
-                         workers=workers, progress=progress)
+    # The resize workers start now, before the index: their start-up overlaps it (utils.generate.pool).
+    executor = make_executor(any(resize.values()), workers) if shard_writer is None else None
+    try:
+        index = build_index(source, strict=strict, progress=progress)
+        if not index.items:
+            raise SourceError(f"no usable samples in {sig['source']['path']}" + (
+                f" ({len(index.skips)} inputs skipped, e.g. {index.skips[0][1]})" if index.skips else ""))
+        plan = make_plan(index.labels, index.source_ids, index.splits, index.sizes, val_fraction=val_fraction,
+                         folds=folds, fraction=fraction, shard_mb=shard_mb, **resize, seed=seed)
+        outdir.start_run(out_dir, sig, outdir.plan_hash(sig, index, plan), state == "resume", log)
+        write = shard_writer or functools.partial(_write_shards, executor=executor)
+        done = write(index, plan, out_dir, resize=resize, max_pixels=max_pixels, dedupe=dedupe,
+                     workers=workers, progress=progress)
+    finally:
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
     manifest, skipped = build_manifest(name, sig, index, plan, done, source=source, folds=folds, seed=seed)
 
     # labels and skipped first; manifest.json LAST: its presence means "finished"
@@ -133,8 +141,11 @@ def write_dataset(source: Source, out_dir: str, *, name: str, val_fraction: floa
 
 
 def _write_shards(index: Index, plan: list[ShardPlan], out_dir: str, *, resize: dict, max_pixels: int,
-                  dedupe: bool, workers: int, progress: bool) -> dict[str, dict]:
-    """Write every planned shard not done yet; -> {file: metadata} of all of them."""
+                  dedupe: bool, workers: int, progress: bool, executor=None) -> dict[str, dict]:
+    """Write every planned shard not done yet; -> {file: metadata} of all of them.
+
+    `executor` (utils.generate.pool.make_executor) runs prepare_item; None: inline.
+    """
     done = outdir.load_done(out_dir, plan, dedupe)
     seen: dict[str, str] | None = None
     if dedupe:
@@ -145,30 +156,25 @@ def _write_shards(index: Index, plan: list[ShardPlan], out_dir: str, *, resize: 
     todo = [s for s in plan if s.file not in done]
     items = index.items
 
-    executor, window = make_executor(any(resize.values()), workers)
     tasks = ((items[i].load, resize, max_pixels, dedupe) for s in todo for i in s.members)
-    results = ordered_results(prepare_item, tasks, executor, window)
-    try:
-        with progress_bar(progress, total=sum(len(s.members) for s in todo), desc="writing", unit=" img",
-                          smoothing=0.1) as bar:
-            written_mb = 0.0
+    results = ordered_results(prepare_item, tasks, executor, workers)
+    with progress_bar(progress, total=sum(len(s.members) for s in todo), desc="writing", unit=" img",
+                      smoothing=0.1) as bar:
+        written_mb = 0.0
 
-            def tick(nbytes: int) -> None:
-                nonlocal written_mb
-                bar.update(1)
-                if nbytes:
-                    written_mb += nbytes / 1e6
-                    if bar.n % 64 == 0:
-                        bar.set_postfix_str(f"{written_mb:.0f} MB", refresh=False)
+        def tick(nbytes: int) -> None:
+            nonlocal written_mb
+            bar.update(1)
+            if nbytes:
+                written_mb += nbytes / 1e6
+                if bar.n % 64 == 0:
+                    bar.set_postfix_str(f"{written_mb:.0f} MB", refresh=False)
 
-            for s in todo:
-                meta = write_shard(s, items, index.labels, results, os.path.join(out_dir, s.file),
-                                   num_classes=len(index.classes), seen=seen, tick=tick)
-                outdir.save_done(out_dir, meta)   # AFTER the shard's rename: "done"
-                done[s.file] = meta
-    finally:
-        if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
+        for s in todo:
+            meta = write_shard(s, items, index.labels, results, os.path.join(out_dir, s.file),
+                               num_classes=len(index.classes), seen=seen, tick=tick)
+            outdir.save_done(out_dir, meta)   # AFTER the shard's rename: "done"
+            done[s.file] = meta
     return done
 
 
