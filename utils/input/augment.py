@@ -126,6 +126,8 @@ class _Op(NamedTuple):
     draw: Callable  # images -> params (the op's random choices, small tensors)
     apply: Callable  # (images, labels, params) -> (images, labels), deterministic
     jit: bool  # apply can be compiled by XLA with its neighbours
+    # the same apply, its output clipped to [0, 255] in the same pass (the chain's last op saves one)
+    clipped: Callable | None = None
 
 
 def _layer_op(layer, mixes_labels: bool = False) -> _Op:
@@ -212,8 +214,10 @@ def _make_op(name: str, kwargs: dict, seed) -> _Op:
         return _randaugment_op(layers.RandAugment(value_range=(0, 255), **kwargs, **common))
     if name == "erasing":
         layer = layers.RandomErasing(value_range=(0, 255), **kwargs, **common)
-        return _Op(partial(ops.erasing_draw, factor=layer.factor, scale=layer.scale, seed=seed),
-                   partial(ops.erasing_apply, fill_value=layer.fill_value), True)
+        # not XLA: a scatter of the erased pixels only, which XLA would turn into a whole-batch pass
+        return _Op(partial(ops.erasing_draw, factor=layer.factor, scale=layer.scale, seed=seed,
+                           fill_value=layer.fill_value),
+                   ops.erasing_apply, False, partial(ops.erasing_apply, clip=True))
     if name == "mixup":
         alpha = layers.MixUp(**kwargs, **common).alpha
         return _Op(partial(ops.mixup_draw, alpha=alpha, seed=seed), ops.mixup_apply, True)
@@ -234,12 +238,28 @@ def _one_of(first: _Op, second: _Op, seed) -> _Op:
     return _Op(draw, apply, first.jit and second.jit)
 
 
-def _fuse(group: list[_Op]) -> Callable:
-    """Consecutive ops -> one apply(images, labels, [params]); XLA-compiled when all allow it."""
+def _clip(images, labels):
+    return tf.clip_by_value(images, 0.0, 255.0), labels
+
+
+def _fuse(group: list[_Op], last: bool) -> Callable:
+    """Consecutive ops -> one apply(images, labels, [params]); XLA-compiled when all allow it.
+
+    The chain's last run also clips to [0, 255]: inside the compiled pass, or
+    by the op's own `clipped` apply, so the clip costs no pass of its own.
+    """
+    applies = [op.apply for op in group]
+    finish = None
+    if last:
+        if group[-1].clipped is not None:
+            applies[-1] = group[-1].clipped
+        else:
+            finish = _clip
+
     def apply(images, labels, params):
-        for op, p in zip(group, params):
-            images, labels = op.apply(images, labels, p)
-        return images, labels
+        for fn, p in zip(applies, params):
+            images, labels = fn(images, labels, p)
+        return (images, labels) if finish is None else finish(images, labels)
 
     return tf.function(apply, jit_compile=True) if all(op.jit for op in group) else apply
 
@@ -252,7 +272,7 @@ def _segments(ops_: list[_Op]) -> list[tuple[list[_Op], Callable]]:
             runs[-1].append(op)
         else:
             runs.append([op])
-    return [(run, _fuse(run)) for run in runs]
+    return [(run, _fuse(run, i == len(runs) - 1)) for i, run in enumerate(runs)]
 
 
 def build_augmenter(names, image_size, seed=None, *, channels: int = 3,
@@ -308,8 +328,7 @@ def build_augmenter(names, image_size, seed=None, *, channels: int = 3,
             # each op draws from the images it will see (shapes only; RandAugment's
             # draws are Keras' own), then the run applies them in one compiled pass
             params = [op.draw(images) for op in run]
-            images, dense = apply(images, dense, params)
-        images = tf.clip_by_value(images, 0.0, 255.0)
+            images, dense = apply(images, dense, params)  # the last run clips to [0, 255]
         return images, dense if label_names is None else split_labels(dense, label_names)
 
     augment.names = [n for n in NAMES if n in spec and n not in at_decode and n != "rrc"]
