@@ -74,3 +74,19 @@ def test_erasing_constant_fill_and_full_scale():
     out = ops.erasing_apply(x, None, p)[0].numpy()
     np.testing.assert_array_equal(out, np.where(mask[..., None], 7.0, x.numpy()))
     assert mask.mean() > 0.8
+
+
+def test_equalize_is_keras_equalization_bit_for_bit():
+    import keras
+
+    x = _photo(b=4, size=16).numpy()
+    x[2, ..., 1] = 40.0  # one channel of one image flat: the batch's histogram still has many bins
+    x = np.concatenate([x, np.full((1, 16, 16, 3), 255.0, np.float32)])  # the top bin is used
+    layer = keras.layers.RandAugment(value_range=(0, 255), seed=1)
+    layer.build(None)
+    for batch in (x, np.full_like(x, 9.0)):  # the second: one used bin per channel, left unchanged
+        want = layer.equalization.transform_images(tf.constant(batch), None).numpy()
+        for fn in (ops.equalize, tf.function(ops.equalize, jit_compile=True)):
+            np.testing.assert_array_equal(fn(tf.constant(batch)).numpy(), want)
+    assert np.abs(want - 9.0).max() == 0.0 and np.abs(layer.equalization.transform_images(
+        tf.constant(x), None).numpy() - x).max() > 10.0

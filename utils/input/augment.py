@@ -149,8 +149,8 @@ _RA_MATRIX = {
     "random_translation": lambda layer, t: layer._get_translation_matrix(t["translations"]),
     "random_rotation": lambda layer, t: t["rotation_matrix"],
 }
-# measured slower under XLA (sharpness: a depthwise conv) or not compilable (equalization: histograms)
-_RA_PLAIN = ("random_sharpness", "equalization")
+# measured slower under XLA (sharpness: a depthwise conv)
+_RA_PLAIN = ("random_sharpness",)
 
 
 def _randaugment_branch(layer, key):
@@ -161,7 +161,9 @@ def _randaugment_branch(layer, key):
             return sub.transform_images
         return tf.function(lambda x, t: ops.affine_apply(x, tf.cast(_RA_MATRIX[key](sub, t), tf.float32)),
                            jit_compile=True)
-    if key in _RA_PLAIN:
+    if key == "equalization" and tuple(sub.value_range) == (0, 255):
+        return tf.function(lambda x, t: ops.equalize(x, sub.bins), jit_compile=True)
+    if key in _RA_PLAIN or key == "equalization":
         return sub.transform_images
     return tf.function(lambda x, t: tf.cast(sub.transform_images(x, t), tf.float32), jit_compile=True)
 

@@ -127,6 +127,31 @@ def color_apply(images, labels, p):
     return x, labels
 
 
+def equalize(images, bins: int = 256):
+    """Keras Equalization (value range 0-255), bit for bit: ONE histogram per channel over the whole batch.
+
+    Keras' form (a bincount, cumsum and take per channel, each a whole-batch
+    TF kernel: 2.9 ms per 224 px image) in one XLA-compilable function; the
+    two index formulas stay Keras' own (they round differently).
+    """
+    c = images.shape[-1]
+    offset = tf.range(c) * bins  # channel k's bins are [k * bins, (k + 1) * bins)
+    hist_index = tf.clip_by_value(tf.cast((images - 0.0) * (bins - 1) / 255.0, tf.int32), 0, bins - 1)
+    hist = tf.raw_ops.DenseBincount(input=tf.reshape(hist_index + offset, [-1]), size=c * bins,
+                                    weights=tf.constant([], tf.int32))
+    hist = tf.reshape(hist, [c, bins])
+    cdf = tf.cumsum(hist, axis=1)
+    first = tf.argmax(tf.cast(cdf > 0, tf.int32), axis=1, output_type=tf.int32)
+    cdf_min = tf.gather(cdf, first, batch_dims=1)[:, None]
+    span = cdf[:, -1:] - cdf_min
+    span = tf.where(span == 0, 1, span)
+    table = tf.round(tf.cast((cdf - cdf_min) * 255, tf.float32) / tf.cast(span, tf.float32))
+    table = tf.reshape(tf.clip_by_value(table, 0.0, 255.0), [-1])
+    lookup = tf.cast(tf.clip_by_value((images / 255.0) * (bins - 1), 0.0, float(bins - 1)), tf.int32)
+    flat = tf.reshape(tf.math.count_nonzero(hist, axis=1) <= 1, [1, 1, 1, c])  # one used bin: left as it is
+    return tf.where(flat, images, tf.gather(table, lookup + offset))
+
+
 # ----------------------------------------------------------------- rotation
 
 def rotate_draw(images, factor=(-0.05, 0.05), seed=None):
