@@ -43,9 +43,10 @@ def test_color_closed_form_equals_the_hsv_round_trip():
 
 
 def test_channel_mean_equals_reduce_mean():
-    x = _photo(size=17)
-    np.testing.assert_allclose(ops._channel_mean(x).numpy(), tf.reduce_mean(x, axis=[1, 2], keepdims=True).numpy(),
-                               rtol=1e-5)
+    for size in (16, 17, 18):  # 16 pixels side by side, none (289 is odd), 4
+        x = _photo(size=size)
+        np.testing.assert_allclose(ops._channel_mean(x).numpy(),
+                                   tf.reduce_mean(x, axis=[1, 2], keepdims=True).numpy(), rtol=1e-5)
 
 
 def _erasing_mask(x, p):

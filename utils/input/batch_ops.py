@@ -73,15 +73,16 @@ def color_draw(images, brightness=None, contrast=None, saturation=None, hue=None
 
 
 def _channel_mean(x):
-    """Per-image, per-channel mean [B, 1, 1, C] as one matmul over the flat image.
+    """Per-image, per-channel mean [B, 1, 1, C], summed as [B, N/k, k*C] over axis 1 first.
 
-    XLA lowers reduce_mean over (H, W) of a channel-minor batch to a slow
-    column reduction; [B, H*W*C] @ a 0/1 channel selector reads the batch
-    once in Eigen's GEMM (measured 0.10 vs 0.15 ms per 224 px image).
+    XLA lowers reduce_mean over (H, W) of a channel-minor batch to a column
+    reduction with a 3-wide minor dimension; k pixels side by side give it a
+    k*C-wide row to vectorise (measured 0.05 vs 0.15 ms per 224 px image).
     """
     n, c = x.shape[1] * x.shape[2], x.shape[3]
-    select = tf.tile(tf.eye(c, dtype=x.dtype), [n, 1]) / float(n)
-    return tf.reshape(tf.reshape(x, [-1, n * c]) @ select, [-1, 1, 1, c])
+    k = next(k for k in (16, 8, 4, 2, 1) if n % k == 0)
+    rows = tf.reduce_sum(tf.reshape(x, [-1, n // k, k * c]), axis=1)
+    return tf.reshape(tf.reduce_sum(tf.reshape(rows, [-1, k, c]), axis=1), [-1, 1, 1, c]) / float(n)
 
 
 def _hue_saturation(x, hue, saturation):
