@@ -240,10 +240,6 @@ def _one_of(first: _Op, second: _Op, seed) -> _Op:
     return _Op(draw, apply, first.jit and second.jit)
 
 
-def _clip(images, labels):
-    return tf.clip_by_value(images, 0.0, 255.0), labels
-
-
 def _fuse(group: list[_Op], last: bool) -> Callable:
     """Consecutive ops -> one apply(images, labels, [params]); XLA-compiled when all allow it.
 
@@ -251,17 +247,13 @@ def _fuse(group: list[_Op], last: bool) -> Callable:
     by the op's own `clipped` apply, so the clip costs no pass of its own.
     """
     applies = [op.apply for op in group]
-    finish = None
-    if last:
-        if group[-1].clipped is not None:
-            applies[-1] = group[-1].clipped
-        else:
-            finish = _clip
+    if last and group[-1].clipped is not None:
+        applies[-1], last = group[-1].clipped, False
 
     def apply(images, labels, params):
         for fn, p in zip(applies, params):
             images, labels = fn(images, labels, p)
-        return (images, labels) if finish is None else finish(images, labels)
+        return (tf.clip_by_value(images, 0.0, 255.0) if last else images), labels
 
     return tf.function(apply, jit_compile=True) if all(op.jit for op in group) else apply
 
