@@ -24,7 +24,8 @@ Names come as a list, a dict {name: kwargs} (YAML) or the command line's "a,b"
 `build_augmenter(names, image_size, seed)` returns ONE callable `(images, labels)
 -> (images, labels)` working on a BATCH (float32 [B, H, W, C] in [0, 255], dense
 float32 labels [B, K] or a per-class dict {name: [B, 1]}). Batch level because
-a batch is one XLA-compiled pass for all consecutive ops, and MixUp/CutMix need
+a batch is one XLA-compiled pass for all consecutive ops (erasing runs between
+them as a scatter of the pixels it erases), and MixUp/CutMix need
 partners from the same batch anyway. The callable is pure TensorFlow (stateful
 random ops, no Keras call), so a caller may run it in the tf.data pipeline or
 inside its own train step.
