@@ -12,7 +12,7 @@ RandAugment computed all 11 of its ops for every slot and kept two. The
 draws stay outside XLA as ordinary stateful random ops (seeded per op), so a
 tf.data map or a train step owns their state and no tf.random.Generator
 variable has to exist under a tf.distribute strategy. Erasing is the one op
-left to plain TF: it scatters the ~2.5% of pixels it erases (params["index"],
+left to plain TF: it scatters the ~4% of pixels it erases (params["index"],
 its draw), where XLA would make a whole-batch select of it.
 
 What a pass costs here (1 core, 224 px, bench/augment.py): reading and writing
@@ -262,7 +262,7 @@ def _box_pixels(x0, x1, y0, y1, keep, h: int, w: int, max_h: int, max_w: int):
 def erasing_draw(images, factor=(0.0, 0.5), scale=(0.02, 0.33), seed=None, fill_value=None):
     """The boxes, which images get theirs, and the fill of exactly the pixels erased.
 
-    Only the erased pixels draw noise (~2.5% of a batch at the defaults): one
+    Only the erased pixels draw noise (~4% of a batch at the defaults): one
     N(0, 1) sample per pixel and channel, as Keras drew for every pixel and
     then masked (3.3 ms per 224 px image, the op's whole cost).
     """
