@@ -88,8 +88,9 @@ def main(argv=None) -> int:
     p.add_argument("--max-side", type=int, default=400, help="largest side of a written JPEG in px (default 400)")
     p.add_argument("--size", type=int, default=224, help="model input and --short-side in px (default 224)")
     p.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
-    p.add_argument("--epochs", type=int, default=3, help="epochs of the long timed pass; the short one is a quarter of it (default 3)")
-    p.add_argument("--rounds", type=int, default=3, help="timed passes per pipeline (default 3)")
+    p.add_argument("--epochs", type=int, default=3,
+                   help="epochs of the long timed pass; the short one is a quarter of it (default 3)")
+    p.add_argument("--rounds", type=int, default=3, help="timed pairs of passes per pipeline (default 3)")
     p.add_argument("--warmup", type=int, default=2,
                    help="untimed passes per pipeline before the rounds (default 2: every RandAugment op compiled)")
     p.add_argument("--only", default=None, help="comma list of augmentations to time (default: all); none is always timed")
