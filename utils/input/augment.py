@@ -24,7 +24,8 @@ Names come as a list, a dict {name: kwargs} (YAML) or the command line's "a,b"
 `build_augmenter(names, image_size, seed)` returns ONE callable `(images, labels)
 -> (images, labels)` working on a BATCH (float32 [B, H, W, C] in [0, 255], dense
 float32 labels [B, K] or a per-class dict {name: [B, 1]}). Batch level because
-a batch is one XLA-compiled pass for all consecutive ops, and MixUp/CutMix need
+a batch is one XLA-compiled pass for all consecutive ops (erasing runs between
+them as a scatter of the pixels it erases), and MixUp/CutMix need
 partners from the same batch anyway. The callable is pure TensorFlow (stateful
 random ops, no Keras call), so a caller may run it in the tf.data pipeline or
 inside its own train step.
@@ -126,6 +127,8 @@ class _Op(NamedTuple):
     draw: Callable  # images -> params (the op's random choices, small tensors)
     apply: Callable  # (images, labels, params) -> (images, labels), deterministic
     jit: bool  # apply can be compiled by XLA with its neighbours
+    # the same apply, its output clipped to [0, 255] in the same pass (the chain's last op saves one)
+    clipped: Callable | None = None
 
 
 def _layer_op(layer, mixes_labels: bool = False) -> _Op:
@@ -147,8 +150,8 @@ _RA_MATRIX = {
     "random_translation": lambda layer, t: layer._get_translation_matrix(t["translations"]),
     "random_rotation": lambda layer, t: t["rotation_matrix"],
 }
-# measured slower under XLA (sharpness: a depthwise conv) or not compilable (equalization: histograms)
-_RA_PLAIN = ("random_sharpness", "equalization")
+# measured slower under XLA (sharpness: a depthwise conv)
+_RA_PLAIN = ("random_sharpness",)
 
 
 def _randaugment_branch(layer, key):
@@ -159,7 +162,9 @@ def _randaugment_branch(layer, key):
             return sub.transform_images
         return tf.function(lambda x, t: ops.affine_apply(x, tf.cast(_RA_MATRIX[key](sub, t), tf.float32)),
                            jit_compile=True)
-    if key in _RA_PLAIN:
+    if key == "equalization" and tuple(sub.value_range) == (0, 255):
+        return tf.function(lambda x, t: ops.equalize(x, sub.bins), jit_compile=True)
+    if key in _RA_PLAIN or key == "equalization":
         return sub.transform_images
     return tf.function(lambda x, t: tf.cast(sub.transform_images(x, t), tf.float32), jit_compile=True)
 
@@ -212,8 +217,10 @@ def _make_op(name: str, kwargs: dict, seed) -> _Op:
         return _randaugment_op(layers.RandAugment(value_range=(0, 255), **kwargs, **common))
     if name == "erasing":
         layer = layers.RandomErasing(value_range=(0, 255), **kwargs, **common)
-        return _Op(partial(ops.erasing_draw, factor=layer.factor, scale=layer.scale, seed=seed),
-                   partial(ops.erasing_apply, fill_value=layer.fill_value), True)
+        # not XLA: a scatter of the erased pixels only, which XLA would turn into a whole-batch pass
+        return _Op(partial(ops.erasing_draw, factor=layer.factor, scale=layer.scale, seed=seed,
+                           fill_value=layer.fill_value),
+                   ops.erasing_apply, False, partial(ops.erasing_apply, clip=True))
     if name == "mixup":
         alpha = layers.MixUp(**kwargs, **common).alpha
         return _Op(partial(ops.mixup_draw, alpha=alpha, seed=seed), ops.mixup_apply, True)
@@ -234,12 +241,20 @@ def _one_of(first: _Op, second: _Op, seed) -> _Op:
     return _Op(draw, apply, first.jit and second.jit)
 
 
-def _fuse(group: list[_Op]) -> Callable:
-    """Consecutive ops -> one apply(images, labels, [params]); XLA-compiled when all allow it."""
+def _fuse(group: list[_Op], last: bool) -> Callable:
+    """Consecutive ops -> one apply(images, labels, [params]); XLA-compiled when all allow it.
+
+    The chain's last run also clips to [0, 255]: inside the compiled pass, or
+    by the op's own `clipped` apply, so the clip costs no pass of its own.
+    """
+    applies = [op.apply for op in group]
+    if last and group[-1].clipped is not None:
+        applies[-1], last = group[-1].clipped, False
+
     def apply(images, labels, params):
-        for op, p in zip(group, params):
-            images, labels = op.apply(images, labels, p)
-        return images, labels
+        for fn, p in zip(applies, params):
+            images, labels = fn(images, labels, p)
+        return (tf.clip_by_value(images, 0.0, 255.0) if last else images), labels
 
     return tf.function(apply, jit_compile=True) if all(op.jit for op in group) else apply
 
@@ -252,7 +267,7 @@ def _segments(ops_: list[_Op]) -> list[tuple[list[_Op], Callable]]:
             runs[-1].append(op)
         else:
             runs.append([op])
-    return [(run, _fuse(run)) for run in runs]
+    return [(run, _fuse(run, i == len(runs) - 1)) for i, run in enumerate(runs)]
 
 
 def build_augmenter(names, image_size, seed=None, *, channels: int = 3,
@@ -308,8 +323,7 @@ def build_augmenter(names, image_size, seed=None, *, channels: int = 3,
             # each op draws from the images it will see (shapes only; RandAugment's
             # draws are Keras' own), then the run applies them in one compiled pass
             params = [op.draw(images) for op in run]
-            images, dense = apply(images, dense, params)
-        images = tf.clip_by_value(images, 0.0, 255.0)
+            images, dense = apply(images, dense, params)  # the last run clips to [0, 255]
         return images, dense if label_names is None else split_labels(dense, label_names)
 
     augment.names = [n for n in NAMES if n in spec and n not in at_decode and n != "rrc"]

@@ -24,7 +24,7 @@ the ops, so each replica gets its own augmenter with seed + replica * 7919
 --seed itself, as the pipeline does. Nothing here creates a variable inside
 the step (no tf.random.Generator under a strategy).
 
-XLA (--jit): rotate, color, erasing (and flip) compile; MixUp/CutMix (Beta
+XLA (--jit): rotate and color (and flip) compile; erasing (a dynamic-shape scatter), MixUp/CutMix (Beta
 draws from tf.random.gamma) and RandAugment (equalization's histograms) do
 not. With --jit the augmenter therefore runs per replica in a strategy.run of
 its own, in the step's outer tf.function, and only Keras' train step is
