@@ -169,6 +169,27 @@ def build_model(arch: str, num_classes: int, *, input_size=None, channels: int =
     return keras.Model(inputs, outputs, name=f"{spec.name}_{head.replace('-', '_')}")
 
 
+def build_training_state(model: keras.Model, data_spec) -> None:
+    """Create a compiled model's optimizer, loss and metric variables now, before fit.
+
+    Workaround, Keras 3.15: without a distribution strategy Keras creates them
+    lazily inside the first trace of the train step (keras/src/backend/tensorflow/
+    trainer.py: _maybe_symbolic_build returns early), and a tf.function that
+    creates variables while tracing is traced again without them, so the whole
+    forward + backward + update graph is built twice per compile: about half of a
+    short run's time (minutes for a real backbone on 2 cores). This runs what Keras
+    runs itself under a strategy: the private Trainer._symbolic_build, on the
+    batch's shapes only (no data is read, no step runs). The variables and their
+    order are the ones the lazy path creates. Remove when Keras builds them before
+    tracing without a strategy (tests/model/test_build.py pins the single trace).
+
+    Args:
+        model: compiled.
+        data_spec: the train dataset's element_spec, (x, y) or (x, y, sample_weight).
+    """
+    model._symbolic_build(data_batch=data_spec)
+
+
 def get_backbone(model: keras.Model) -> keras.Model:
     """The nested "backbone" model of a build_model model.
 

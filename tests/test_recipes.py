@@ -1,11 +1,17 @@
 """Every recipe in configs/ end to end: raw data in the competition's shape -> generate_dataset.py
 -> train.py --config configs/NAME.yaml -> detect.py -> the submission CSV in the competition's format.
 
-The commands are the README's "Recipes" section, on miniature raw data each test makes.
-Overridden: sizes, epochs and steps, and the backbone (test_cli's 2-conv "tinynet",
-weights none: a real backbone takes minutes to trace and ImageNet weights need the
-network). Everything else (head, losses, class weights, folds, augmentation,
-mixed precision, TTA, thresholds) is the recipe's.
+The commands are the README's "Recipes" section, on miniature raw data each test makes. The
+recipe's own backbone, head, losses, class weights, folds, trained layers, optimizer and
+schedule, augmentation, mixed precision, TTA and thresholds run; overridden are only sizes (the
+image size: the backbone's registry minimum, model/registry.py; the batch; and the weights
+file: --weights none, as ImageNet weights are a download and CI has no network), epochs and
+steps: one epoch of 2 steps, so no frozen warm-up epoch (--warmup-epochs 0 is an epoch count:
+the warm-up phase would trace the whole train step a second time; the phase switch itself is
+tested on tinynet in tests/train).
+
+Time: a real backbone's train step takes 10-60 s to trace on 2 busy cores, so each test is
+marked slow; the times measured are in the README's Recipes section.
 """
 import csv
 import os
@@ -16,11 +22,19 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT, encode_image, random_image, write_image
-from tests.train.test_cli import tiny  # noqa: F401 - fixture: tinynet registered, cwd = tmp_path
 
 RECIPES = ("cdiscount", "imet2019", "jd_fashion", "recursion", "hw1")
-SMALL = ["--model", "tinynet", "--weights", "none", "--image-size", "32", "--batch-size", "8",
-         "--epochs", "2", "--warmup-epochs", "1", "--steps-per-epoch", "2"]
+SMALL = ["--weights", "none", "--batch-size", "8", "--epochs", "1", "--warmup-epochs", "0", "--steps-per-epoch", "2"]
+
+
+@pytest.fixture
+def in_tmp(monkeypatch, tmp_path):
+    """cwd = tmp_path (log/NAME and model_save/ land there); the float32 policy restored after."""
+    monkeypatch.chdir(tmp_path)
+    yield
+    import keras
+
+    keras.mixed_precision.set_global_policy("float32")  # imet2019 trains in mixed precision
 
 
 def config(name: str) -> str:
@@ -41,9 +55,19 @@ def generate(*argv):
 
 
 def train(name, data, out, *more):
+    """train.py --config NAME.yaml with only sizes, epochs and steps overridden (module docstring)."""
     import train as train_script
+    from model import registry
+    from utils.train import config as train_config
 
-    cli(train_script.main, ["--config", config(name), "--data", data, "--out", out, *SMALL, *more])
+    recipe = train_config.load_yaml(config(name))
+    size = registry.get(recipe["model"]).min_size
+    cli(train_script.main, ["--config", config(name), "--data", data, "--out", out, *SMALL, "--image-size", size, *more])
+    from model.meta import load_meta
+
+    meta = load_meta(out)  # what was trained: the recipe's backbone and head, at the smallest size
+    assert (meta["architecture"], meta["input_size"]) == (recipe["model"], [size, size]), name
+    assert meta["head"] == recipe["head"] and meta["config"]["augment"] == recipe["augment"], name
 
 
 def detect(*argv):
@@ -77,7 +101,7 @@ def test_every_recipe_loads_and_has_a_comment_per_setting():
 # ----------------------------------------------------------------- Cdiscount: BSON dump, per-product CSV
 
 @pytest.mark.slow
-def test_cdiscount(tiny, tmp_path):  # noqa: F811
+def test_cdiscount(in_tmp, tmp_path):
     import bson
 
     cats = ["1000010653", "1000010667", "1000004079"]
@@ -104,7 +128,7 @@ def test_cdiscount(tiny, tmp_path):  # noqa: F811
 # ----------------------------------------------------------------- iMet 2019: flat folder + CSV, F2 thresholds
 
 @pytest.mark.slow
-def test_imet2019(tiny, tmp_path):  # noqa: F811
+def test_imet2019(in_tmp, tmp_path):
     names = ["culture::a", "culture::b", "tag::c", "tag::d", "tag::e"]
     (tmp_path / "labels.csv").write_text("attribute_id,attribute_name\n"
                                          + "".join(f"{i},{n}\n" for i, n in enumerate(names)))
@@ -162,7 +186,7 @@ def image_server():
 
 
 @pytest.mark.slow
-def test_jd_fashion(tiny, tmp_path, image_server):  # noqa: F811
+def test_jd_fashion(in_tmp, tmp_path, image_server):
     names = [f"attr{k}" for k in range(13)]
     (tmp_path / "names.txt").write_text("\n".join(names) + "\n")
     rng = np.random.default_rng(0)
@@ -176,8 +200,7 @@ def test_jd_fashion(tiny, tmp_path, image_server):  # noqa: F811
 
     generate("jd_train.txt", "--label-names", "names.txt", "--out", "data/jd", "--concurrency", "4",
              "--val-fraction", "0.2")
-    # one phase: tracing 13 heads with their losses and metrics is most of this test's time
-    train("jd_fashion", "data/jd", "model_save/jd.h5", "--epochs", "1", "--warmup-epochs", "0")
+    train("jd_fashion", "data/jd", "model_save/jd.h5")
     detect("--model", "model_save/jd.best.h5", "jd_test.txt", "--format", "binary", "--tta", "2", "--out", "jd.csv")
     header, rows = read_csv("jd.csv")
     assert header == ["id"] + names
@@ -188,7 +211,7 @@ def test_jd_fashion(tiny, tmp_path, image_server):  # noqa: F811
 # ----------------------------------------------------------------- Recursion: 6 grayscale planes per sample
 
 @pytest.mark.slow
-def test_recursion(tiny, tmp_path):  # noqa: F811
+def test_recursion(in_tmp, tmp_path):
     channels = ",".join(f"w{c}" for c in range(1, 7))
 
     def sample(folder, sid, seed):
@@ -223,7 +246,7 @@ def test_recursion(tiny, tmp_path):  # noqa: F811
 # ----------------------------------------------------------------- hw1: a folder per class
 
 @pytest.mark.slow
-def test_hw1(tiny, tmp_path):  # noqa: F811
+def test_hw1(in_tmp, tmp_path):
     classes = ["cat", "dog", "fox"]
     for j, c in enumerate(classes):
         for i in range(10):

@@ -193,6 +193,8 @@ def train_locked(cfg: dict, spec, strategy, info: dict, paths: RunPaths, sizes: 
             optimizer = optim.make_optimizer(cfg, learning_rate)
             model.compile(optimizer=optimizer, loss=loss, loss_weights=loss_weights, jit_compile=cfg["jit"],
                           metrics=metrics.make_metrics(cfg["head"], info["num_classes"], out_names))
+            if not distributed:  # a strategy has Keras build them itself, from a real batch
+                build.build_training_state(model, data_for(p)[0].element_spec)
         return optimizer
 
     if cfg["find_lr"]:  # the first phase's layers, size and batch; one process, no strategy
