@@ -8,6 +8,7 @@ from __future__ import annotations
 from utils.dataset.manifest import class_counts, load_manifest, select_shards, split_count
 from utils.errors import DatasetError
 from utils.input.pipeline import make_dataset
+from utils.input.service import through_service
 from utils.train import distribute
 from utils.train.phases import Phase
 
@@ -72,7 +73,8 @@ def make_datasets(cfg: dict, info: dict, strategy, phase: Phase, out_names: list
     a fixed --val-steps when distributed (every replica must run the same steps).
     `counts` (train, val records): --train-on-val mixes the val records into training.
     `steps_done`: the train stream starts after that many of the phase's steps (--resume;
-    exact for one split: with --train-on-val each split's stream restarts its pass).
+    exact for one split: with --train-on-val each split's stream restarts its pass; through
+    --data-service the service orders the records, so the stream starts anew: steps stay exact).
     `records_fn`: applied to the serialized train records (--hard-examples).
     """
     common = dict(image_size=(phase.image_size, phase.image_size), head=cfg["head"], output_names=out_names,
@@ -80,9 +82,12 @@ def make_datasets(cfg: dict, info: dict, strategy, phase: Phase, out_names: list
     batch = phase.batch_size or cfg["batch_size"]
 
     def train_split(split, b, ctx, skip):
-        return make_dataset(cfg["data"], split, batch_size=b, training=True, augment=cfg["augment"],
-                            cache=cfg["cache"], shuffle_buffer=cfg["shuffle_buffer"], repeat=True,
-                            drop_remainder=True, input_context=ctx, skip=skip, records_fn=records_fn, **common)
+        service = cfg.get("data_service")  # the service orders the stream: no exact resume skip through it
+        ds = make_dataset(cfg["data"], split, batch_size=b, training=True, augment=cfg["augment"],
+                          cache=cfg["cache"], shuffle_buffer=cfg["shuffle_buffer"], repeat=True,
+                          drop_remainder=True, input_context=ctx, skip=None if service else skip,
+                          records_fn=records_fn, **common)
+        return through_service(ds, service) if service else ds  # one job per input pipeline (its shard)
 
     def train(b, ctx):
         if counts is None:
