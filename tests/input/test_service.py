@@ -76,6 +76,7 @@ def test_one_epoch_through_two_workers_gives_each_record_once(data, dispatcher):
     assert sorted(ids) == sorted(expected)
 
 
+@pytest.mark.slow
 def test_each_input_pipeline_reads_its_own_shard_through_the_service(data, dispatcher):
     """Under a strategy (an InputContext), each pipeline's job covers its share; together all, once."""
     import tensorflow as tf
@@ -93,6 +94,7 @@ def test_each_input_pipeline_reads_its_own_shard_through_the_service(data, dispa
     assert sorted(got[0] + got[1]) == sorted(split_ids(data, "train"))
 
 
+@pytest.mark.slow
 def test_hard_examples_draw_at_their_rate_through_the_service(data, dispatcher):
     from utils.input.pipeline import make_dataset
     from utils.input.sampling import mixer
@@ -167,3 +169,14 @@ def test_cli_servers_print_where_they_listen_and_stop_on_sigterm(data):
         outs = [p.communicate(timeout=30) for p in procs[::-1]]
     assert [p.returncode for p in procs] == [0, 0, 0], [o[1][-500:] for o in outs]
     assert all(o[0].strip().endswith("stopped (SIGTERM)") for o in outs)
+
+
+def test_a_dispatcher_without_workers_is_one_line_within_the_timeout():
+    d = service.start_dispatcher(0)
+    try:
+        t = time.monotonic()
+        with pytest.raises(UsageError, match="has no worker this machine can read from .none answered within 3 s"):
+            service.check_dispatcher(d.target.replace("localhost", "127.0.0.1"), timeout=3)
+        assert 2.5 < time.monotonic() - t < 7
+    finally:
+        d.stop()

@@ -13,10 +13,11 @@ shard files, so each record is read once per pass across all workers), and the
 trainer receives finished batches.
 
 Why the bounded check: against an address where no dispatcher answers,
-registering a dataset retries in TensorFlow's C++ for a long time (a hang from
-the user's view). `check_dispatcher` first opens a TCP connection, then
-registers a one-element dataset in a helper thread, each within `timeout`
-seconds, and says in one line what failed.
+registering a dataset retries in TensorFlow's C++ for a long time, and with no
+reachable worker reading waits forever (a hang from the user's view).
+`check_dispatcher` opens a TCP connection, registers a one-element dataset and
+reads it back (the last two in a helper thread), all within `timeout` seconds,
+and says in one line what failed.
 """
 from __future__ import annotations
 
@@ -67,27 +68,41 @@ def _in_thread(fn, timeout: float):
 
 
 def check_dispatcher(service: str, timeout: float = 15.0) -> None:
-    """Make sure a tf.data service dispatcher answers at `service`, within `timeout` seconds.
+    """Make sure a tf.data service answers at `service`, dispatcher and workers, within `timeout` seconds.
+
+    Three steps, each with what is left of `timeout`: a TCP connection; a one-element
+    dataset registered (a dispatcher answers); that element read back (a worker
+    this process can reach produces it: none registered, or one started with an
+    --address this machine cannot reach, would otherwise stall training silently).
 
     Raises:
-        UsageError: a malformed address, nothing listening, or no answer to a registration in time.
+        UsageError: a malformed address, or the first step that failed, as one line.
     """
     _, host, port = parse_address(service)
-    start = time.monotonic()
+    end = time.monotonic() + timeout
     try:
         socket.create_connection((host.strip("[]"), port), timeout=timeout).close()
     except OSError as e:
         raise UsageError(f"no tf.data service dispatcher at {host}:{port} ({first_line(e)}); start one with: "
                          f"python -m utils.input.service dispatcher --port {port}") from None
     tf = import_tensorflow_quietly()
-    left = max(1.0, timeout - (time.monotonic() - start))
-    status, value = _in_thread(lambda: tf.data.experimental.service.register_dataset(
-        f"grpc://{host}:{port}", tf.data.Dataset.range(1)), left)
+    target = f"grpc://{host}:{port}"
+    probe = tf.data.Dataset.range(1)
+    status, value = _in_thread(lambda: tf.data.experimental.service.register_dataset(target, probe),
+                               max(1.0, end - time.monotonic()))
     if status == "timeout":
         raise UsageError(f"{host}:{port} accepts connections but no tf.data service dispatcher answered within "
                          f"{timeout:g} s")
     if status == "error":
         raise UsageError(f"the tf.data service dispatcher at {host}:{port} refused a dataset: {first_line(value)}")
+    served = probe.apply(tf.data.experimental.service.distribute(processing_mode=PROCESSING_MODE, service=target))
+    status, value = _in_thread(lambda: [int(x) for x in served.as_numpy_iterator()],
+                               max(1.0, end - time.monotonic()))
+    if status != "ok" or value != [0]:
+        why = f"failed: {first_line(value)}" if status == "error" else f"none answered within {timeout:g} s"
+        raise UsageError(f"the tf.data service at {host}:{port} has no worker this machine can read from ({why}); "
+                         f"start one with: python -m utils.input.service worker --dispatcher {host}:{port} "
+                         f"--address HOST")
 
 
 def through_service(dataset, service: str, *, job_name: str | None = None, timeout: float = 15.0):
