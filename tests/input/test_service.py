@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -144,9 +145,24 @@ def test_cli_help_and_bad_flags(capsys):
 
 
 def start(argv):
+    """`python -m utils.input.service ARGV`; stderr to a file (a pipe nobody reads could fill and block it)."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "utils.input.service", *argv], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tempfile.TemporaryFile(mode="w+")
+    p = subprocess.Popen([sys.executable, "-m", "utils.input.service", *argv], cwd=ROOT, env=env,
+                         stdout=subprocess.PIPE, stderr=log, text=True)
+    p.log = log
+    return p
+
+
+def stop(procs) -> list[str]:
+    """SIGTERM to all, then their stdout; asserts each exited 0 (else shows its stderr's tail)."""
+    for p in procs[::-1]:
+        p.send_signal(signal.SIGTERM)
+    outs = [p.communicate(timeout=60)[0] for p in procs]
+    for p in procs:
+        p.log.seek(0)
+        assert p.returncode == 0, (p.args, p.returncode, p.log.read()[-1500:])
+    return outs
 
 
 @pytest.mark.slow
@@ -164,11 +180,8 @@ def test_cli_servers_print_where_they_listen_and_stop_on_sigterm(data):
         ds = make_dataset(data, "val", image_size=32, batch_size=5, training=False, with_ids=True)
         assert sorted(ids_through(ds, f"grpc://127.0.0.1:{port}")) == sorted(split_ids(data, "val"))
     finally:
-        for p in procs[::-1]:
-            p.send_signal(signal.SIGTERM)
-        outs = [p.communicate(timeout=30) for p in procs[::-1]]
-    assert [p.returncode for p in procs] == [0, 0, 0], [o[1][-500:] for o in outs]
-    assert all(o[0].strip().endswith("stopped (SIGTERM)") for o in outs)
+        outs = stop(procs)
+    assert all(o.strip().endswith("stopped (SIGTERM)") for o in outs), outs
 
 
 def test_a_dispatcher_without_workers_is_one_line_within_the_timeout():

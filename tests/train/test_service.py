@@ -15,7 +15,7 @@ import time
 import pytest
 
 from tests.conftest import ROOT
-from tests.input.test_service import free_port, start
+from tests.input.test_service import free_port, start, stop
 from tests.train.test_cli import csv_rows, quick, run_main, runner, shapes_dataset, tiny  # noqa: F401 - fixture
 from tests.train.test_hard import write_losses
 
@@ -36,11 +36,7 @@ def service():
         assert "dispatcher listening" in lines[0] and all("worker listening" in ln for ln in lines[1:]), lines
         yield f"grpc://127.0.0.1:{port}"
     finally:
-        for p in procs[::-1]:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            p.communicate(timeout=60)
-    assert [p.returncode for p in procs] == [0, 0, 0]
+        stop(procs)
 
 
 def one_error_line(err: str) -> str:

@@ -82,12 +82,17 @@ def make_datasets(cfg: dict, info: dict, strategy, phase: Phase, out_names: list
     batch = phase.batch_size or cfg["batch_size"]
 
     def train_split(split, b, ctx, skip):
-        service = cfg.get("data_service")  # the service orders the stream: no exact resume skip through it
-        ds = make_dataset(cfg["data"], split, batch_size=b, training=True, augment=cfg["augment"],
-                          cache=cfg["cache"], shuffle_buffer=cfg["shuffle_buffer"], repeat=True,
-                          drop_remainder=True, input_context=ctx, skip=None if service else skip,
-                          records_fn=records_fn, **common)
-        return through_service(ds, service) if service else ds  # one job per input pipeline (its shard)
+        return make_dataset(cfg["data"], split, batch_size=b, training=True, augment=cfg["augment"],
+                            cache=cfg["cache"], shuffle_buffer=cfg["shuffle_buffer"], repeat=True,
+                            drop_remainder=True, input_context=ctx, skip=skip, records_fn=records_fn, **common)
+
+    if cfg.get("data_service"):  # each split's stream runs on the workers, one job per input pipeline (its shard)
+        local_split = train_split
+
+        def served_split(split, b, ctx, skip):  # the service orders the records: no exact resume skip
+            return through_service(local_split(split, b, ctx, None), cfg["data_service"])
+
+        train_split = served_split  # what train() below calls
 
     def train(b, ctx):
         if counts is None:
