@@ -32,6 +32,7 @@ import time
 from utils.errors import OneLineParser, UsageError, first_line, import_tensorflow_quietly, run_cli
 
 PROCESSING_MODE = "distributed_epoch"
+STOP_TIMEOUT = 10.0  # seconds a stopping server may take before the process exits anyway
 _URL = re.compile(r"^(?:(?P<protocol>[a-z][a-z0-9+.-]*)://)?(?P<host>\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):(?P<port>\d+)$")
 
 
@@ -210,8 +211,11 @@ def main(argv=None) -> int:
         print(f"tf.data service worker listening on port {port} (as {args.address or socket.gethostname()}:{port}), "
               f"dispatcher {args.dispatcher}", flush=True)
     signum = wait_for_signal()
-    server.stop()
-    print(f"stopped ({signal.Signals(signum).name})", flush=True)
+    # stop() can wait on tasks of jobs whose trainers still hold them open; bounded, so a
+    # SIGTERM always ends the process soon (the exit below drops whatever is left)
+    status, _ = _in_thread(server.stop, STOP_TIMEOUT)
+    late = f"; tasks still running after {STOP_TIMEOUT:g} s were dropped" if status == "timeout" else ""
+    print(f"stopped ({signal.Signals(signum).name}{late})", flush=True)
     return 0
 
 
