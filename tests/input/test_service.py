@@ -39,9 +39,9 @@ def dispatcher():
     port = int(d.target.rsplit(":", 1)[1])
     workers = [service.start_worker(f"127.0.0.1:{port}", 0, "127.0.0.1") for _ in range(2)]
     yield f"grpc://127.0.0.1:{port}"
-    for w in workers:
-        w.stop()
-    d.stop()
+    # stop() may wait on tasks of jobs still open in this process (11-115 s seen under load):
+    # bounded here as in the CLI (service.STOP_TIMEOUT), the rest finishes in the background
+    service._in_thread(lambda: [s.stop() for s in (*workers, d)], service.STOP_TIMEOUT)
 
 
 def split_ids(data, split):
@@ -154,11 +154,25 @@ def start(argv):
     return p
 
 
-def stop(procs) -> list[str]:
-    """SIGTERM to all, then their stdout; asserts each exited 0 (else shows its stderr's tail)."""
+def stop(procs, strict: bool = True) -> list[str]:
+    """SIGTERM to all, then their stdout; asserts each exited 0 (else shows its stderr's tail).
+
+    strict=False (a fixture whose servers are not what its tests check): a server still
+    running 60 s after SIGTERM is killed instead of failing the teardown.
+    """
     for p in procs[::-1]:
         p.send_signal(signal.SIGTERM)
-    outs = [p.communicate(timeout=60)[0] for p in procs]
+    outs = []
+    for p in procs:
+        try:
+            outs.append(p.communicate(timeout=60)[0])
+        except subprocess.TimeoutExpired:
+            if strict:
+                raise
+            p.kill()
+            outs.append(p.communicate()[0])
+    if not strict:
+        return outs
     for p in procs:
         p.log.seek(0)
         assert p.returncode == 0, (p.args, p.returncode, p.log.read()[-1500:])
