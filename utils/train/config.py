@@ -20,6 +20,7 @@ import yaml
 from utils.errors import OneLineParser, UsageError, read_yaml_mapping
 from utils.files import atomic_write_text
 from utils.input.labels import HEADS
+from utils.input.service import parse_address
 from utils.train.phases import parse_progressive
 
 
@@ -99,6 +100,10 @@ OPTIONS: dict[str, Option] = {
     "fold": Option(None, "K-fold dataset: validate on fold k, train on the others", int),
     "cache": Option(False, "cache the encoded records in memory after the first epoch (datasets that fit in RAM; decoding still runs each epoch)", bool),
     "shuffle_buffer": Option(2048, "shuffle buffer in records", int),
+    "data_service": Option(None, "grpc://HOST:PORT of a tf.data service dispatcher (python -m utils.input.service): "
+                                 "the train set is read, decoded and augmented on its workers, validation stays "
+                                 "here; --resume then restarts the stream (the service orders it) with exact step "
+                                 "counts"),
     # --- run control
     "early_stop": Option(0, "stop after N epochs without validation improvement (of the training loss when there is no validation; 0: never)", int),
     "resume": Option(False, "continue an interrupted run from model_save/NAME.resume/ (weights, optimizer, LR schedule, epoch)", bool),
@@ -120,6 +125,7 @@ OPTIONS: dict[str, Option] = {
 RESUME_MUTABLE = {"resume", "early_stop", "strategy", "preview", "config", "val_steps", "cache", "shuffle_buffer"}
 RESUME_MUTABLE |= {"checkpoint_every", "checkpoint_minutes"}  # when to save, not what is trained
 RESUME_MUTABLE |= {"augment_on"}  # where the same augmentation runs (a resume may land on a machine without a GPU)
+RESUME_MUTABLE |= {"data_service"}  # where the input is decoded, not what is trained
 
 
 def defaults() -> dict:
@@ -241,6 +247,8 @@ def validate(cfg: dict) -> None:
                          f"and {cfg['hard_weight']}")
     if cfg["ohem"] is not None and not 0 < cfg["ohem"] <= 1:
         raise UsageError(f"--ohem must be in (0, 1], got {cfg['ohem']}")
+    if cfg.get("data_service"):
+        parse_address(cfg["data_service"])
     if cfg["fold"] is not None and cfg["fold"] < 0:
         raise UsageError(f"--fold must be >= 0, got {cfg['fold']}")
     if cfg.get("progressive"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 from utils.dataset.manifest import class_counts, load_manifest, select_shards, split_count
 from utils.errors import DatasetError
 from utils.input.pipeline import make_dataset
+from utils.input.service import through_service
 from utils.train import distribute
 from utils.train.augment_step import pipeline_augment
 from utils.train.phases import Phase
@@ -73,7 +74,8 @@ def make_datasets(cfg: dict, info: dict, strategy, phase: Phase, out_names: list
     a fixed --val-steps when distributed (every replica must run the same steps).
     `counts` (train, val records): --train-on-val mixes the val records into training.
     `steps_done`: the train stream starts after that many of the phase's steps (--resume;
-    exact for one split: with --train-on-val each split's stream restarts its pass).
+    exact for one split: with --train-on-val each split's stream restarts its pass; through
+    --data-service the service orders the records, so the stream starts anew: steps stay exact).
     `records_fn`: applied to the serialized train records (--hard-examples).
     """
     common = dict(image_size=(phase.image_size, phase.image_size), head=cfg["head"], output_names=out_names,
@@ -84,6 +86,14 @@ def make_datasets(cfg: dict, info: dict, strategy, phase: Phase, out_names: list
         return make_dataset(cfg["data"], split, batch_size=b, training=True, augment=pipeline_augment(cfg),
                             cache=cfg["cache"], shuffle_buffer=cfg["shuffle_buffer"], repeat=True,
                             drop_remainder=True, input_context=ctx, skip=skip, records_fn=records_fn, **common)
+
+    if cfg.get("data_service"):  # each split's stream runs on the workers, one job per input pipeline (its shard)
+        local_split = train_split
+
+        def served_split(split, b, ctx, skip):  # the service orders the records: no exact resume skip
+            return through_service(local_split(split, b, ctx, None), cfg["data_service"])
+
+        train_split = served_split  # what train() below calls
 
     def train(b, ctx):
         if counts is None:
