@@ -288,18 +288,8 @@ def test_device_run_sigterm_then_resume(tiny, data, tmp_path):
 def test_two_worker_multiworker_with_device_augmentation(tiny, data, tmp_path):
     import json
 
-    from tests.train.test_cli import free_ports
+    from tests.train.test_cli import run_two_workers
 
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
-    argv = quick(data, "--epochs", "1", "--strategy", "multiworker", "--augment", "rotate,mixup",
-                 "--augment-on", "device", "--out", "model_save/mw.h5")
-    procs = []
-    for i in range(2):
-        (tmp_path / f"w{i}").mkdir()
-        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
-        procs.append(runner(argv, cwd=tmp_path / f"w{i}", env={"TF_CONFIG": tf_config}))
-    outs = [p.communicate(timeout=400) for p in procs]
-    for p, (out, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
-    assert outs[0][0].strip().splitlines()[-1].startswith("val_accuracy")
+    run_two_workers(quick(data, "--epochs", "1", "--strategy", "multiworker", "--augment", "rotate,mixup",
+                          "--augment-on", "device", "--out", "model_save/mw.h5"), tmp_path)
     assert json.load(open(tmp_path / "w0" / "model_save" / "mw.json"))["config"]["augment_on"] == "device"

@@ -337,21 +337,34 @@ def free_ports(n):
     return ports
 
 
-@pytest.mark.slow
-def test_two_worker_multiworker_mirrored(tiny, data, tmp_path):
-    ports = free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    argv = quick(data, "--epochs", "2", "--strategy", "multiworker", "--out", "model_save/mw.h5")
+def start_two_workers(argv, tmp_path) -> list:
+    """train.py `argv` as a two-worker MultiWorkerMirroredStrategy cluster on 127.0.0.1,
+    worker i in tmp_path/wi (w0 is the chief). Returns the two processes."""
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
     procs = []
     for i in range(2):
         cwd = tmp_path / f"w{i}"
         cwd.mkdir()
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
         procs.append(runner(argv, cwd=cwd, env={"TF_CONFIG": tf_config}))
+    return procs
+
+
+def run_two_workers(argv, tmp_path) -> list[tuple[str, str]]:
+    """start_two_workers, waited for: both must exit 0 and the chief print its val line last.
+    Returns [(stdout, stderr)] of the chief and the other worker."""
+    procs = start_two_workers(argv, tmp_path)
     outs = [p.communicate(timeout=400) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
     assert outs[0][0].strip().splitlines()[-1].startswith("val_accuracy")
+    return outs
+
+
+@pytest.mark.slow
+def test_two_worker_multiworker_mirrored(tiny, data, tmp_path):
+    outs = run_two_workers(quick(data, "--epochs", "2", "--strategy", "multiworker", "--out", "model_save/mw.h5"),
+                           tmp_path)
     chief, other = tmp_path / "w0", tmp_path / "w1"
     assert sorted(os.listdir(chief / "model_save")) == ["mw.best.h5", "mw.best.keras", "mw.config.yaml", "mw.h5",
                                                         "mw.json", "mw.keras"]

@@ -270,15 +270,9 @@ def test_two_runs_on_one_out_exactly_one_trains(data, tmp_path):
 
 @pytest.mark.slow
 def test_multiworker_sigterm_to_one_worker_stops_both_and_the_chief_saves(data, tmp_path):
-    from tests.train.test_cli import free_ports
+    from tests.train.test_cli import start_two_workers
 
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
-    argv = argv_for(data, "mw", "--strategy", "multiworker", "--checkpoint-every", "1")
-    procs = []
-    for i in range(2):
-        (tmp_path / f"w{i}").mkdir()
-        env = {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}
-        procs.append(runner(argv, cwd=tmp_path / f"w{i}", env=env))
+    procs = start_two_workers(argv_for(data, "mw", "--strategy", "multiworker", "--checkpoint-every", "1"), tmp_path)
     state = tmp_path / "w0" / "model_save" / "mw.resume"
     wait_for(lambda: (state / "state.npz").exists(), procs[0], timeout=400)
     procs[1].send_signal(signal.SIGTERM)  # the non-chief only: the chief must stop at the same step

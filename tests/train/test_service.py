@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.input.test_service import free_port, start, stop
-from tests.train.test_cli import csv_rows, quick, run_main, runner, shapes_dataset, tiny  # noqa: F401 - fixture
+from tests.train.test_cli import csv_rows, quick, run_main, run_two_workers, runner, shapes_dataset, tiny  # noqa: F401 - fixture
 from tests.train.test_hard import write_losses
 
 
@@ -135,17 +135,6 @@ def test_resume_through_the_service_trains_the_remaining_steps(tiny, data, servi
 @pytest.mark.slow
 def test_two_worker_multiworker_through_the_service(tiny, data, service, tmp_path):
     """MultiWorkerMirrored: each worker's input pipeline (its shard, its per-replica batch) is its own job."""
-    ports = [free_port(), free_port()]
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    argv = quick(data, "--epochs", "1", "--strategy", "multiworker", "--out", "model_save/mw.h5",
-                 "--data-service", service)
-    procs = []
-    for i in range(2):
-        (tmp_path / f"w{i}").mkdir()
-        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
-        procs.append(runner(argv, cwd=tmp_path / f"w{i}", env={"TF_CONFIG": tf_config}))
-    outs = [p.communicate(timeout=400) for p in procs]
-    for p, (out, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
-    assert outs[0][0].strip().splitlines()[-1].startswith("val_accuracy")
+    run_two_workers(quick(data, "--epochs", "1", "--strategy", "multiworker", "--out", "model_save/mw.h5",
+                          "--data-service", service), tmp_path)
     assert json.load(open(tmp_path / "w0" / "model_save" / "mw.json"))["history"]["iterations"] == 2
