@@ -1,9 +1,12 @@
 """The datasets of a training run: split sizes, the no-validation reasons, the train and
-val pipelines distributed over the strategy's replicas (--train-on-val mixing, --resume skip).
+val pipelines distributed over the strategy's replicas (--train-on-val mixing, --resume skip,
+--data-service, what --augment-on leaves to the pipeline).
 
 Pure of the model: utils.train.loop builds these before the model, once per phase.
 """
 from __future__ import annotations
+
+import tensorflow as tf
 
 from utils.dataset.manifest import class_counts, load_manifest, select_shards, split_count
 from utils.errors import DatasetError
@@ -48,8 +51,6 @@ def mix_splits(a, b, n_a: int, n_b: int):
     Step i takes from `b` when floor((i+1) n_b / T) > floor(i n_b / T), T = n_a + n_b:
     over T steps exactly n_b batches come from `b`, spread evenly.
     """
-    import tensorflow as tf  # this module otherwise needs only Keras
-
     total = n_a + n_b
     choice = tf.data.Dataset.range(total).map(
         lambda i: tf.cast((i + 1) * n_b // total - i * n_b // total, tf.int64)).repeat()
