@@ -83,18 +83,24 @@ def read_records(files: list[str], *, training: bool, seed, deterministic: bool,
         n, index = input_context.num_input_pipelines, input_context.input_pipeline_id
     by_file = n > 1 and len(files) >= n
     by_data = n > 1 and not by_file
+    n_all = len(files)
+    n_files = n_all // n if by_file else n_all   # the interleave's width, as before the slice below
+    if by_file:
+        # Pipeline i reads files i, i+n, ... Sliced here, not by ds.shard(n, i): the same files in the
+        # same order, but the file list is then the dataset's source, so tf.data service's
+        # distributed_epoch (which splits the source among its workers) splits only this share;
+        # a shard() after the split would apply to each worker's part and lose or repeat files.
+        files = files[index::n]
+        counts = None if counts is None else counts[index::n]
     if counts is None:
         ds = tf.data.Dataset.from_tensor_slices(files)
         read = lambda f: tf.data.TFRecordDataset(f, buffer_size=1 << 20)  # noqa: E731
     else:
         ds = tf.data.Dataset.from_tensor_slices((files, tf.constant(counts, tf.int64)))
         read = functools.partial(read_shard_past_corruption, lost=counters()["lost"])
-    if by_file:
-        ds = ds.shard(n, index)
-    n_files = len(files) // n if by_file else len(files)
     if training and (seed is not None or not by_data):
         # new file order every epoch: records of one shard are not always neighbours
-        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(n_all, seed=seed, reshuffle_each_iteration=True)
     ds = ds.interleave(
         read,
         cycle_length=max(1, min(n_files, 16)),  # parallel reads, one reader per shard
