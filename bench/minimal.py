@@ -64,16 +64,23 @@ def minimal_dataset(files: list[str], size: tuple[int, int], batch: int, trainin
             .batch(batch).prefetch(tf.data.AUTOTUNE))
 
 
-def timed_pass(ds, cores: int) -> tuple[int, float, float, float]:
-    """One pass -> (images, images/s, CPU utilisation, CPU ms/image), timed from the first batch to the last."""
+def steady_state(ds) -> tuple[int, int, float, float, float]:
+    """One pass -> (images, images after the first batch, wall s and CPU s (this process, all
+    threads) from the first batch to the last, seconds to the first batch)."""
+    t0 = time.perf_counter()
     n = n1 = 0
     t1 = c1 = None
     for batch in ds:
         n += int(batch[0].shape[0])
         if t1 is None:
             t1, c1, n1 = time.perf_counter(), time.process_time(), n
-    wall, cpu = time.perf_counter() - t1, time.process_time() - c1
-    return n, (n - n1) / wall, cpu / (wall * cores), 1000.0 * cpu / max(1, n - n1)
+    return n, n - n1, time.perf_counter() - t1, time.process_time() - c1, t1 - t0
+
+
+def timed_pass(ds, cores: int) -> tuple[int, float, float, float]:
+    """One pass -> (images, images/s, CPU utilisation, CPU ms/image), timed from the first batch to the last."""
+    n, timed, wall, cpu, _ = steady_state(ds)
+    return n, timed / wall, cpu / (wall * cores), 1000.0 * cpu / max(1, timed)
 
 
 def measure(data: str, cores: int, rounds: int, size: int, batch: int) -> dict:

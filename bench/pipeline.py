@@ -130,15 +130,8 @@ def files_under(folder: str) -> list[str]:
 def one_pass(ds) -> tuple[int, float, float, float]:
     """-> (images, images/s after the first batch, CPU ms per image after it
     (this process: all TF threads), seconds to the first batch)."""
-    t0 = time.perf_counter()
-    n = n1 = 0
-    t1 = c1 = None
-    for batch in ds:
-        n += int(batch[0].shape[0])
-        if t1 is None:
-            t1, c1, n1 = time.perf_counter(), time.process_time(), n
-    dt, dc = time.perf_counter() - t1, time.process_time() - c1
-    return n, (n - n1) / dt, 1000.0 * dc / max(1, n - n1), t1 - t0
+    n, timed, wall, cpu, first = minimal.steady_state(ds)
+    return n, timed / wall, 1000.0 * cpu / max(1, timed), first
 
 
 def decode_floor(paths: list[str]) -> float:
