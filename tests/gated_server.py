@@ -6,7 +6,9 @@ so neither outcome depends on timing. /img/<i>.png is a distinct 32x32 PNG.
 """
 from __future__ import annotations
 
+import subprocess
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -19,6 +21,8 @@ class _Gated(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self):
+        with self.server.count_lock:
+            self.server.requests += 1
         self.server.asked.set()
         self.server.gate.wait(60)
         i = int(self.path.rsplit("/", 1)[-1].split(".")[0])
@@ -32,10 +36,12 @@ class _Gated(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def gated_server():
-    """The server; `.gate` (Event) releases the responses, `.asked` is set at the first request."""
+    """The server; `.gate` (Event) releases the responses, `.asked` is set at the first request,
+    `.requests` counts them."""
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Gated)
     srv.daemon_threads = True
     srv.gate, srv.asked = threading.Event(), threading.Event()
+    srv.requests, srv.count_lock = 0, threading.Lock()   # requests seen (each one waits at the gate)
     srv.base = f"http://127.0.0.1:{srv.server_address[1]}"
     threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     yield srv
@@ -62,3 +68,24 @@ def snapshot(folder) -> dict:
             p = os.path.join(dirpath, n)
             out[p] = (os.path.getmtime(p), open(p, "rb").read())
     return out
+
+
+def race(cmd: list[str], env: dict, cwd: str, timeout: float) -> tuple[subprocess.Popen, subprocess.Popen]:
+    """Start `cmd` twice at once -> (winner, loser): the loser is the first to exit (refused by
+    the lock) while the winner still waits on the gate. Both pipe stdout/stderr as text."""
+    runs = [subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    deadline = time.time() + timeout
+    while time.time() < deadline and all(p.poll() is None for p in runs):
+        time.sleep(0.02)
+    loser = next(p for p in runs if p.poll() is not None)
+    return next(p for p in runs if p is not loser), loser
+
+
+def wait_for_requests(server, n: int, timeout: float) -> bool:
+    """Whether `server` has seen `n` requests within `timeout` s (all of a run's fetches started:
+    its per-file download locks exist, so a snapshot taken now stays still until the gate opens)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and server.requests < n:
+        time.sleep(0.02)
+    return server.requests >= n

@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import ROOT, encode_image, random_image
 from tests.detect.common import CLASSES, image_bytes, read_csv, run, tiny_model
-from tests.gated_server import gated_server, snapshot, url_list  # noqa: F401  (gated_server: a fixture)
+from tests.gated_server import gated_server, race, snapshot, url_list  # noqa: F401  (gated_server: a fixture)
 
 SCRIPT = os.path.join(ROOT, "detect.py")
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
@@ -32,13 +32,7 @@ def test_second_run_on_one_out_is_refused_and_touches_nothing(h5_model, gated_se
     out_dir = tmp_path / "o"
     out = out_dir / "p.csv"
     cmd = detect_cmd("--model", h5_model, lst, "--out", out, "--cache-dir", tmp_path / "cache", "--format", "probs")
-    runs = [subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for _ in range(2)]
-    deadline = time.time() + 120
-    while time.time() < deadline and all(p.poll() is None for p in runs):
-        time.sleep(0.02)
-    loser = next(p for p in runs if p.poll() is not None)
-    winner = next(p for p in runs if p is not loser)
+    winner, loser = race(cmd, ENV, ROOT, timeout=120)
     line = f"error: {out} is being written by another run (pid {winner.pid}); wait for it or choose another --out"
     assert (loser.returncode, loser.stderr.read().strip().splitlines()) == (2, [line])
     assert gated_server.asked.wait(120), "the winner never started downloading"

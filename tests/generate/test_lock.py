@@ -8,12 +8,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
 from tests.conftest import ROOT
-from tests.gated_server import gated_server, snapshot, url_list  # noqa: F401  (gated_server: a fixture)
+from tests.gated_server import gated_server, race, snapshot, url_list, wait_for_requests  # noqa: F401  (gated_server: a fixture)
 from utils.files import LockedError
 from utils.generate.outdir import LOCK, lock_out_dir
 
@@ -28,15 +27,9 @@ def test_two_runs_at_once_one_builds_the_other_is_refused_untouched(gated_server
     out = tmp_path / "data" / "pets"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
     cmd = [sys.executable, SCRIPT, lst, "--out", str(out), "--no-progress"]
-    runs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for _ in range(2)]
-    # the loser exits at once; the winner waits for the gate
-    deadline = time.time() + 60
-    while time.time() < deadline and all(p.poll() is None for p in runs):
-        time.sleep(0.02)
-    loser = next(p for p in runs if p.poll() is not None)
-    winner = next(p for p in runs if p is not loser)
-    assert gated_server.asked.wait(60), "the winner never started downloading"
+    winner, loser = race(cmd, env, ROOT, timeout=60)   # the loser exits at once; the winner waits for the gate
+    # all 6 fetches in flight (the downloader runs 16 at once): the winner's cache is still from here on
+    assert wait_for_requests(gated_server, 6, 60), "the winner never started all its downloads"
     line = f"error: {out} is being written by another run (pid {winner.pid}); wait for it or choose another --out"
     err = loser.stderr.read()
     assert loser.returncode == 2, err
