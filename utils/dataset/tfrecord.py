@@ -83,6 +83,8 @@ def _varint(n: int) -> bytes:
         return _SMALL[n]
     if 0 < n < 16384:   # two bytes: image sides, short lengths
         return bytes(((n & 0x7F) | 0x80, n >> 7))
+    if 0 < n < 2097152:   # three bytes: the length of most photos
+        return bytes(((n & 0x7F) | 0x80, ((n >> 7) & 0x7F) | 0x80, n >> 14))
     n &= 0xFFFFFFFFFFFFFFFF  # int64 two's complement, as protobuf does
     out = bytearray()
     while True:
@@ -132,6 +134,10 @@ def bytes_feature(values) -> list[bytes]:
         v = values[0]
         n = _varint(len(v))
         return [b"\x0a" + _varint(1 + len(n) + len(v)) + b"\x0a" + n + v]
+    if isinstance(values, (list, tuple)) and len(values) == 1:   # one image plane: a small head, the plane
+        v = values[0]
+        n = _varint(len(v))
+        return [b"\x0a" + _varint(1 + len(n) + len(v)) + b"\x0a" + n, v]
     inner: list[bytes] = []
     for v in values:
         inner += (b"\x0a", _varint(len(v)), v)  # BytesList.value = 1, wire type 2
@@ -140,13 +146,16 @@ def bytes_feature(values) -> list[bytes]:
 
 def int64_feature(values) -> list[bytes]:
     """A Feature{int64_list} of `values` (ints, packed), as chunks for encode_example."""
-    return [_int64_feature(tuple(int(v) for v in values))]
+    try:
+        return [_int64_feature(tuple(values))]   # equal numbers hash equal: one cache entry per value set
+    except TypeError:                            # an unhashable value (a 0-d array): as ints
+        return [_int64_feature(tuple(int(v) for v in values))]
 
 
 @functools.lru_cache(maxsize=65536)
 def _int64_feature(values: tuple[int, ...]) -> bytes:
     """Cached: a dataset has few distinct heights, widths, channel counts and label sets."""
-    packed = b"".join([_varint(v) for v in values])
+    packed = b"".join([_varint(int(v)) for v in values])
     return b"".join(_wrap(3, _wrap(1, [packed]) if packed else []))
 
 
@@ -165,18 +174,44 @@ def encode_example_chunks(features: dict[str, list[bytes]]) -> list[bytes]:
     bytes or more (an image plane) stays the caller's object, uncopied, so a
     writer can checksum, hash and write the record without joining it.
     """
-    entries: list[bytes] = []
+    # pieces: the entries' chunks in order; each run of small ones joined as it ends
+    out: list[bytes] = []
+    run: list[bytes] = []
     total = 0
     for k, v in features.items():
+        if len(v) == 1 and len(v[0]) < _SMALL_CHUNK:   # format, sizes, labels, source_id: one small piece
+            e = _small_entry(k, v[0])
+            run.append(e)
+            total += len(e)
+            continue
         key = _key_field(k)
         size = sum(map(len, v))
         vlen = _varint(size)
-        n = len(key) + len(vlen) + size
-        head = b"\x0a" + _varint(n) + key + vlen
-        entries.append(head)
-        entries += v
+        head = b"\x0a" + _varint(len(key) + len(vlen) + size) + key + vlen
+        run.append(head)
         total += len(head) + size
-    return _coalesce([b"\x0a" + _varint(total), *entries])   # Example.features = 1
+        for c in v:
+            if len(c) < _SMALL_CHUNK:
+                run.append(c)
+            else:
+                if run:
+                    out.append(b"".join(run))
+                    run = []
+                out.append(c)
+    if run or not out:
+        out.append(b"".join(run))
+    # every entry starts with a small piece, so out[0] is a joined run: Example.features = 1 leads it
+    out[0] = b"\x0a" + _varint(total) + out[0]
+    return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _small_entry(key: str, value: bytes) -> bytes:
+    """One Features.feature map entry whose Feature is one small chunk. Cached: a dataset has few
+    distinct formats, sizes and label sets (a source_id misses, and costs one entry of an LRU)."""
+    k = _key_field(key)
+    vlen = _varint(len(value))
+    return b"\x0a" + _varint(len(k) + len(vlen) + len(value)) + k + vlen + value
 
 
 def encode_example(features: dict[str, list[bytes]]) -> bytes:
