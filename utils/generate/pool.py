@@ -12,12 +12,17 @@ work that a process pool spreads over the cores. What used to eat the gain
   the index and the plan.
 * one future per image: ~0.27 ms of parent time per task (submit, pickle,
   wake-ups), taken from the same two cores the workers resize on. Images
-  now go CHUNK at a time. Not more: a task's results go back through a
-  pipe that holds 64 KiB, and a worker whose results do not fit waits
-  until the parent is scheduled to read them. Measured on 2,000 photos
-  (--max-side 256, 2 workers, loaded 2-core machine, wall time of the
-  whole build, runs alternated): 8 per task 8.4-22.1 s, 2 per task
-  8.2-17.9 s, one future per image (before) 7.7-18.8 s.
+  now go CHUNK at a time. The executor's own threads in the parent (its
+  manager, which receives and unpickles results, and the call queue's
+  feeder) cost about a fixed amount per task, so the chunk size sets the
+  parent's share. Measured with per-thread CPU time (600 photos,
+  --max-side 256, 2 workers; wall times on the loaded machine were noise):
+  parent CPU per image (all its threads) 243-244 us with 2 per task
+  (manager 90, feeder 31, main thread 95-101), 193-195 with 4, 151-175
+  with 8 (manager 47, feeder 12, main 70-90), 127-132 with 16; the
+  workers' ~3,100 us per image did not move. 8, not 16: a task's results
+  (~20 KB per resized photo) pass a 64 KiB pipe, and the first results and
+  the last task's tail wait for a whole chunk (~8 x 1.5 ms).
 
 A fork is safe here when nothing the child could trip over is running: on
 Linux, with TensorFlow not imported (its threads and locks do not survive a
@@ -37,8 +42,8 @@ import sys
 import threading
 from typing import Callable, Iterable, Iterator
 
-CHUNK = 2              # images per task (see the module doc)
-CHUNKS_PER_WORKER = 4  # tasks in flight per worker: one running, the next ones queued (16 images for 2)
+CHUNK = 8              # images per task (see the module doc)
+CHUNKS_PER_WORKER = 4  # tasks in flight per worker: one running, the next ones queued (64 images for 2)
 
 
 def start_method() -> str:
