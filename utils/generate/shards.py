@@ -87,21 +87,19 @@ def _write_all(f, parts: list[bytes]) -> None:
 
 
 class ShardSink:
-    """Frames, checksums, hashes and writes records on two background threads, in batches.
+    """Frames, checksums, hashes and writes records on a background thread, in batches.
 
     Records come as chunks (utils.dataset.schema.serialize_chunks) and are
     never joined: crc32c, sha256 and writev read the image planes where they
     are, and all three release the GIL, so they run beside the main thread's
-    reading and header checks. Records are handed over ~1 MiB at a time:
-    one queue hand-off and one writev per batch, not per record.
-
-    Two threads, not one: the framer (crc32c + writev, ~35 us per 110 KB
-    photo) and the hasher (sha256 of the framed bytes, ~85 us, in order).
-    With one thread doing both (~120 us), that thread alone was longer
-    than everything the main thread does per photo (read, check, encode:
-    ~70 us), so it set the pace; split, the three share the cores (see
-    bench/generate.py and the README's numbers). Bounded queues cap memory
-    (2 x depth x batch).
+    reading and header checks (sha256 alone costs about what the plain copy
+    of the same bytes does). Records are handed over ~1 MiB at a time and
+    written with one writev per batch: one queue hand-off and one system
+    call per batch, not per record. Measured on bench/generate.py
+    pass-through (1,000 photos, 111 MB, CPU time of the whole run, loaded
+    2-core machine): 308-350 ms before (a writev and a queue item per
+    record, crc32c in the main thread), 253-264 ms with batches. A bounded
+    queue caps memory (depth x batch).
     """
 
     BATCH_BYTES = 1 << 20
@@ -111,39 +109,23 @@ class ShardSink:
         self._sha = hashlib.sha256()
         self._batch: list[list[bytes]] = []
         self._pending = 0
-        self._q: queue.Queue = queue.Queue(maxsize=depth)      # records -> framer
-        self._hq: queue.Queue = queue.Queue(maxsize=depth)     # framed parts -> hasher
-        self._threads = [threading.Thread(target=self._frame, daemon=True),
-                         threading.Thread(target=self._hash, daemon=True)]
-        for t in self._threads:
-            t.start()
+        self._q: queue.Queue = queue.Queue(maxsize=depth)
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
 
-    def _frame(self) -> None:
+    def _run(self) -> None:
         try:
             with open(self.path, "wb", buffering=0) as f:
                 while (batch := self._q.get()) is not None:
                     parts = [c for rec in batch for c in tfrecord.frame_chunks(rec)]
                     _write_all(f, parts)
-                    self._hq.put(parts)
+                    for c in parts:
+                        self._sha.update(c)
+                        self.size += len(c)
         except BaseException as e:  # surfaced by close()
             self.error = e
             while self._q.get() is not None:   # keep draining so write() never blocks forever
                 pass
-        finally:
-            self._hq.put(None)
-
-    def _hash(self) -> None:
-        update, size = self._sha.update, 0
-        try:
-            while (parts := self._hq.get()) is not None:
-                for c in parts:
-                    update(c)
-                    size += len(c)
-        except BaseException as e:  # surfaced by close(); drain so the framer never blocks
-            self.error = self.error or e
-            while self._hq.get() is not None:
-                pass
-        self.size = size
 
     def write(self, rec: bytes) -> None:
         """Add one serialized record."""
@@ -167,8 +149,7 @@ class ShardSink:
         """-> (bytes, sha256) once everything is on disk (in the page cache)."""
         self._flush()
         self._q.put(None)
-        for t in self._threads:
-            t.join()
+        self._t.join()
         if self.error is not None:
             raise self.error
         return self.size, self._sha.hexdigest()
