@@ -155,8 +155,9 @@ def _write_shards(index: Index, plan: list[ShardPlan], out_dir: str, *, resize: 
                 seen.update(done[s.file].get("hashes") or {})
     todo = [s for s in plan if s.file not in done]
     items = index.items
+    loads, sizes, sids = index.loads, index.sizes, index.source_ids
 
-    tasks = ((items[i].load, resize, max_pixels, dedupe) for s in todo for i in s.members)
+    tasks = ((loads.reader(i, sizes.item(i), sids[i]), resize, max_pixels, dedupe) for s in todo for i in s.members)
     results = ordered_results(prepare_item, tasks, executor, workers)
     with progress_bar(progress, total=sum(len(s.members) for s in todo), desc="writing", unit=" img",
                       smoothing=0.1) as bar:
