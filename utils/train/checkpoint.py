@@ -20,6 +20,12 @@ resumed run skips the records of (epoch - phase start) * steps + step batches.
 The dropout RNG states (Keras SeedGenerators: model.variables that are not
 model.weights) are saved too, so a resumed run draws the same masks.
 
+Under MultiWorkerMirroredStrategy only the chief writes the state (the others'
+folders are throw-away, distribute.worker_dir). On --resume the chief reads the
+file's bytes and `load(share=...)` hands them to every worker
+(distribute.from_chief, a collective), so all of them parse the same bytes:
+weights, optimizer, RNG state and position are the chief's, with no shared disk.
+
 `Checkpoint` is the only owner of that state: the loop and the callbacks read and
 change the run record through it, and `save_state` is its one writer.
 """
@@ -75,16 +81,23 @@ class Checkpoint:
         resume_dir: model_save/NAME.resume (created on the first save).
         csv_path: log/NAME/epochs.csv.
         cfg: the resolved config, saved in the run record.
+        chief: whether this process reads the state from disk and prints (a
+            non-chief worker gets the chief's state through `load`'s `share`).
     """
 
-    def __init__(self, resume_dir: str, csv_path: str, cfg: dict):
-        self.resume_dir, self.csv_path, self.cfg = resume_dir, csv_path, cfg
+    def __init__(self, resume_dir: str, csv_path: str, cfg: dict, chief: bool = True):
+        self.resume_dir, self.csv_path, self.cfg, self.chief = resume_dir, csv_path, cfg, chief
         self.run = new_run(cfg)
         self.rows: list[dict] = []
         self.saved: dict | None = None
 
-    def load(self) -> None:
+    def load(self, share=None) -> None:
         """With --resume, read the saved state (a note when there is none).
+
+        Args:
+            share: `share(raw)` -> the chief's raw state bytes (or None) on every
+                worker, given this process's (distribute.from_chief; every worker
+                calls load). None: one process, its own file.
 
         Raises:
             UsageError: the interrupted run had other settings (config.RESUME_MUTABLE
@@ -92,9 +105,11 @@ class Checkpoint:
         """
         if not self.cfg["resume"]:
             return
-        self.saved = load_state(self.resume_dir)
+        raw = read_state_bytes(self.resume_dir) if self.chief else None  # a non-chief's disk never counts
+        self.saved = parse_state(share(raw) if share is not None else raw)
         if self.saved is None:
-            print(f"note: no resume state in {self.resume_dir}; starting from epoch 1", file=sys.stderr)
+            if self.chief:
+                print(f"note: no resume state in {self.resume_dir}; starting from epoch 1", file=sys.stderr)
             return
         changed = resume_mismatch(self.saved["run"]["config"], self.cfg)
         if changed:
@@ -108,8 +123,9 @@ class Checkpoint:
             restore_model(model, self.saved)
             scale.assign(self.run["lr_scale"])
             rows = rows_up_to(read_csv_rows(self.csv_path), self.run["epoch"])
-            print(f"resuming after epoch {self.run['epoch']} ({self.run['phase']} phase)", file=sys.stderr)
-            print(f"resuming at epoch {self.run['epoch'] + 1}, step {self.run['step']}", file=sys.stderr)
+            if self.chief:
+                print(f"resuming after epoch {self.run['epoch']} ({self.run['phase']} phase)", file=sys.stderr)
+                print(f"resuming at epoch {self.run['epoch'] + 1}, step {self.run['step']}", file=sys.stderr)
         if rows:
             write_csv_rows(self.csv_path, rows)  # drops rows of an epoch that died before its checkpoint
         elif os.path.exists(self.csv_path):
@@ -170,11 +186,24 @@ def save_state(resume_dir: str, model, optimizer, run: dict) -> str:
 
 
 def load_state(resume_dir: str) -> dict | None:
-    """{'run': dict, 'model': [arrays], 'optimizer': [arrays]}, or None when there is none."""
+    """{'run': dict, 'model': [arrays], 'optimizer': [arrays], 'rng': [arrays]}, or None when there is none."""
+    return parse_state(read_state_bytes(resume_dir))
+
+
+def read_state_bytes(resume_dir: str) -> bytes | None:
+    """resume_dir/state.npz as bytes (what distribute.from_chief sends), or None when there is none."""
     path = os.path.join(resume_dir, STATE_FILE)
     if not os.path.isfile(path):
         return None
-    with np.load(path, allow_pickle=False) as z:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def parse_state(raw: bytes | None) -> dict | None:
+    """The bytes of a state.npz as load_state returns it (None stays None)."""
+    if raw is None:
+        return None
+    with np.load(io.BytesIO(raw), allow_pickle=False) as z:
         keys = sorted(z.files)
         return {"run": json.loads(str(z["run"])),
                 "model": [z[k] for k in keys if k.startswith("m")],

@@ -13,7 +13,7 @@ from utils.errors import DatasetError
 from utils.input.pipeline import make_dataset
 from utils.input.service import through_service
 from utils.train import distribute
-from utils.train.augment_step import pipeline_augment
+from utils.train.augment_step import pipeline_augment, replica_seed
 from utils.train.phases import Phase
 
 
@@ -66,6 +66,25 @@ def skip_records(steps_done: int, batch: int, ctx) -> int:
     return int(steps_done) * int(batch) * max(1, per_step)
 
 
+def pipeline_seed(seed, ctx):
+    """The seed of one training input pipeline: that of the first replica it feeds (augment_step.replica_seed).
+
+    Under MultiWorkerMirroredStrategy each worker's pipeline then shuffles, crops
+    and augments its records with its own random stream (the same seed on every
+    worker drew the same sequence on all of them), the stream --augment-on device
+    gives that replica too; one pipeline (no strategy, MirroredStrategy, worker 0)
+    keeps --seed itself, so those runs draw as before.
+
+    Args:
+        seed: --seed (None stays None).
+        ctx: the pipeline's tf.distribute.InputContext, or None.
+    """
+    if ctx is None:
+        return seed
+    per_pipeline = max(1, ctx.num_replicas_in_sync // ctx.num_input_pipelines)
+    return replica_seed(seed, ctx.input_pipeline_id * per_pipeline)
+
+
 def make_datasets(cfg: dict, info: dict, strategy, phase: Phase, out_names: list[str], *, val_repeat: bool,
                   validate: bool, counts: tuple[int, int] | None = None, steps_done: int = 0, records_fn=None):
     """(train, val or None) datasets at the phase's size and batch, distributed over the strategy's replicas.
@@ -80,13 +99,14 @@ def make_datasets(cfg: dict, info: dict, strategy, phase: Phase, out_names: list
     `records_fn`: applied to the serialized train records (--hard-examples).
     """
     common = dict(image_size=(phase.image_size, phase.image_size), head=cfg["head"], output_names=out_names,
-                  channels=info["channels"], fold=cfg["fold"], seed=cfg["seed"])
+                  channels=info["channels"], fold=cfg["fold"])
     batch = phase.batch_size or cfg["batch_size"]
 
     def train_split(split, b, ctx, skip):
         return make_dataset(cfg["data"], split, batch_size=b, training=True, augment=pipeline_augment(cfg),
                             cache=cfg["cache"], shuffle_buffer=cfg["shuffle_buffer"], repeat=True,
-                            drop_remainder=True, input_context=ctx, skip=skip, records_fn=records_fn, **common)
+                            drop_remainder=True, input_context=ctx, skip=skip, records_fn=records_fn,
+                            seed=pipeline_seed(cfg["seed"], ctx), **common)
 
     if cfg.get("data_service"):  # each split's stream runs on the workers, one job per input pipeline (its shard)
         local_split = train_split
@@ -105,5 +125,6 @@ def make_datasets(cfg: dict, info: dict, strategy, phase: Phase, out_names: list
     if not validate:
         return train_ds, None
     val = distribute.distributed_dataset(strategy, lambda b, ctx: make_dataset(
-        cfg["data"], "val", batch_size=b, training=False, repeat=val_repeat, input_context=ctx, **common), batch)
+        cfg["data"], "val", batch_size=b, training=False, repeat=val_repeat, input_context=ctx, seed=cfg["seed"],
+        **common), batch)
     return train_ds, val

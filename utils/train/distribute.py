@@ -2,7 +2,10 @@
 
 Multi-worker: every worker runs the same save calls (reading distributed
 variables may need collectives on all workers), but only the chief writes
-to model_save/ and log/; the others write into a throw-away temp dir.
+to model_save/ and log/; the others write into a throw-away temp dir. So only
+the chief has a resume state: `from_chief` sends it to the others through the
+strategy's collectives (no shared storage needed), and every worker starts
+from exactly those bytes.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import os
 import tempfile
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from utils.errors import UsageError
@@ -147,6 +151,51 @@ def fix_multiworker_build(model, strategy) -> None:
     model._maybe_symbolic_build = maybe_symbolic_build
     model.train_step = rank1(model.train_step)
     model.test_step = rank1(model.test_step)
+
+
+BROADCAST_WORDS = 1 << 22  # int32 words (16 MB) per collective: a large state goes in pieces
+
+
+def holds_replica_0(strategy) -> bool:
+    """Whether this process holds replica 0, the one `from_chief` sends from.
+
+    Under MultiWorkerMirroredStrategy that is the chief's first device (TF numbers
+    replicas by id_in_cluster: the "chief" task, else worker 0, as is_chief says).
+    """
+    ids = strategy.experimental_distribute_values_from_function(lambda ctx: ctx.replica_id_in_sync_group)
+    return 0 in strategy.experimental_local_results(ids)
+
+
+def _from_replica_0(strategy, array: np.ndarray) -> np.ndarray:
+    """A broadcast as an all-reduce SUM: replica 0 gives `array`, every other replica zeros (exact for ints)."""
+    def value(ctx):
+        return tf.constant(array if ctx.replica_id_in_sync_group == 0 else np.zeros_like(array))
+
+    per_replica = strategy.experimental_distribute_values_from_function(value)
+    return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None).numpy()
+
+
+def from_chief(strategy, data: bytes | None) -> bytes | None:
+    """The chief's `data` on every worker; just `data` without MultiWorkerMirroredStrategy.
+
+    What a non-chief passes is ignored (a state on its own disk must not win).
+    Every worker must call it at the same point (it is a collective).
+
+    Args:
+        data: bytes on the chief, or None (then every worker gets None).
+    """
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return data
+    if not holds_replica_0(strategy):
+        data = None
+    mine = 0 if data is None else len(data) + 1  # 0: the chief has none
+    size = int(_from_replica_0(strategy, np.array([mine], np.int64))[0]) - 1
+    if size < 0:
+        return None
+    words = -(-size // 4)
+    buf = np.zeros(words, np.int32) if data is None else np.frombuffer(data.ljust(words * 4, b"\0"), np.int32)
+    pieces = [_from_replica_0(strategy, buf[i:i + BROADCAST_WORDS]) for i in range(0, words, BROADCAST_WORDS)]
+    return b"".join(p.astype(np.int32).tobytes() for p in pieces)[:size]
 
 
 def worker_dir(base: str, chief: bool) -> str:

@@ -137,8 +137,8 @@ def train_locked(cfg: dict, spec, strategy, info: dict, paths: RunPaths, sizes: 
     keras.utils.set_random_seed(cfg["seed"])
     if cfg["mixed_precision"]:
         distribute.use_mixed_precision()
-    checkpoint = Checkpoint(paths.resume_dir, paths.csv_path, cfg)
-    checkpoint.load()
+    checkpoint = Checkpoint(paths.resume_dir, paths.csv_path, cfg, chief=paths.chief)
+    checkpoint.load(share=lambda raw: distribute.from_chief(strategy, raw))  # multi-worker: the chief's, on all
 
     phases = plan_phases(cfg, strategy.num_replicas_in_sync)
     n_fit = n_train + (n_val if mixed else 0)
