@@ -94,3 +94,40 @@ def write_dataset(root, splits: dict, *, class_names: list[str], multi_label: bo
     with open(os.path.join(root, "labels.json"), "w") as f:
         json.dump(list(class_names), f)
     return root
+
+
+# ----------------------------------------------------------------------------- servers and runs
+import contextlib  # noqa: E402
+import threading  # noqa: E402
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """A request handler that logs nothing (keeps pytest output clean); handlers here subclass it."""
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def serve(handler, **attrs):
+    """A ThreadingHTTPServer on 127.0.0.1 (a free port) running `handler`, stopped on leaving.
+
+    Args:
+        handler: the request handler class (or a functools.partial of one).
+        **attrs: set on the server before it starts; handlers read them as self.server.NAME.
+    Returns:
+        (yields) the server; `.base` is its URL, http://127.0.0.1:PORT.
+    """
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    srv.daemon_threads = True
+    for name, value in attrs.items():
+        setattr(srv, name, value)
+    srv.base = f"http://127.0.0.1:{srv.server_address[1]}"
+    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
