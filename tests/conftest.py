@@ -98,7 +98,9 @@ def write_dataset(root, splits: dict, *, class_names: list[str], multi_label: bo
 
 # ----------------------------------------------------------------------------- servers and runs
 import contextlib  # noqa: E402
+import signal  # noqa: E402
 import threading  # noqa: E402
+import time  # noqa: E402
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
 
 
@@ -131,3 +133,23 @@ def serve(handler, **attrs):
         srv.shutdown()
         srv.server_close()
 
+
+def wait_for(pred, proc, timeout: float, poll: float = 0.02) -> None:
+    """Poll `pred()` until it holds, while the subprocess `proc` still runs.
+
+    Raises:
+        AssertionError: `proc` ended first (with the tail of its stderr, if piped), or `timeout` s passed.
+    """
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not pred():
+        time.sleep(poll)
+    tail = proc.stderr.read()[-800:] if proc.poll() is not None and proc.stderr else ""
+    assert proc.poll() is None, "the run ended first: " + tail
+    assert pred(), f"timed out after {timeout} s"
+
+
+def kill_9_when(path, proc, timeout: float, poll: float = 0.02) -> None:
+    """kill -9 the subprocess `proc` as soon as `path` exists (the state a resume starts from), and reap it."""
+    wait_for(lambda: os.path.exists(path), proc, timeout, poll)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from tests.conftest import ROOT, encode_image, random_image
+from tests.conftest import ROOT, encode_image, kill_9_when, random_image
 from tests.detect.common import CLASSES, image_bytes, read_csv, run, tiny_model
 from tests.gated_server import gated_server, race, snapshot, url_list  # noqa: F401  (gated_server: a fixture)
 
@@ -85,11 +83,7 @@ def test_resume_after_kill_9_gives_the_clean_csv(tmp_path):
     p = subprocess.Popen(detect_cmd(*args, "--out", out), cwd=ROOT, env=ENV,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = tmp_path / "sub.csv.partial.json"
-    deadline = time.time() + 300
-    while time.time() < deadline and p.poll() is None and not state.exists():
-        time.sleep(0.005)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
+    kill_9_when(state, p, timeout=300, poll=0.005)
     assert not out.exists(), "the run finished before it could be killed"
     done = json.load(open(state))["rows"]
     assert 0 < done < 1500

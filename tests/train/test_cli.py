@@ -9,16 +9,14 @@ that train are marked slow; the preview and the bad-input checks stay fast.
 """
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, encode_image, write_dataset
+from tests.conftest import ROOT, encode_image, kill_9_when, write_dataset
 
 CLASSES = ["red", "green", "blue"]
 COLOURS = [(220, 30, 30), (30, 200, 40), (40, 60, 230)]
@@ -297,14 +295,7 @@ def test_kill_9_then_resume(tiny, data, tmp_path, capsys):
                  "--out", "model_save/r.h5")
     state = tmp_path / "model_save" / "r.resume"
     p = runner(argv, cwd=tmp_path)
-    deadline = time.time() + 150
-    while time.time() < deadline and p.poll() is None:
-        if (state / "state.npz").exists():
-            break
-        time.sleep(0.02)
-    assert p.poll() is None, "the run ended before it could be killed: " + p.stderr.read()[-500:]
-    os.kill(p.pid, signal.SIGKILL)
-    p.wait()
+    kill_9_when(state / "state.npz", p, timeout=150)
     done = load_state(str(state))["run"]["epoch"]
     assert 1 <= done < 5
     assert not os.path.exists(tmp_path / "model_save" / "r.h5")

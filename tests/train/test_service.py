@@ -6,7 +6,6 @@ The runs use test_cli's tiny backbone; --weights none, 2 steps an epoch.
 """
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, kill_9_when
 from tests.input.test_service import free_port, start, stop
 from tests.train.test_cli import csv_rows, quick, run_main, run_two_workers, runner, shapes_dataset, tiny  # noqa: F401 - fixture
 from tests.train.test_hard import write_losses
@@ -116,12 +115,7 @@ def test_resume_through_the_service_trains_the_remaining_steps(tiny, data, servi
                  "--data-service", service)
     state = tmp_path / "model_save" / "r.resume"
     p = runner(argv, cwd=tmp_path)
-    deadline = time.time() + 200
-    while time.time() < deadline and p.poll() is None and not (state / "state.npz").exists():
-        time.sleep(0.05)
-    assert p.poll() is None, "the run ended before it could be killed: " + p.stderr.read()[-800:]
-    os.kill(p.pid, signal.SIGKILL)
-    p.wait()
+    kill_9_when(state / "state.npz", p, timeout=200, poll=0.05)
     done = load_state(str(state))["run"]["epoch"]
     assert 1 <= done < 3
     code, out, err = run_main(argv + ["--resume"], capsys)
