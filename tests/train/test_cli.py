@@ -111,6 +111,13 @@ def run_main(argv, capsys):
     return code, out, err
 
 
+def epoch_rows(data, name, capsys, *flags) -> list[dict]:
+    """Train with `flags` and --out model_save/NAME.h5 (must exit 0) -> the rows of log/NAME/epochs.csv."""
+    code, _, err = run_main(quick(data, *flags, "--out", f"model_save/{name}.h5"), capsys)
+    assert code == 0, err
+    return csv_rows(f"log/{name}/epochs.csv")
+
+
 # ----------------------------------------------------------------- end to end
 
 
@@ -162,13 +169,8 @@ def test_end_to_end_artefacts_and_reload(tiny, data, capsys, tmp_path):
 def test_head_warmup_then_finetune(tiny, data, capsys):
     import keras
 
-    code, out, err = run_main(quick(data, "--epochs", "2", "--warmup-epochs", "1", "--out", "model_save/w.h5",
-                                    "--ema", "--accum-steps", "2", "--optimizer", "adamw", "--schedule", "constant",
-                                    "--finetune-lr-mult", "0.1"), capsys)
-    assert code == 0, err
-    import csv
-
-    rows = list(csv.DictReader(open("log/w/epochs.csv")))
+    rows = epoch_rows(data, "w", capsys, "--epochs", "2", "--warmup-epochs", "1", "--ema", "--accum-steps", "2",
+                      "--optimizer", "adamw", "--schedule", "constant", "--finetune-lr-mult", "0.1")
     assert [r["epoch"] for r in rows] == ["0", "1"]
     # heads at --lr, then everything at lr * --finetune-lr-mult
     assert [float(r["lr"]) for r in rows] == pytest.approx([1e-3, 1e-4], rel=1e-5)
@@ -179,13 +181,10 @@ def test_head_warmup_then_finetune(tiny, data, capsys):
 def test_mixed_precision_jit_cache_step_early_stop(tiny, data, capsys):
     import keras
 
-    code, out, err = run_main(quick(data, "--epochs", "4", "--mixed-precision", "--jit", "--cache", "--schedule",
-                                    "step", "--step-epochs", "1", "--early-stop", "1", "--lr", "1e-6",
-                                    "--out", "model_save/mp.h5"), capsys)
-    assert code == 0, err
+    rows = epoch_rows(data, "mp", capsys, "--epochs", "4", "--mixed-precision", "--jit", "--cache", "--schedule",
+                      "step", "--step-epochs", "1", "--early-stop", "1", "--lr", "1e-6")
     meta = json.load(open("model_save/mp.json"))
     assert meta["config"]["mixed_precision"] and meta["config"]["jit"]
-    rows = list(__import__("csv").DictReader(open("log/mp/epochs.csv")))
     if meta["history"]["early_stopped"]:  # at lr 1e-6 the score rarely improves twice in a row
         assert len(rows) < 4
     lrs = [float(r["lr"]) for r in rows]
