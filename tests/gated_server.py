@@ -79,3 +79,21 @@ def wait_for_requests(server, n: int, timeout: float) -> bool:
     while time.time() < deadline and server.requests < n:
         time.sleep(0.02)
     return server.requests >= n
+
+
+def third_run_is_refused(cmd: list[str], env: dict, cwd: str, folder, line: str, winner: subprocess.Popen,
+                         timeout: float) -> None:
+    """While `winner` holds the lock, a third run of `cmd` exits 2 with `line` as its only stderr
+    line, and `folder` stays as it was (every file's mtime and bytes)."""
+    before = snapshot(folder)
+    third = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert (third.returncode, third.stderr.strip().splitlines()) == (2, [line]), third.stderr[-2000:]
+    assert snapshot(folder) == before, "the refused run changed the output"
+    assert winner.poll() is None, "the winner ended before the gate opened"
+
+
+def open_gate(server, winner: subprocess.Popen, timeout: float = 120) -> None:
+    """Release the held responses; the winner then finishes with exit 0."""
+    server.gate.set()
+    _, err = winner.communicate(timeout=timeout)
+    assert winner.returncode == 0, err[-2000:]

@@ -12,7 +12,8 @@ import pytest
 
 from tests.conftest import ROOT, encode_image, kill_9_when, random_image
 from tests.detect.common import CLASSES, image_bytes, read_csv, run, tiny_model
-from tests.gated_server import gated_server, race, snapshot, url_list  # noqa: F401  (gated_server: a fixture)
+from tests.gated_server import (gated_server, open_gate, race, third_run_is_refused,  # noqa: F401  (a fixture)
+                                url_list)
 
 SCRIPT = os.path.join(ROOT, "detect.py")
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
@@ -34,13 +35,8 @@ def test_second_run_on_one_out_is_refused_and_touches_nothing(h5_model, gated_se
     line = f"error: {out} is being written by another run (pid {winner.pid}); wait for it or choose another --out"
     assert (loser.returncode, loser.stderr.read().strip().splitlines()) == (2, [line])
     assert gated_server.asked.wait(120), "the winner never started downloading"
-    before = snapshot(out_dir)
-    third = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
-    assert (third.returncode, third.stderr.strip().splitlines()) == (2, [line])
-    assert snapshot(out_dir) == before and winner.poll() is None
-    gated_server.gate.set()
-    _, err = winner.communicate(timeout=120)
-    assert winner.returncode == 0, err
+    third_run_is_refused(cmd, ENV, ROOT, out_dir, line, winner, timeout=120)
+    open_gate(gated_server, winner)
     rows = read_csv(out)
     assert rows[0] == ["id", *CLASSES] and [r[0] for r in rows[1:]] == [f"im{i}" for i in range(6)]
 
