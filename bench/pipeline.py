@@ -68,6 +68,7 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import minimal  # noqa: E402  (bench/minimal.py, next to this file)
+from image_flags import add_image_flags  # noqa: E402  (bench/image_flags.py, next to this file)
 
 CLASSES = 5
 TARGET = 2.0  # --short-side shards vs keras, warm and cold
@@ -297,11 +298,7 @@ def minimal_compare(args, short_dir: str) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--images", type=int, default=2000, help="number of JPEGs to write (default 2000)")
-    p.add_argument("--min-side", type=int, default=300, help="smallest image side in px (default 300)")
-    p.add_argument("--max-side", type=int, default=500, help="largest image side in px (default 500)")
-    p.add_argument("--size", type=int, default=224, help="output size in px, every pipeline (default 224)")
-    p.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
+    add_image_flags(p, images=2000, max_side=500)
     p.add_argument("--rounds", type=int, default=5, help="timed passes per pipeline (default 5)")
     p.add_argument("--mode", choices=("cold", "warm", "both"), default="both",
                    help="page cache evicted before each pass (cold), kept (warm), or both (default)")
@@ -309,7 +306,6 @@ def main(argv=None) -> int:
                    help="baselines to run: keras image_dataset_from_directory, the minimal tf.data "
                         "pipeline on 1 and all CPUs, or both (default)")
     p.add_argument("--check", type=int, default=200, help="images compared for picture quality (default 200)")
-    p.add_argument("--workdir", default=None, help="where to write images and shards (default: a temp dir, removed)")
     p.add_argument("--seed", type=int, default=0, help="image generation seed")
     args = p.parse_args(argv)
 
