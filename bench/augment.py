@@ -39,17 +39,15 @@ import argparse
 import contextlib
 import io
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-from image_flags import add_image_flags  # noqa: E402  (bench/image_flags.py, next to this file)
+from image_flags import add_image_flags, work_dir  # noqa: E402  (bench/image_flags.py, next to this file)
 
 # name -> (albumentations' op, its CPU ms/img on 1 core, our target for the ADDED ms/img)
 REFERENCE = {
@@ -106,8 +104,7 @@ def main(argv=None) -> int:
 
     from utils.input.pipeline import make_dataset
 
-    work = args.workdir or tempfile.mkdtemp(prefix="bench-augment-")
-    try:
+    with work_dir(args.workdir, "bench-augment-") as work:
         folder = os.path.join(work, "images")
         data = os.path.join(work, "short")
         if not os.path.isfile(os.path.join(data, "manifest.json")):
@@ -159,9 +156,6 @@ def main(argv=None) -> int:
             print(f"| {name} | {med(rates[name]):,.0f} | {med(cpu[name]):.2f} | "
                   f"{'-' if name == 'none' else f'{a:.3f}'} | {verdict} | "
                   f"{op if ref is None else f'{op} {ref} ms'} | {med(startup[name]):,.0f} |")
-    finally:
-        if not args.workdir:
-            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -54,11 +54,9 @@ import contextlib
 import io
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -68,7 +66,7 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import minimal  # noqa: E402  (bench/minimal.py, next to this file)
-from image_flags import add_image_flags  # noqa: E402  (bench/image_flags.py, next to this file)
+from image_flags import add_image_flags, work_dir  # noqa: E402  (bench/image_flags.py, next to this file)
 
 CLASSES = 5
 TARGET = 2.0  # --short-side shards vs keras, warm and cold
@@ -309,8 +307,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="image generation seed")
     args = p.parse_args(argv)
 
-    work = args.workdir or tempfile.mkdtemp(prefix="bench-pipeline-")
-    try:
+    with work_dir(args.workdir, "bench-pipeline-") as work:
         folder = os.path.join(work, "images")
         paths = make_images(folder, args.images, args.min_side, args.max_side, args.seed)
         data = {PASS: os.path.join(work, "pass"), SHORT: os.path.join(work, "short")}
@@ -319,9 +316,6 @@ def main(argv=None) -> int:
             keras_compare(args, folder, paths, data, build_s)
         if args.compare in ("minimal", "both"):
             minimal_compare(args, data[SHORT])
-    finally:
-        if not args.workdir:
-            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
