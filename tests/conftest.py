@@ -153,3 +153,17 @@ def kill_9_when(path, proc, timeout: float, poll: float = 0.02) -> None:
     wait_for(lambda: os.path.exists(path), proc, timeout, poll)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+def free_ports(n: int = 1) -> list[int]:
+    """`n` distinct ports on 127.0.0.1 that nothing listens on now (held together while picked)."""
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()

@@ -8,14 +8,13 @@ counts requests per path, so retries and cache hits are asserted, not assumed.
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 from collections import Counter
 
 import pytest
 
-from tests.conftest import QuietHandler, encode_image, random_image, serve
+from tests.conftest import QuietHandler, encode_image, free_ports, random_image, serve
 from utils.sources.download import DownloadError, cache_path, fetch_all
 
 SLOW_S = 1.5          # the slow route sleeps this long; tests use timeouts of ~0.4 s
@@ -87,14 +86,6 @@ def http_server():
         yield srv
 
 
-def closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def test_each_outcome_has_its_reason(http_server, tmp_path):
     b = http_server.base
     items = [
@@ -108,7 +99,7 @@ def test_each_outcome_has_its_reason(http_server, tmp_path):
         ("bigstream", f"{b}/big-stream"),
         ("ftp", "ftp://127.0.0.1/x.jpg"),
         ("noscheme", "example.com/x.jpg"),
-        ("refused", f"http://127.0.0.1:{closed_port()}/x.jpg"),
+        ("refused", f"http://127.0.0.1:{free_ports()[0]}/x.jpg"),
     ]
     res = fetch_all(items, str(tmp_path), **FAST)
     assert list(res) == [k for k, _ in items]

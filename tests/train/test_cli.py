@@ -9,14 +9,13 @@ that train are marked slow; the preview and the bad-input checks stay fast.
 """
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, encode_image, kill_9_when, write_dataset
+from tests.conftest import ROOT, encode_image, free_ports, kill_9_when, write_dataset
 
 CLASSES = ["red", "green", "blue"]
 COLOURS = [(220, 30, 30), (30, 200, 40), (40, 60, 230)]
@@ -315,16 +314,6 @@ def test_kill_9_then_resume(tiny, data, tmp_path, capsys):
     meta_r = json.load(open(tmp_path / "model_save" / "r.json"))
     meta_ref = json.load(open(tmp_path / "model_save" / "ref.json"))
     assert meta_r["history"]["iterations"] == meta_ref["history"]["iterations"] == 5 * 24
-
-
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def start_two_workers(argv, tmp_path) -> list:

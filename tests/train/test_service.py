@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT, kill_9_when
-from tests.input.test_service import free_port, start, stop
+from tests.conftest import ROOT, free_ports, kill_9_when
+from tests.input.test_service import start, stop
 from tests.train.test_cli import csv_rows, quick, run_main, run_two_workers, runner, shapes_dataset, tiny  # noqa: F401 - fixture
 from tests.train.test_hard import write_losses
 
@@ -27,7 +27,7 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def service():
     """grpc://127.0.0.1:PORT of a dispatcher with two workers (all three started at once)."""
-    port = free_port()
+    port = free_ports()[0]
     procs = [start(["dispatcher", "--port", str(port)])]
     procs += [start(["worker", "--dispatcher", f"127.0.0.1:{port}", "--address", "127.0.0.1"]) for _ in range(2)]
     try:
@@ -53,7 +53,7 @@ def test_malformed_data_service_is_one_line(tiny, data, capsys):
 
 
 def test_nothing_at_the_dispatcher_address_is_one_line_and_exit_2(tiny, data, capsys):
-    port = free_port()
+    port = free_ports()[0]
     t = time.monotonic()
     code, out, err = run_main(quick(data, "--epochs", "1", "--data-service", f"grpc://127.0.0.1:{port}"), capsys)
     assert code == 2 and time.monotonic() - t < 15
