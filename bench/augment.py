@@ -39,16 +39,15 @@ import argparse
 import contextlib
 import io
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+from image_flags import add_image_flags, work_dir  # noqa: E402  (bench/image_flags.py, next to this file)
 
 # name -> (albumentations' op, its CPU ms/img on 1 core, our target for the ADDED ms/img)
 REFERENCE = {
@@ -83,18 +82,13 @@ def one_pass(ds) -> tuple[int, float, float]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cores", type=int, default=1, help="CPUs this process may use (default 1)")
-    p.add_argument("--images", type=int, default=200, help="synthetic JPEGs to write (default 200)")
-    p.add_argument("--min-side", type=int, default=300, help="smallest side of a written JPEG in px (default 300)")
-    p.add_argument("--max-side", type=int, default=400, help="largest side of a written JPEG in px (default 400)")
-    p.add_argument("--size", type=int, default=224, help="model input and --short-side in px (default 224)")
-    p.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
+    add_image_flags(p, images=200, max_side=400)
     p.add_argument("--epochs", type=int, default=3,
                    help="epochs of the long timed pass; the short one is a quarter of it (default 3)")
     p.add_argument("--rounds", type=int, default=3, help="timed pairs of passes per pipeline (default 3)")
     p.add_argument("--warmup", type=int, default=2,
                    help="untimed passes per pipeline before the rounds (default 2: every RandAugment op compiled)")
     p.add_argument("--only", default=None, help="comma list of augmentations to time (default: all); none is always timed")
-    p.add_argument("--workdir", default=None, help="where to write images and shards (default: a temp dir, removed)")
     args = p.parse_args(argv)
     names = list(REFERENCE)
     if args.only:
@@ -110,8 +104,7 @@ def main(argv=None) -> int:
 
     from utils.input.pipeline import make_dataset
 
-    work = args.workdir or tempfile.mkdtemp(prefix="bench-augment-")
-    try:
+    with work_dir(args.workdir, "bench-augment-") as work:
         folder = os.path.join(work, "images")
         data = os.path.join(work, "short")
         if not os.path.isfile(os.path.join(data, "manifest.json")):
@@ -163,9 +156,6 @@ def main(argv=None) -> int:
             print(f"| {name} | {med(rates[name]):,.0f} | {med(cpu[name]):.2f} | "
                   f"{'-' if name == 'none' else f'{a:.3f}'} | {verdict} | "
                   f"{op if ref is None else f'{op} {ref} ms'} | {med(startup[name]):,.0f} |")
-    finally:
-        if not args.workdir:
-            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -18,6 +18,7 @@ run in its workers (a download pipeline, then the write pipeline).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import hashlib
 import os
@@ -26,14 +27,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from tests.conftest import random_image, write_image  # noqa: E402
+from tests.conftest import QuietHandler, random_image, serve, write_image  # noqa: E402
 
 
 def make_images(root: str, n: int, classes: int = 5) -> None:
@@ -42,23 +42,22 @@ def make_images(root: str, n: int, classes: int = 5) -> None:
         write_image(os.path.join(root, f"class{i % classes}", f"{i:05d}.png"), random_image(i, side, side, blocky=False))
 
 
-class QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
+class QuietFiles(QuietHandler, SimpleHTTPRequestHandler):
+    pass
 
 
-def serve_list(src: str, list_path: str) -> ThreadingHTTPServer:
-    """Serve `src` on 127.0.0.1 and write a URL list of its images (id,url,one 0/1 column per class)."""
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=src))
-    srv.daemon_threads = True
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    classes = sorted(os.listdir(src))
-    with open(list_path, "w") as f:
-        for c in classes:
-            for n in sorted(os.listdir(os.path.join(src, c))):
-                flags = ",".join("1" if c == k else "0" for k in classes)
-                f.write(f"{c}-{n},http://127.0.0.1:{srv.server_address[1]}/{c}/{n},{flags}\n")
-    return srv
+@contextlib.contextmanager
+def serve_list(src: str, list_path: str):
+    """Serve `src` on 127.0.0.1 (stopped on leaving) and write a URL list of its images
+    (id,url,one 0/1 column per class)."""
+    with serve(functools.partial(QuietFiles, directory=src)) as srv:
+        classes = sorted(os.listdir(src))
+        with open(list_path, "w") as f:
+            for c in classes:
+                for n in sorted(os.listdir(os.path.join(src, c))):
+                    flags = ",".join("1" if c == k else "0" for k in classes)
+                    f.write(f"{c}-{n},{srv.base}/{c}/{n},{flags}\n")
+        yield srv
 
 
 def run(src: str, out: str, workers: int, beam: bool) -> float:
@@ -90,17 +89,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, "src")
         make_images(src, a.n)
-        srv = serve_list(src, os.path.join(tmp, "list.txt")) if a.urls else None
         what = os.path.join(tmp, "list.txt") if a.urls else src
         local, beam = [], []
-        try:
+        with serve_list(src, what) if a.urls else contextlib.nullcontext():
             for _ in range(a.rounds):
                 local.append(run(what, os.path.join(tmp, "local"), a.workers, beam=False))
                 beam.append(run(what, os.path.join(tmp, "beam"), a.workers, beam=True))
-        finally:
-            if srv is not None:
-                srv.shutdown()
-                srv.server_close()
         same = shard_digest(os.path.join(tmp, "local")) == shard_digest(os.path.join(tmp, "beam"))
     lm, bm = statistics.median(local), statistics.median(beam)
     kind = "URL list on 127.0.0.1" if a.urls else "image folder"

@@ -54,11 +54,9 @@ import contextlib
 import io
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -68,6 +66,7 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import minimal  # noqa: E402  (bench/minimal.py, next to this file)
+from image_flags import add_image_flags, work_dir  # noqa: E402  (bench/image_flags.py, next to this file)
 
 CLASSES = 5
 TARGET = 2.0  # --short-side shards vs keras, warm and cold
@@ -297,11 +296,7 @@ def minimal_compare(args, short_dir: str) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--images", type=int, default=2000, help="number of JPEGs to write (default 2000)")
-    p.add_argument("--min-side", type=int, default=300, help="smallest image side in px (default 300)")
-    p.add_argument("--max-side", type=int, default=500, help="largest image side in px (default 500)")
-    p.add_argument("--size", type=int, default=224, help="output size in px, every pipeline (default 224)")
-    p.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
+    add_image_flags(p, images=2000, max_side=500)
     p.add_argument("--rounds", type=int, default=5, help="timed passes per pipeline (default 5)")
     p.add_argument("--mode", choices=("cold", "warm", "both"), default="both",
                    help="page cache evicted before each pass (cold), kept (warm), or both (default)")
@@ -309,12 +304,10 @@ def main(argv=None) -> int:
                    help="baselines to run: keras image_dataset_from_directory, the minimal tf.data "
                         "pipeline on 1 and all CPUs, or both (default)")
     p.add_argument("--check", type=int, default=200, help="images compared for picture quality (default 200)")
-    p.add_argument("--workdir", default=None, help="where to write images and shards (default: a temp dir, removed)")
     p.add_argument("--seed", type=int, default=0, help="image generation seed")
     args = p.parse_args(argv)
 
-    work = args.workdir or tempfile.mkdtemp(prefix="bench-pipeline-")
-    try:
+    with work_dir(args.workdir, "bench-pipeline-") as work:
         folder = os.path.join(work, "images")
         paths = make_images(folder, args.images, args.min_side, args.max_side, args.seed)
         data = {PASS: os.path.join(work, "pass"), SHORT: os.path.join(work, "short")}
@@ -323,9 +316,6 @@ def main(argv=None) -> int:
             keras_compare(args, folder, paths, data, build_s)
         if args.compare in ("minimal", "both"):
             minimal_compare(args, data[SHORT])
-    finally:
-        if not args.workdir:
-            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

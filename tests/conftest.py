@@ -94,3 +94,76 @@ def write_dataset(root, splits: dict, *, class_names: list[str], multi_label: bo
     with open(os.path.join(root, "labels.json"), "w") as f:
         json.dump(list(class_names), f)
     return root
+
+
+# ----------------------------------------------------------------------------- servers and runs
+import contextlib  # noqa: E402
+import signal  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """A request handler that logs nothing (keeps pytest output clean); handlers here subclass it."""
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def serve(handler, **attrs):
+    """A ThreadingHTTPServer on 127.0.0.1 (a free port) running `handler`, stopped on leaving.
+
+    Args:
+        handler: the request handler class (or a functools.partial of one).
+        **attrs: set on the server before it starts; handlers read them as self.server.NAME.
+    Returns:
+        (yields) the server; `.base` is its URL, http://127.0.0.1:PORT.
+    """
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    srv.daemon_threads = True
+    for name, value in attrs.items():
+        setattr(srv, name, value)
+    srv.base = f"http://127.0.0.1:{srv.server_address[1]}"
+    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def wait_for(pred, proc, timeout: float, poll: float = 0.02) -> None:
+    """Poll `pred()` until it holds, while the subprocess `proc` still runs.
+
+    Raises:
+        AssertionError: `proc` ended first (with the tail of its stderr, if piped), or `timeout` s passed.
+    """
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not pred():
+        time.sleep(poll)
+    tail = proc.stderr.read()[-800:] if proc.poll() is not None and proc.stderr else ""
+    assert proc.poll() is None, "the run ended first: " + tail
+    assert pred(), f"timed out after {timeout} s"
+
+
+def kill_9_when(path, proc, timeout: float, poll: float = 0.02) -> None:
+    """kill -9 the subprocess `proc` as soon as `path` exists (the state a resume starts from), and reap it."""
+    wait_for(lambda: os.path.exists(path), proc, timeout, poll)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def free_ports(n: int = 1) -> list[int]:
+    """`n` distinct ports on 127.0.0.1 that nothing listens on now (held together while picked)."""
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()

@@ -9,17 +9,13 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.conftest import encode_image, random_image
+from tests.conftest import QuietHandler, encode_image, random_image, serve
 
 
-class _Gated(BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
+class _Gated(QuietHandler):
     def do_GET(self):
         with self.server.count_lock:
             self.server.requests += 1
@@ -38,16 +34,10 @@ class _Gated(BaseHTTPRequestHandler):
 def gated_server():
     """The server; `.gate` (Event) releases the responses, `.asked` is set at the first request,
     `.requests` counts them."""
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Gated)
-    srv.daemon_threads = True
-    srv.gate, srv.asked = threading.Event(), threading.Event()
-    srv.requests, srv.count_lock = 0, threading.Lock()   # requests seen (each one waits at the gate)
-    srv.base = f"http://127.0.0.1:{srv.server_address[1]}"
-    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    yield srv
-    srv.gate.set()
-    srv.shutdown()
-    srv.server_close()
+    with serve(_Gated, gate=threading.Event(), asked=threading.Event(),
+               requests=0, count_lock=threading.Lock()) as srv:
+        yield srv
+        srv.gate.set()   # a held response would keep its handler thread waiting
 
 
 def url_list(path, n: int, base: str, labels: int = 2) -> str:
@@ -89,3 +79,21 @@ def wait_for_requests(server, n: int, timeout: float) -> bool:
     while time.time() < deadline and server.requests < n:
         time.sleep(0.02)
     return server.requests >= n
+
+
+def third_run_is_refused(cmd: list[str], env: dict, cwd: str, folder, line: str, winner: subprocess.Popen,
+                         timeout: float) -> None:
+    """While `winner` holds the lock, a third run of `cmd` exits 2 with `line` as its only stderr
+    line, and `folder` stays as it was (every file's mtime and bytes)."""
+    before = snapshot(folder)
+    third = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert (third.returncode, third.stderr.strip().splitlines()) == (2, [line]), third.stderr[-2000:]
+    assert snapshot(folder) == before, "the refused run changed the output"
+    assert winner.poll() is None, "the winner ended before the gate opened"
+
+
+def open_gate(server, winner: subprocess.Popen, timeout: float = 120) -> None:
+    """Release the held responses; the winner then finishes with exit 0."""
+    server.gate.set()
+    _, err = winner.communicate(timeout=timeout)
+    assert winner.returncode == 0, err[-2000:]

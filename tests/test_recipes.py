@@ -15,13 +15,11 @@ marked slow; the times measured are in the README's Recipes section.
 """
 import csv
 import os
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, encode_image, random_image, write_image
+from tests.conftest import ROOT, QuietHandler, encode_image, random_image, serve, write_image
 
 RECIPES = ("cdiscount", "imet2019", "jd_fashion", "recursion", "hw1")
 SMALL = ["--weights", "none", "--batch-size", "8", "--epochs", "1", "--warmup-epochs", "0", "--steps-per-epoch", "2"]
@@ -159,10 +157,7 @@ def test_imet2019(in_tmp, tmp_path):
 
 # ----------------------------------------------------------------- JD fashion: URL list, 13 multi-hot labels
 
-class _Images(BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
+class _Images(QuietHandler):
     def do_GET(self):
         body = self.server.images.get(self.path)
         self.send_response(200 if body else 404)
@@ -174,15 +169,8 @@ class _Images(BaseHTTPRequestHandler):
 @pytest.fixture
 def image_server():
     """JPEGs at http://127.0.0.1:PORT/img/<n>.jpg, stopped after the test."""
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Images)
-    srv.daemon_threads = True
-    srv.images = {f"/img/{n}.jpg": jpeg(n) for n in range(40)}
-    srv.base = f"http://127.0.0.1:{srv.server_address[1]}"
-    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    t.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with serve(_Images, images={f"/img/{n}.jpg": jpeg(n) for n in range(40)}) as srv:
+        yield srv
 
 
 @pytest.mark.slow

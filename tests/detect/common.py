@@ -1,7 +1,7 @@
 """Makers for the detect tests: tiny saved models, image folders, dataset folders, CLI runs.
 
-Models are built by hand (float [0, 255] input -> tiny conv -> "probs"), trained one
-step and saved as train.py would (model file + NAME.json via model/meta.py), so the
+Models are built by hand (float [0, 255] input -> rescaling or our Preprocess layer ->
+tiny conv -> head), trained one step (or not, or with EMA) and saved as train.py would (model file + NAME.json via model/meta.py), so the
 tests do not depend on the backbones; test_cli has one slow test with model.build.
 """
 import csv
@@ -11,6 +11,8 @@ import keras
 import numpy as np
 
 import detect
+from model.heads import output_names
+from model.layers import ChannelAdapter, Preprocess
 from model.meta import save_meta
 from tests.conftest import encode_image, random_image, write_dataset
 from utils.dataset import schema
@@ -34,34 +36,59 @@ def write_class_folder(root, per_class=3, classes=CLASSES):
 
 
 def tiny_model(path, class_names=CLASSES, *, size=(32, 32), head="softmax", arch="conv", lam=False, seed=0,
-               channels=3):
-    """Build, train one step, save `path` (.h5 / .keras / folder = SavedModel) and its NAME.json."""
+               channels=3, preprocess="none", normalization=False, fit="step", filters=4, meta=None):
+    """Build, fit, save `path` (.h5 / .keras / folder = SavedModel) and its NAME.json.
+
+    Args:
+        preprocess: "none": Rescaling(1/255) in front; a model/layers.Preprocess mode (e.g. "torch"):
+            that layer, after a ChannelAdapter to 3 channels if `channels` != 3, as train.py builds.
+        normalization: an adapted keras Normalization after it, as every EfficientNet has.
+        fit: "step": one Adam step; "ema": two epochs with EMA, saved compiled (the file holds the
+            optimizer's EMA copies too); None: random weights, saved uncompiled.
+        filters: of the "conv" architecture's one strided conv.
+        meta: more NAME.json fields.
+    Returns:
+        `path`, as a str.
+    """
     keras.utils.set_random_seed(seed)
     k = len(class_names)
     inp = keras.Input((*size, channels), name="image")
-    x = keras.layers.Rescaling(1.0 / 255)(inp)
+    if preprocess == "none":
+        x = keras.layers.Rescaling(1.0 / 255)(inp)
+    else:
+        x = ChannelAdapter(3, name="input_adapter")(inp) if channels != 3 else inp
+        x = Preprocess(preprocess, name="preprocess")(x)
+    if normalization:
+        norm = keras.layers.Normalization(axis=-1, name="norm")
+        norm.adapt(np.random.default_rng(5).normal(0, 2, (8, *size, 3)).astype("float32"))
+        x = norm(x)
     if lam:
         x = keras.layers.Lambda(lambda t: t * 1.0, name="my_lambda")(x)
     if arch == "conv":
-        x = keras.layers.Conv2D(4, 3, strides=2, activation="relu")(x)
+        x = keras.layers.Conv2D(filters, 3, strides=2, activation="relu")(x)
         x = keras.layers.GlobalAveragePooling2D()(x)
     else:   # a different architecture: pooled pixels straight into a dense layer
         x = keras.layers.AveragePooling2D(8)(x)
         x = keras.layers.Flatten()(x)
         x = keras.layers.Dense(8, activation="relu")(x)
+    names = output_names(head, k, list(class_names))
+    y_rng = np.random.default_rng(1)
     if head == "per-class":
-        names = [f"c{i:03d}" for i in range(k)]
         outs = [keras.layers.Dense(1, activation="sigmoid", name=n)(x) for n in names]
         loss = ["binary_crossentropy"] * k
-        y = [np.random.default_rng(1).integers(0, 2, (4, 1)).astype("float32") for _ in names]
+        y = [y_rng.integers(0, 2, (4, 1)).astype("float32") for _ in names]
     else:
-        names = ["probs"]
         outs = keras.layers.Dense(k, activation="softmax" if head == "softmax" else "sigmoid", name="probs")(x)
         loss = "categorical_crossentropy" if head == "softmax" else "binary_crossentropy"
         y = np.eye(k, dtype="float32")[[0, 1, 2, 0][:4] if k >= 3 else [0, 1, 0, 1]]
     model = keras.Model(inp, outs)
-    model.compile(optimizer="adam", loss=loss)
-    model.train_on_batch(np.random.default_rng(2).uniform(0, 255, (4, *size, channels)).astype("float32"), y)
+    xs = np.random.default_rng(2).uniform(0, 255, (4, *size, channels)).astype("float32")
+    if fit == "step":
+        model.compile(optimizer="adam", loss=loss)
+        model.train_on_batch(xs, y)
+    elif fit == "ema":
+        model.compile(optimizer=keras.optimizers.Adam(0.01, use_ema=True, ema_momentum=0.5), loss=loss)
+        model.fit(xs, y, epochs=2, batch_size=4, verbose=0)  # fit swaps the EMA weights in at its end
     path = str(path)
     if path.endswith((".h5", ".keras")):
         model.save(path)
@@ -69,8 +96,8 @@ def tiny_model(path, class_names=CLASSES, *, size=(32, 32), head="softmax", arch
         model.export(path, verbose=False)
     save_meta(path, {"name": os.path.basename(path), "architecture": f"tiny_{arch}", "class_names": list(class_names),
                      "input_size": list(size), "channels": channels, "planes": 1 if channels == 3 else channels,
-                     "preprocess": "none", "head": head,
-                     "multi_label": head != "softmax", "outputs": names, "thresholds": None})
+                     "preprocess": preprocess, "head": head,
+                     "multi_label": head != "softmax", "outputs": names, "thresholds": None, **(meta or {})})
     return path
 
 

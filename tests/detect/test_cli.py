@@ -6,7 +6,6 @@ import functools
 import http.server
 import json
 import os
-import threading
 
 import keras
 import numpy as np
@@ -14,7 +13,7 @@ import pytest
 
 import detect
 from model.meta import load_meta, save_meta
-from tests.conftest import encode_image
+from tests.conftest import QuietHandler, encode_image, serve
 from tests.detect.common import CLASSES, image_bytes, probs_of, read_csv, run, tiny_model, write_split
 
 
@@ -326,24 +325,17 @@ def test_help_text_for_every_flag(capsys):
 
 # ----------------------------------------------------------------------------- URL list
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
+class _QuietFiles(QuietHandler, http.server.SimpleHTTPRequestHandler):
+    pass
 
 
 def test_url_list(h5_model, images, tmp_path, capsys):
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                             functools.partial(_QuietHandler, directory=str(images)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        base = f"http://127.0.0.1:{server.server_address[1]}"
+    with serve(functools.partial(_QuietFiles, directory=str(images))) as server:
+        base = server.base
         lst = tmp_path / "urls.txt"
         lst.write_text(f"id,url\n1,{base}/red/red0.png\n2,{base}/blue/blue1.png\n3,{base}/nothing.png\n")
         out = str(tmp_path / "u.csv")
         code, _, err = run(["--model", h5_model, str(lst), "--out", out, "--cache-dir", str(tmp_path / "cache")], capsys)
-    finally:
-        server.shutdown()
-        server.server_close()
     assert code == 0, err
     assert [r[0] for r in read_csv(out)[1:]] == ["1", "2"]
     skipped = read_csv(tmp_path / "u.skipped.csv")[1:]

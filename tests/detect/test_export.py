@@ -1,6 +1,6 @@
 """Exports (SavedModel, ONNX, LiteRT) checked against Keras on the same pixels, and their predictors.
 
-Tiny functional models built here (Preprocess layer -> one strided conv -> head),
+Tiny functional models (tests/detect/common.tiny_model: Preprocess layer -> one strided conv -> head),
 saved as train.py saves them (NAME.h5 / NAME.keras + NAME.json), so every format
 round-trips in about a second; one slow test exports a real model.build backbone.
 """
@@ -14,9 +14,9 @@ import pytest
 import keras
 import tensorflow as tf
 
-from model.layers import ChannelAdapter, Preprocess
 from model.meta import save_meta
 from tests.conftest import encode_image, random_image, write_image
+from tests.detect import common
 from utils.detect import export as ex
 from utils.detect.runtimes import (LiteRTPredictor, OnnxPredictor, SavedModelPredictor, export_meta_path,
                                    open_exported)
@@ -29,44 +29,11 @@ OUT = {"saved_model": "sm", "onnx": "m.onnx", "litert": "m.tflite"}
 PREDICTOR = {"saved_model": SavedModelPredictor, "onnx": OnnxPredictor, "litert": LiteRTPredictor}
 
 
-def tiny_model(path, head="softmax", *, channels=3, lam=False, ema=False, normalization=False, seed=0):
-    """Build (random weights; `ema`: fit with EMA), save `path` (.h5 / .keras) and its NAME.json."""
-    keras.utils.set_random_seed(seed)
-    k = len(CLASSES)
-    inp = keras.Input((*SIZE, channels), name="image")
-    x = ChannelAdapter(3, name="input_adapter")(inp) if channels != 3 else inp
-    x = Preprocess("torch", name="preprocess")(x)
-    if normalization:   # an adapted keras Normalization, as every EfficientNet has
-        norm = keras.layers.Normalization(axis=-1, name="norm")
-        norm.adapt(np.random.default_rng(5).normal(0, 2, (8, *SIZE, 3)).astype("float32"))
-        x = norm(x)
-    if lam:
-        x = keras.layers.Lambda(lambda t: t * 1.0, name="my_lambda")(x)
-    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    y_rng = np.random.default_rng(1)
-    if head == "per-class":
-        names = [f"c{i:03d}_{c}" for i, c in enumerate(CLASSES)]
-        outs = [keras.layers.Dense(1, activation="sigmoid", name=n)(x) for n in names]
-        loss = ["binary_crossentropy"] * k
-        y = [y_rng.integers(0, 2, (4, 1)).astype("float32") for _ in names]
-    else:
-        names = ["probs"]
-        outs = keras.layers.Dense(k, activation=head, name="probs")(x)
-        loss = "categorical_crossentropy" if head == "softmax" else "binary_crossentropy"
-        y = np.eye(k, dtype="float32")[[0, 1, 2, 0]]
-    model = keras.Model(inp, outs)
-    if ema:  # trained with EMA and saved compiled: the file holds the optimizer's EMA copies too
-        model.compile(optimizer=keras.optimizers.Adam(0.01, use_ema=True, ema_momentum=0.5), loss=loss)
-        xs = np.random.default_rng(2).uniform(0, 255, (4, *SIZE, channels)).astype("float32")
-        model.fit(xs, y, epochs=2, batch_size=4, verbose=0)  # fit swaps the EMA weights in at its end
-    path = str(path)
-    model.save(path)
-    save_meta(path, {"name": os.path.basename(path), "architecture": "tiny", "class_names": CLASSES,
-                     "input_size": list(SIZE), "channels": channels, "planes": 1 if channels == 3 else channels,
-                     "preprocess": "torch", "head": head, "multi_label": head != "softmax", "outputs": names,
-                     "thresholds": None, "config": {"lr": 0.01}})
-    return path
+def tiny_model(path, head="softmax", *, ema=False, **kw):
+    """common.tiny_model as train.py builds it (Preprocess("torch") in front), random weights
+    (`ema`: fit with EMA), a resolved config in NAME.json (exports leave it out)."""
+    return common.tiny_model(path, CLASSES, size=SIZE, head=head, preprocess="torch", filters=8,
+                             fit="ema" if ema else None, meta={"config": {"lr": 0.01}}, **kw)
 
 
 def keras_probs(model_path, x):

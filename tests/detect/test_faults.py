@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from tests.conftest import ROOT, encode_image, random_image
+from tests.conftest import ROOT, encode_image, kill_9_when, random_image
 from tests.detect.common import CLASSES, image_bytes, read_csv, run, tiny_model
-from tests.gated_server import gated_server, race, snapshot, url_list  # noqa: F401  (gated_server: a fixture)
+from tests.gated_server import (gated_server, open_gate, race, third_run_is_refused,  # noqa: F401  (a fixture)
+                                url_list)
 
 SCRIPT = os.path.join(ROOT, "detect.py")
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
@@ -36,13 +35,8 @@ def test_second_run_on_one_out_is_refused_and_touches_nothing(h5_model, gated_se
     line = f"error: {out} is being written by another run (pid {winner.pid}); wait for it or choose another --out"
     assert (loser.returncode, loser.stderr.read().strip().splitlines()) == (2, [line])
     assert gated_server.asked.wait(120), "the winner never started downloading"
-    before = snapshot(out_dir)
-    third = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
-    assert (third.returncode, third.stderr.strip().splitlines()) == (2, [line])
-    assert snapshot(out_dir) == before and winner.poll() is None
-    gated_server.gate.set()
-    _, err = winner.communicate(timeout=120)
-    assert winner.returncode == 0, err
+    third_run_is_refused(cmd, ENV, ROOT, out_dir, line, winner, timeout=120)
+    open_gate(gated_server, winner)
     rows = read_csv(out)
     assert rows[0] == ["id", *CLASSES] and [r[0] for r in rows[1:]] == [f"im{i}" for i in range(6)]
 
@@ -85,11 +79,7 @@ def test_resume_after_kill_9_gives_the_clean_csv(tmp_path):
     p = subprocess.Popen(detect_cmd(*args, "--out", out), cwd=ROOT, env=ENV,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = tmp_path / "sub.csv.partial.json"
-    deadline = time.time() + 300
-    while time.time() < deadline and p.poll() is None and not state.exists():
-        time.sleep(0.005)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
+    kill_9_when(state, p, timeout=300, poll=0.005)
     assert not out.exists(), "the run finished before it could be killed"
     done = json.load(open(state))["rows"]
     assert 0 < done < 1500

@@ -150,20 +150,28 @@ def test_two_worker_processes_same_bytes(tmp_path):
     assert len(shard_names(beam)) >= 3 and local == beam
 
 
-def test_killed_run_resumes_without_rewriting_finished_shards(tmp_path, monkeypatch):
-    src = folder(str(tmp_path / "src"), (6, 6, 6), bad=False)
-    args = ("--shard-mb", "0.003", "--val-fraction", "0.2")
-    assert build(src, tmp_path / "clean", *args) == 0
+def die_on_third_shard(monkeypatch):
+    """Make the Beam runner's third write_shard call fail as a full disk does (a worker dies while
+    writing its third shard) -> a function that puts the real write_shard back."""
+    from utils.generate import beam
+
     real, calls = shards.write_shard, []
 
-    def dies_on_third(entry, *a, **kw):   # a worker dies while writing its third shard
+    def dies_on_third(entry, *a, **kw):
         calls.append(entry.file)
         if len(calls) == 3:
             raise OSError(28, "No space left on device")
         return real(entry, *a, **kw)
 
-    from utils.generate import beam
     monkeypatch.setattr(beam, "write_shard", dies_on_third)
+    return lambda: monkeypatch.setattr(beam, "write_shard", real)
+
+
+def test_killed_run_resumes_without_rewriting_finished_shards(tmp_path, monkeypatch):
+    src = folder(str(tmp_path / "src"), (6, 6, 6), bad=False)
+    args = ("--shard-mb", "0.003", "--val-fraction", "0.2")
+    assert build(src, tmp_path / "clean", *args) == 0
+    heal = die_on_third_shard(monkeypatch)
     with pytest.raises(SourceError, match="the Beam run failed: .*No space left on device"):
         build(src, tmp_path / "out", *args, "--runner", "beam", *IN_PROCESS)
     out = tmp_path / "out"
@@ -174,7 +182,7 @@ def test_killed_run_resumes_without_rewriting_finished_shards(tmp_path, monkeypa
     assert all(os.path.exists(out / n[:-5]) for n in finished)   # a shard may also be there without one
     stamps = {n[:-5]: os.stat(out / n[:-5]).st_mtime_ns for n in finished}
 
-    monkeypatch.setattr(beam, "write_shard", real)
+    heal()
     assert build(src, out, *args, "--runner", "beam", *IN_PROCESS) == 0
     assert {n: os.stat(out / n).st_mtime_ns for n in stamps} == stamps   # not rewritten
     assert files(out) == files(tmp_path / "clean")
@@ -264,17 +272,7 @@ def test_remote_out_through_filesystems_same_bytes_and_resume(tmp_path, monkeypa
     args = ("--shard-mb", "0.003", "--val-fraction", "0.2")
     assert build(src, tmp_path / "clean", *args) == 0
     remote_dir = tmp_path / "bucket" / "ds"
-
-    real, calls = shards.write_shard, []
-
-    def dies_on_third(entry, *a, **kw):
-        calls.append(entry.file)
-        if len(calls) == 3:
-            raise OSError(28, "No space left on device")
-        return real(entry, *a, **kw)
-
-    from utils.generate import beam
-    monkeypatch.setattr(beam, "write_shard", dies_on_third)
+    heal = die_on_third_shard(monkeypatch)
     with pytest.raises(SourceError, match="No space left on device"):
         build(src, "fakefs://ds", *args, "--runner", "beam", *IN_PROCESS)
     assert not (remote_dir / MANIFEST).exists()
@@ -282,7 +280,7 @@ def test_remote_out_through_filesystems_same_bytes_and_resume(tmp_path, monkeypa
     kept = {n: os.stat(remote_dir / n).st_mtime_ns for n in side}   # a worker may die between shard and sidecar
     assert kept and outdir.STATE in os.listdir(remote_dir / outdir.WORK)
 
-    monkeypatch.setattr(beam, "write_shard", real)
+    heal()
     assert build(src, "fakefs://ds", *args, "--runner", "beam", *IN_PROCESS) == 0
     assert {n: os.stat(remote_dir / n).st_mtime_ns for n in kept} == kept   # not rewritten
     assert files(remote_dir) == files(tmp_path / "clean")

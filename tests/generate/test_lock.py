@@ -6,13 +6,13 @@ the lock is still writing when the other one starts: no luck of timing either wa
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 
 import pytest
 
 from tests.conftest import ROOT
-from tests.gated_server import gated_server, race, snapshot, url_list, wait_for_requests  # noqa: F401  (gated_server: a fixture)
+from tests.gated_server import (gated_server, open_gate, race, third_run_is_refused,  # noqa: F401  (a fixture)
+                                url_list, wait_for_requests)
 from utils.files import LockedError
 from utils.generate.outdir import LOCK, lock_out_dir
 
@@ -34,13 +34,8 @@ def test_two_runs_at_once_one_builds_the_other_is_refused_untouched(gated_server
     err = loser.stderr.read()
     assert loser.returncode == 2, err
     assert err.strip().splitlines() == [line]
-    before = snapshot(out)                # a third run, while the winner still writes, changes nothing
-    third = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
-    assert (third.returncode, third.stderr.strip().splitlines()) == (2, [line])
-    assert snapshot(out) == before and winner.poll() is None
-    gated_server.gate.set()
-    _, werr = winner.communicate(timeout=120)
-    assert winner.returncode == 0, werr
+    third_run_is_refused(cmd, env, ROOT, out, line, winner, timeout=60)   # while the winner still writes
+    open_gate(gated_server, winner)
     assert verify_dataset(str(out), progress=False) == []
     assert (out / LOCK).exists()           # left in place; listed nowhere
     assert LOCK not in (out / "manifest.json").read_text()

@@ -15,16 +15,10 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_ports
 from tests.train.test_cli import shapes_dataset
 from utils.errors import UsageError, run_cli
 from utils.input import service
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +105,7 @@ def test_hard_examples_draw_at_their_rate_through_the_service(data, dispatcher):
 
 
 def test_nothing_listening_is_one_line_at_once():
-    port = free_port()
+    port = free_ports()[0]
     t = time.monotonic()
     with pytest.raises(UsageError, match=f"no tf.data service dispatcher at 127.0.0.1:{port}"):
         service.check_dispatcher(f"grpc://127.0.0.1:{port}", timeout=10)
@@ -183,7 +177,7 @@ def stop(procs, strict: bool = True) -> list[str]:
 def test_cli_servers_print_where_they_listen_and_stop_on_sigterm(data):
     from utils.input.pipeline import make_dataset
 
-    port = free_port()
+    port = free_ports()[0]
     d = start(["dispatcher", "--port", str(port)])
     procs = [d]
     try:

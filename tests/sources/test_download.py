@@ -8,15 +8,13 @@ counts requests per path, so retries and cache hits are asserted, not assumed.
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.conftest import encode_image, random_image
+from tests.conftest import QuietHandler, encode_image, free_ports, random_image, serve
 from utils.sources.download import DownloadError, cache_path, fetch_all
 
 SLOW_S = 1.5          # the slow route sleeps this long; tests use timeouts of ~0.4 s
@@ -26,10 +24,7 @@ MAX_BYTES = 100_000
 FAST = dict(timeout=0.4, retries=2, backoff=0.01, max_bytes=MAX_BYTES, progress=False)
 
 
-class Handler(BaseHTTPRequestHandler):
-    def log_message(self, *args):      # keep pytest output clean
-        pass
-
+class Handler(QuietHandler):
     def _send(self, status: int, body: bytes, ctype: str = "image/jpeg", length: int | None = None):
         self.send_response(status)
         self.send_header("Content-Type", ctype)
@@ -86,26 +81,9 @@ class Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def http_server():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    srv.daemon_threads = True
-    srv.lock = threading.Lock()
-    srv.counts = Counter()
-    srv.in_flight = srv.max_in_flight = 0
-    srv.jpeg = encode_image(random_image(0, 40, 40, blocky=False), "jpeg", quality=90)
-    srv.base = f"http://127.0.0.1:{srv.server_address[1]}"
-    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    t.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-
-
-def closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    with serve(Handler, lock=threading.Lock(), counts=Counter(), in_flight=0, max_in_flight=0,
+               jpeg=encode_image(random_image(0, 40, 40, blocky=False), "jpeg", quality=90)) as srv:
+        yield srv
 
 
 def test_each_outcome_has_its_reason(http_server, tmp_path):
@@ -121,7 +99,7 @@ def test_each_outcome_has_its_reason(http_server, tmp_path):
         ("bigstream", f"{b}/big-stream"),
         ("ftp", "ftp://127.0.0.1/x.jpg"),
         ("noscheme", "example.com/x.jpg"),
-        ("refused", f"http://127.0.0.1:{closed_port()}/x.jpg"),
+        ("refused", f"http://127.0.0.1:{free_ports()[0]}/x.jpg"),
     ]
     res = fetch_all(items, str(tmp_path), **FAST)
     assert list(res) == [k for k, _ in items]

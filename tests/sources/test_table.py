@@ -106,13 +106,18 @@ def test_table_missing_inputs(tmp_path):
         TableSource(str(tmp_path / "nope"), str(write_text(tmp_path / "l.csv", "id,label\na,b\n")))
 
 
+def breed_table(tmp_path, breeds):
+    """imgs/<i>.png and train.csv (`id,breed`) giving image i breeds[i] -> (imgs, csv)."""
+    imgs = tmp_path / "imgs"
+    for i in range(len(breeds)):
+        write_image(imgs / f"{i}.png")
+    csv = write_text(tmp_path / "train.csv", "id,breed\n" + "".join(f"{i},{b}\n" for i, b in enumerate(breeds)))
+    return imgs, csv
+
+
 def test_label_mode_single_keeps_class_names_with_spaces(tmp_path):
     """Auto-detection reads "golden retriever" as two labels; --label-mode single does not."""
-    imgs = tmp_path / "imgs"
-    for i in range(3):
-        write_image(imgs / f"{i}.png")
-    csv = tmp_path / "train.csv"
-    write_text(csv, "id,breed\n0,golden retriever\n1,pug\n2,golden retriever\n")
+    imgs, csv = breed_table(tmp_path, ["golden retriever", "pug", "golden retriever"])
 
     auto = TableSource(str(imgs), str(csv))
     assert auto.multi_label and auto.table["0"] == ("golden", "retriever")
@@ -128,11 +133,7 @@ def test_label_mode_single_keeps_class_names_with_spaces(tmp_path):
 
 
 def test_label_mode_flag_end_to_end(tmp_path):
-    imgs = tmp_path / "imgs"
-    for i in range(4):
-        write_image(imgs / f"{i}.png")
-    csv = tmp_path / "train.csv"
-    write_text(csv, "id,breed\n0,golden retriever\n1,pug\n2,golden retriever\n3,pug\n")
+    imgs, csv = breed_table(tmp_path, ["golden retriever", "pug", "golden retriever", "pug"])
     out = tmp_path / "ds"
     r = subprocess.run([sys.executable, os.path.join(ROOT, "generate_dataset.py"), str(imgs), "--labels", str(csv),
                         "--label-mode", "single", "--out", str(out), "--no-progress"],

@@ -9,16 +9,13 @@ that train are marked slow; the preview and the bad-input checks stay fast.
 """
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, encode_image, write_dataset
+from tests.conftest import ROOT, encode_image, free_ports, kill_9_when, write_dataset
 
 CLASSES = ["red", "green", "blue"]
 COLOURS = [(220, 30, 30), (30, 200, 40), (40, 60, 230)]
@@ -113,6 +110,13 @@ def run_main(argv, capsys):
     return code, out, err
 
 
+def epoch_rows(data, name, capsys, *flags) -> list[dict]:
+    """Train with `flags` and --out model_save/NAME.h5 (must exit 0) -> the rows of log/NAME/epochs.csv."""
+    code, _, err = run_main(quick(data, *flags, "--out", f"model_save/{name}.h5"), capsys)
+    assert code == 0, err
+    return csv_rows(f"log/{name}/epochs.csv")
+
+
 # ----------------------------------------------------------------- end to end
 
 
@@ -164,13 +168,8 @@ def test_end_to_end_artefacts_and_reload(tiny, data, capsys, tmp_path):
 def test_head_warmup_then_finetune(tiny, data, capsys):
     import keras
 
-    code, out, err = run_main(quick(data, "--epochs", "2", "--warmup-epochs", "1", "--out", "model_save/w.h5",
-                                    "--ema", "--accum-steps", "2", "--optimizer", "adamw", "--schedule", "constant",
-                                    "--finetune-lr-mult", "0.1"), capsys)
-    assert code == 0, err
-    import csv
-
-    rows = list(csv.DictReader(open("log/w/epochs.csv")))
+    rows = epoch_rows(data, "w", capsys, "--epochs", "2", "--warmup-epochs", "1", "--ema", "--accum-steps", "2",
+                      "--optimizer", "adamw", "--schedule", "constant", "--finetune-lr-mult", "0.1")
     assert [r["epoch"] for r in rows] == ["0", "1"]
     # heads at --lr, then everything at lr * --finetune-lr-mult
     assert [float(r["lr"]) for r in rows] == pytest.approx([1e-3, 1e-4], rel=1e-5)
@@ -181,13 +180,10 @@ def test_head_warmup_then_finetune(tiny, data, capsys):
 def test_mixed_precision_jit_cache_step_early_stop(tiny, data, capsys):
     import keras
 
-    code, out, err = run_main(quick(data, "--epochs", "4", "--mixed-precision", "--jit", "--cache", "--schedule",
-                                    "step", "--step-epochs", "1", "--early-stop", "1", "--lr", "1e-6",
-                                    "--out", "model_save/mp.h5"), capsys)
-    assert code == 0, err
+    rows = epoch_rows(data, "mp", capsys, "--epochs", "4", "--mixed-precision", "--jit", "--cache", "--schedule",
+                      "step", "--step-epochs", "1", "--early-stop", "1", "--lr", "1e-6")
     meta = json.load(open("model_save/mp.json"))
     assert meta["config"]["mixed_precision"] and meta["config"]["jit"]
-    rows = list(__import__("csv").DictReader(open("log/mp/epochs.csv")))
     if meta["history"]["early_stopped"]:  # at lr 1e-6 the score rarely improves twice in a row
         assert len(rows) < 4
     lrs = [float(r["lr"]) for r in rows]
@@ -297,14 +293,7 @@ def test_kill_9_then_resume(tiny, data, tmp_path, capsys):
                  "--out", "model_save/r.h5")
     state = tmp_path / "model_save" / "r.resume"
     p = runner(argv, cwd=tmp_path)
-    deadline = time.time() + 150
-    while time.time() < deadline and p.poll() is None:
-        if (state / "state.npz").exists():
-            break
-        time.sleep(0.02)
-    assert p.poll() is None, "the run ended before it could be killed: " + p.stderr.read()[-500:]
-    os.kill(p.pid, signal.SIGKILL)
-    p.wait()
+    kill_9_when(state / "state.npz", p, timeout=150)
     done = load_state(str(state))["run"]["epoch"]
     assert 1 <= done < 5
     assert not os.path.exists(tmp_path / "model_save" / "r.h5")
@@ -325,16 +314,6 @@ def test_kill_9_then_resume(tiny, data, tmp_path, capsys):
     meta_r = json.load(open(tmp_path / "model_save" / "r.json"))
     meta_ref = json.load(open(tmp_path / "model_save" / "ref.json"))
     assert meta_r["history"]["iterations"] == meta_ref["history"]["iterations"] == 5 * 24
-
-
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def start_two_workers(argv, tmp_path) -> list:

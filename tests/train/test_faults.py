@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, kill_9_when, wait_for
 from tests.train.test_cli import data, quick, run_main, runner, shapes_dataset, tiny  # noqa: F401 - fixtures
 
 # ----------------------------------------------------------------- the resumable input stream
@@ -176,16 +176,6 @@ def reference(data, tmp_path_factory):
     return final_weights(str(cwd / "model_save" / "ref.h5")), meta["history"]["iterations"]
 
 
-def wait_for(pred, p, timeout=200):
-    deadline = time.time() + timeout
-    while time.time() < deadline and p.poll() is None:
-        if pred():
-            return
-        time.sleep(0.02)
-    assert p.poll() is None, "the run ended first: " + p.stderr.read()[-800:]
-    assert pred(), "timed out"
-
-
 def saved_run(state_dir):
     from utils.train.checkpoint import load_state
 
@@ -214,7 +204,7 @@ def test_sigterm_mid_epoch_saves_then_resume_equals_uninterrupted(data, tmp_path
     state = tmp_path / "model_save" / "t.resume"
     # --checkpoint-every 1 only to see that training is under way before the signal
     p = runner(argv_for(data, "t", "--checkpoint-every", "1"), cwd=tmp_path)
-    wait_for(lambda: (state / "state.npz").exists(), p)
+    wait_for(lambda: (state / "state.npz").exists(), p, timeout=200)
     sent = time.time()
     p.send_signal(signal.SIGTERM)
     out, err = p.communicate(timeout=60)
@@ -235,9 +225,7 @@ def test_kill_9_between_checkpoints_loses_only_the_steps_since_the_last(data, tm
     state = tmp_path / "model_save" / "k.resume"
     every = 5
     p = runner(argv_for(data, "k", "--checkpoint-every", str(every)), cwd=tmp_path)
-    wait_for(lambda: (state / "state.npz").exists(), p)
-    os.kill(p.pid, signal.SIGKILL)
-    p.wait()
+    kill_9_when(state / "state.npz", p, timeout=200)
     run = saved_run(state)
     done = run["epoch"] * STEPS + run["step"]
     assert run["iterations"] == done and (run["step"] == 0 or done % every == 0)
@@ -253,7 +241,7 @@ def test_two_runs_on_one_out_exactly_one_trains(data, tmp_path):
     argv = quick(data, "--epochs", "500", "--steps-per-epoch", "6", "--out", "model_save/c.h5")
     first = runner(argv, cwd=tmp_path)
     lock = tmp_path / "log" / "c" / "train.lock"
-    wait_for(lambda: lock.exists() and lock.read_text().strip() == str(first.pid), first)
+    wait_for(lambda: lock.exists() and lock.read_text().strip() == str(first.pid), first, timeout=200)
     second = runner(argv, cwd=tmp_path)
     out2, err2 = second.communicate(timeout=200)
     assert first.poll() is None, "the first run ended before the second was refused"

@@ -6,7 +6,6 @@ The runs use test_cli's tiny backbone; --weights none, 2 steps an epoch.
 """
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -14,8 +13,8 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT
-from tests.input.test_service import free_port, start, stop
+from tests.conftest import ROOT, free_ports, kill_9_when
+from tests.input.test_service import start, stop
 from tests.train.test_cli import csv_rows, quick, run_main, run_two_workers, runner, shapes_dataset, tiny  # noqa: F401 - fixture
 from tests.train.test_hard import write_losses
 
@@ -28,7 +27,7 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def service():
     """grpc://127.0.0.1:PORT of a dispatcher with two workers (all three started at once)."""
-    port = free_port()
+    port = free_ports()[0]
     procs = [start(["dispatcher", "--port", str(port)])]
     procs += [start(["worker", "--dispatcher", f"127.0.0.1:{port}", "--address", "127.0.0.1"]) for _ in range(2)]
     try:
@@ -54,7 +53,7 @@ def test_malformed_data_service_is_one_line(tiny, data, capsys):
 
 
 def test_nothing_at_the_dispatcher_address_is_one_line_and_exit_2(tiny, data, capsys):
-    port = free_port()
+    port = free_ports()[0]
     t = time.monotonic()
     code, out, err = run_main(quick(data, "--epochs", "1", "--data-service", f"grpc://127.0.0.1:{port}"), capsys)
     assert code == 2 and time.monotonic() - t < 15
@@ -116,12 +115,7 @@ def test_resume_through_the_service_trains_the_remaining_steps(tiny, data, servi
                  "--data-service", service)
     state = tmp_path / "model_save" / "r.resume"
     p = runner(argv, cwd=tmp_path)
-    deadline = time.time() + 200
-    while time.time() < deadline and p.poll() is None and not (state / "state.npz").exists():
-        time.sleep(0.05)
-    assert p.poll() is None, "the run ended before it could be killed: " + p.stderr.read()[-800:]
-    os.kill(p.pid, signal.SIGKILL)
-    p.wait()
+    kill_9_when(state / "state.npz", p, timeout=200, poll=0.05)
     done = load_state(str(state))["run"]["epoch"]
     assert 1 <= done < 3
     code, out, err = run_main(argv + ["--resume"], capsys)
