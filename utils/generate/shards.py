@@ -183,7 +183,8 @@ def write_shard(entry: ShardPlan, items: Sequence[Item], labels: Sequence[tuple[
     """
     tmp = path + TMP_SUFFIX
     meta = {"file": entry.file, "count": 0, "fold": entry.fold, "class_counts": [0] * num_classes,
-            "planes": [], "channels": [], "images": images_summary(), "skipped": [], "hashes": {} if seen is not None else None}
+            "planes": [], "channels": [], "images": images_summary(), "skipped": [],
+            "hashes": {} if seen is not None else None}
     sink = ShardSink(tmp)   # hashed as written: no second read of the shard
     try:
         for i in entry.members:

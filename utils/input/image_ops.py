@@ -22,7 +22,9 @@ manifest): every record is one JPEG plane too small for a scaled decode or an
 area resize, so the choices above are known before the first record and their
 tf.cond / tf.switch_case are left out of the graph (measured on 1 core, 224 px
 --short-side shards: 13-19% of the CPU per record). Same ops on the same
-bytes, so the same pixels, bit for bit (tests/input/test_image_ops.py).
+bytes, so the same pixels, bit for bit (tests/input/test_direct_jpeg.py). The
+writer names a record's format from the same magic bytes (utils.image.headers),
+so "every record is JPEG" in the manifest means `_is_jpeg` holds for each.
 
 Every function works on ONE example, eagerly or inside a tf.data map.
 """
