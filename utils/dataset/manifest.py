@@ -20,7 +20,8 @@ manifest.json (schema version 1):
   "splits": {
     "train": {"count": N, "class_counts": [..num_classes..],
               "shards": [{"file": "train-00000-of-00002.tfrecord", "count": n, "bytes": b,
-                          "sha256": "...", "fold": null or k, "class_counts": [...]}]},
+                          "sha256": "...", "fold": null or k, "class_counts": [...],
+                          "images": {"formats": {"jpeg": n}, "max_short_side": 224}}]},
     "val": {...}, "test": {...}          # a split with no records is absent
   },
   "skipped": {"count": k, "by_reason": {"truncated image": 2, ...}},
@@ -28,6 +29,12 @@ manifest.json (schema version 1):
 }
 `records + skipped == inputs`, where records is the sum of split counts
 (minus `dedupe` drops, which are skips with reason "duplicate of KEY").
+
+A shard's "images" summarises its records' image/format and image/height x
+width (records per format; the largest shorter side): the input pipeline reads
+it to prove, before decoding anything, that a plain JPEG decode and resize is
+all every record needs (utils.input.image_ops.direct_jpeg). Manifests written
+before it have no "images": the pipeline then takes its general path.
 """
 from __future__ import annotations
 
@@ -42,6 +49,41 @@ MANIFEST = "manifest.json"
 LABELS = "labels.json"
 SKIPPED = "skipped.csv"
 SHARD_PATTERN = rf"({'|'.join(SPLITS)})-\d{{5}}-of-\d{{5}}\.tfrecord"   # a regex for shard_name's names
+
+
+IMAGES = "images"   # a shard entry's summary of its records' images (images_summary)
+
+
+def images_summary() -> dict:
+    """An empty shard's image summary; `add_image` counts each record into it."""
+    return {"formats": {}, "max_short_side": 0}
+
+
+def add_image(summary: dict, fmt: str, height: int, width: int) -> None:
+    """Count one record (its image/format, image/height, image/width) into a shard's summary."""
+    formats = summary["formats"]
+    formats[fmt] = formats.get(fmt, 0) + 1
+    short = min(height, width)
+    if short > summary["max_short_side"]:
+        summary["max_short_side"] = short
+
+
+def merged_images(shards: list[dict]) -> dict | None:
+    """The image summary of several shard entries together; None when one has none (older manifest).
+
+    Returns:
+        {"formats": {fmt: records}, "max_short_side": px}, formats in sorted order.
+    """
+    formats: dict[str, int] = {}
+    short = 0
+    for s in shards:
+        summary = s.get(IMAGES)
+        if summary is None:
+            return None
+        for fmt, n in summary["formats"].items():
+            formats[fmt] = formats.get(fmt, 0) + int(n)
+        short = max(short, int(summary["max_short_side"]))
+    return {"formats": dict(sorted(formats.items())), "max_short_side": short}
 
 
 def shard_name(split: str, i: int, n: int) -> str:

@@ -21,6 +21,7 @@ import threading
 from typing import Callable, Iterator, Sequence
 
 from utils.dataset import schema, tfrecord
+from utils.dataset.manifest import add_image, images_summary
 from utils.errors import first_line
 from utils.files import TMP_SUFFIX
 from utils.generate.plan import ShardPlan
@@ -176,12 +177,14 @@ def write_shard(entry: ShardPlan, items: Sequence[Item], labels: Sequence[tuple[
 
     Returns:
         the shard's metadata: file, count, fold, class_counts, planes, channels,
+        images (the manifest's summary of the records' formats and sizes),
         skipped ([key, reason] pairs), hashes (this shard's part of `seen`, or
         None), bytes, sha256.
     """
     tmp = path + TMP_SUFFIX
     meta = {"file": entry.file, "count": 0, "fold": entry.fold, "class_counts": [0] * num_classes,
-            "planes": [], "channels": [], "skipped": [], "hashes": {} if seen is not None else None}
+            "planes": [], "channels": [], "images": images_summary(), "skipped": [],
+            "hashes": {} if seen is not None else None}
     sink = ShardSink(tmp)   # hashed as written: no second read of the shard
     try:
         for i in entry.members:
@@ -209,6 +212,7 @@ def write_shard(entry: ShardPlan, items: Sequence[Item], labels: Sequence[tuple[
                 meta["planes"].append(len(planes))
             if channels not in meta["channels"]:
                 meta["channels"].append(channels)
+            add_image(meta["images"], fmt, height, width)   # the same code for the local and the Beam writer
             tick(size)
     finally:
         meta["bytes"], meta["sha256"] = sink.close()

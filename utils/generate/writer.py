@@ -29,7 +29,7 @@ import time
 from typing import Callable
 
 from utils.dataset import schema
-from utils.dataset.manifest import LABELS, MANIFEST, SKIPPED, SPLITS, load_manifest
+from utils.dataset.manifest import IMAGES, LABELS, MANIFEST, SKIPPED, SPLITS, load_manifest
 from utils.errors import SourceError, UsageError
 from utils.files import atomic_write_csv, atomic_write_json
 from utils.generate import outdir
@@ -198,8 +198,11 @@ def build_manifest(name: str, signature: dict, index: Index, plan: list[ShardPla
         sp = splits.setdefault(s.split, {"count": 0, "class_counts": [0] * k, "shards": []})
         sp["count"] += meta["count"]
         sp["class_counts"] = [a + b for a, b in zip(sp["class_counts"], meta["class_counts"])]
-        sp["shards"].append({"file": s.file, "count": meta["count"], "bytes": meta["bytes"],
-                             "sha256": meta["sha256"], "fold": s.fold, "class_counts": meta["class_counts"]})
+        entry = {"file": s.file, "count": meta["count"], "bytes": meta["bytes"],
+                 "sha256": meta["sha256"], "fold": s.fold, "class_counts": meta["class_counts"]}
+        if IMAGES in meta:   # absent from a sidecar written before the summary: the entry then has none
+            entry[IMAGES] = meta[IMAGES]
+        sp["shards"].append(entry)
         skipped += [tuple(x) for x in meta["skipped"]]
         planes.update(meta["planes"])
         channels.update(meta["channels"])

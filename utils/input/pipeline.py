@@ -42,11 +42,11 @@ from __future__ import annotations
 import tensorflow as tf
 
 from utils.dataset import schema
-from utils.dataset.manifest import (DatasetError, check_shards_on_disk, load_labels, load_manifest, select_shards,
-                                    split_count)
+from utils.dataset.manifest import (DatasetError, check_shards_on_disk, load_labels, load_manifest, merged_images,
+                                    select_shards, split_count)
 from utils.errors import UsageError
 from utils.input import augment as aug
-from utils.input.image_ops import as_hw, eval_image, random_flip, train_crop_image
+from utils.input.image_ops import as_hw, direct_jpeg, eval_image, random_flip, train_crop_image
 from utils.input.labels import HEADS, dense_labels, split_labels
 from utils.input.records import AUTOTUNE, counters, decode_skipping_failures, read_records, resumable_stream, shuffle_size
 
@@ -94,17 +94,21 @@ def _shards(manifest: dict, data_dir: str, split: str, fold) -> list[dict]:
 # --------------------------------------------------------------- dataset assembly
 
 def _decoder(size, channels: int, planes: int, num_classes: int, head: str, crop: dict | None,
-             flip: str | None, seed, with_ids: bool):
-    """serialized record -> (image, dense labels[, source id]), counting records in and out."""
+             flip: str | None, seed, with_ids: bool, direct: bool = False):
+    """serialized record -> (image, dense labels[, source id]), counting records in and out.
+
+    direct: the manifest proves every record takes the plain JPEG path
+    (image_ops.direct_jpeg): the decode is built without its control flow.
+    """
     counter = counters()
 
     def decode(serialized):
         with tf.control_dependencies([counter["seen"].assign_add(1)]):
             ex = schema.parse(serialized)
         if crop is not None:
-            img = train_crop_image(ex[schema.ENCODED], size, channels, planes, seed=seed, **crop)
+            img = train_crop_image(ex[schema.ENCODED], size, channels, planes, seed=seed, direct=direct, **crop)
         else:
-            img = eval_image(ex[schema.ENCODED], size, channels, planes)
+            img = eval_image(ex[schema.ENCODED], size, channels, planes, direct=direct)
         if flip is not None:  # per image: only the flipped half pays for a copy (image_ops.random_flip)
             img = random_flip(img, flip, seed=None if seed is None else seed + 1)
         with tf.control_dependencies([img]):
@@ -185,8 +189,10 @@ def make_dataset(data_dir: str, split: str, *, image_size, batch_size: int, trai
         ds = records_fn(ds)
 
     spec = aug.parse_names(augment) if training else {}
-    decode = _decoder(size, channels, planes, num_classes, head, aug.decode_crop(spec), aug.decode_flip(spec),
-                      seed, with_ids)
+    crop = aug.decode_crop(spec)
+    # the manifest's summary of the shards read may fix every record's branch (image_ops.direct_jpeg)
+    direct = planes == 1 and direct_jpeg(merged_images(shards), size)
+    decode = _decoder(size, channels, planes, num_classes, head, crop, aug.decode_flip(spec), seed, with_ids, direct)
     ds = decode_skipping_failures(ds, decode, deterministic)
     ds = ds.batch(int(batch_size), drop_remainder=drop_remainder,
                   num_parallel_calls=AUTOTUNE, deterministic=deterministic)
