@@ -36,6 +36,11 @@ crops), before the resize to the model's input, so the crop keeps full
 resolution and a JPEG only decodes the cropped window. The flip, too, runs per
 image in the pipeline (`decode_flip`, image_ops.random_flip: only the flipped
 half pays for a copy); build_augmenter leaves out the names in `at_decode`.
+In a pipeline that also runs the batch ops (--augment-on cpu) the rotation is
+per image at decode too (`decode_rotate`, image_ops.random_rotate: the image is
+still in cache, and a batch with nothing else to do needs no batch map); on
+--augment-on device the train step's augmenter rotates the batch. Both run
+batch_ops.rotate_apply's warp: the same pixels for the same angle.
 
 Ops are applied in a fixed order whatever order the names come in: geometry,
 then colour, then erasing, then label mixing last (mixing before a colour jitter
