@@ -20,8 +20,7 @@ Rounds alternate over the pipelines, in reversed order every other round
 next to albumentations' CPU ms/img for the same operation (measured on real
 photos, 1 core; the issue's reference, albumentations is not a dependency)
 and the target: added <= 2x albumentations (RandAugment <= 1.5 ms, MixUp and
-CutMix <= 0.2 ms). `rotate_batch` is the rotation as a batch op after
-batching (--augment-on device's form; `rotate` runs per image at decode).
+CutMix <= 0.2 ms).
 
 Before the rounds every pipeline runs `--warmup` untimed passes: tracing,
 autotune and XLA compilation are one-off costs, and RandAugment compiles each
@@ -58,9 +57,6 @@ REFERENCE = {
     "flip": ("HorizontalFlip", 0.010, 0.05),
     "color": ("ColorJitter(.4,.4,.4,.1)", 0.30, 0.6),
     "rotate": ("Rotate(15)", 0.23, 0.5),
-    # the same rotation as a batch op after batching (what --augment-on device runs in the step, and
-    # what the cpu pipeline ran before it rotated per image at decode): the two placements side by side
-    "rotate_batch": ("Rotate(15)", 0.23, 0.5),
     "randaugment": ("-", None, 1.5),
     "mixup": ("-", None, 0.2),
     "cutmix": ("-", None, 0.2),
@@ -112,9 +108,6 @@ def main(argv=None) -> int:
     sys.path.insert(0, HERE)
     from pipeline import build, make_images  # bench/pipeline.py: the one copy of the photo maker
 
-    import tensorflow as tf
-
-    from utils.input.augment import build_augmenter
     from utils.input.pipeline import make_dataset
 
     work = args.workdir or tempfile.mkdtemp(prefix="bench-augment-")
@@ -130,9 +123,7 @@ def main(argv=None) -> int:
 
         def dataset(name):
             ds = make_dataset(data, "train", image_size=args.size, batch_size=args.batch, training=True,
-                              augment="none" if name == "rotate_batch" else name, repeat=True, drop_remainder=True)
-            if name == "rotate_batch":
-                ds = ds.map(build_augmenter("rotate", args.size), num_parallel_calls=tf.data.AUTOTUNE)
+                              augment=name, repeat=True, drop_remainder=True)
             return ds.take(short), ds.take(steps)
 
         pipes = {name: dataset(name) for name in names}

@@ -36,11 +36,6 @@ crops), before the resize to the model's input, so the crop keeps full
 resolution and a JPEG only decodes the cropped window. The flip, too, runs per
 image in the pipeline (`decode_flip`, image_ops.random_flip: only the flipped
 half pays for a copy); build_augmenter leaves out the names in `at_decode`.
-In a pipeline that also runs the batch ops (--augment-on cpu) the rotation is
-per image at decode too (`decode_rotate`, image_ops.random_rotate: the image is
-still in cache, and a batch with nothing else to do needs no batch map); on
---augment-on device the train step's augmenter rotates the batch. Both run
-batch_ops.rotate_apply's warp: the same pixels for the same angle.
 
 Ops are applied in a fixed order whatever order the names come in: geometry,
 then colour, then erasing, then label mixing last (mixing before a colour jitter
@@ -75,9 +70,6 @@ DEFAULTS: dict[str, dict] = {
 }
 NAMES = tuple(DEFAULTS)
 AT_DECODE = ("rrc", "flip")  # per-image ops the pipeline runs while decoding, not in the batch augmenter
-# per-image at decode too, but only in a pipeline that does the batch ops (--augment-on cpu): on device
-# the step rotates the batch (decode_names)
-DECODE_ROTATE = "rotate"
 FLIP_MODES = ("horizontal", "vertical", "horizontal_and_vertical")
 NEEDS_RGB = ("color", "randaugment")  # hue/saturation and RandAugment's colour ops are RGB-only
 MIXERS = ("mixup", "cutmix")
@@ -213,7 +205,7 @@ def _make_op(name: str, kwargs: dict, seed) -> _Op:
         return _Op(partial(ops.flip_draw, seed=seed), partial(ops.flip_apply, mode=mode), True)
     if name == "rotate":
         layer = layers.RandomRotation(**kwargs, **common)
-        if not _plain_rotation(layer):
+        if layer.fill_mode != "reflect" or layer.interpolation != "bilinear":
             return _layer_op(layer)
         return _Op(partial(ops.rotate_draw, factor=layer.factor, seed=seed), ops.rotate_apply, True)
     if name == "color":
@@ -236,21 +228,6 @@ def _make_op(name: str, kwargs: dict, seed) -> _Op:
         factor = layers.CutMix(**kwargs, **common).factor
         return _Op(partial(ops.cutmix_draw, factor=factor, seed=seed), ops.cutmix_apply, True)
     raise UsageError(f"unknown augmentation {name!r}; valid: {', '.join(NAMES)}")
-
-
-def _plain_rotation(layer) -> bool:
-    """batch_ops computes this RandomRotation (fill reflect, bilinear); else the Keras layer does."""
-    return layer.fill_mode == "reflect" and layer.interpolation == "bilinear"
-
-
-def _checked(name: str, make: Callable):
-    """make() with a misspelt option or a value Keras refuses as the one-line UsageError."""
-    try:
-        return make()
-    except TypeError as e:  # a misspelt option in the config
-        raise UsageError(f"augmentation {name!r}: {e}") from None
-    except (ValueError, NotImplementedError) as e:  # Keras' own checks (factor > 1, fill_mode, ...)
-        raise UsageError(f"augmentation {name!r}: {first_line(e)}") from None
 
 
 def _one_of(first: _Op, second: _Op, seed) -> _Op:
@@ -323,7 +300,12 @@ def build_augmenter(names, image_size, seed=None, *, channels: int = 3,
         if name not in spec or name in at_decode or name == "rrc":
             continue
         kwargs = dict(DEFAULTS[name], **spec[name])
-        op = _checked(name, lambda: _make_op(name, kwargs, _seed(seed, index)))
+        try:
+            op = _make_op(name, kwargs, _seed(seed, index))
+        except TypeError as e:  # a misspelt option in the config
+            raise UsageError(f"augmentation {name!r}: {e}") from None
+        except (ValueError, NotImplementedError) as e:  # Keras' own checks (factor > 1, fill_mode, ...)
+            raise UsageError(f"augmentation {name!r}: {first_line(e)}") from None
         (mixers if name in MIXERS else chain).append(op)
     if len(mixers) == 2:
         chain.append(_one_of(mixers[0], mixers[1], _seed(seed, 99)))
@@ -365,27 +347,3 @@ def decode_flip(spec: dict[str, dict]) -> str | None:
     if mode not in FLIP_MODES:
         raise UsageError(f"augmentation 'flip': mode must be one of {', '.join(FLIP_MODES)}, not {mode!r}")
     return mode
-
-
-def decode_rotate(spec: dict[str, dict]) -> tuple[float, float] | None:
-    """The rotation's factor range (Keras RandomRotation's parse) if `spec` asks for one that the
-    per-image rotation at decode computes (fill reflect, bilinear); None otherwise (no rotation, or
-    another fill mode, which stays the Keras layer on the batch).
-
-    Raises:
-        UsageError: an option Keras' RandomRotation refuses.
-    """
-    if DECODE_ROTATE not in spec:
-        return None
-    import keras  # lazy, as in _make_op
-
-    kwargs = dict(DEFAULTS[DECODE_ROTATE], **spec[DECODE_ROTATE])
-    layer = _checked(DECODE_ROTATE, lambda: keras.layers.RandomRotation(**kwargs, dtype="float32"))
-    return tuple(float(f) for f in layer.factor) if _plain_rotation(layer) else None
-
-
-def decode_names(spec: dict[str, dict]) -> tuple[str, ...]:
-    """What a pipeline that also runs the batch ops (make_dataset) does per image at decode:
-    AT_DECODE, plus the rotation when decode_rotate computes it. The build_augmenter of that
-    pipeline leaves these out; a train step's (--augment-on device) keeps the rotation."""
-    return AT_DECODE + ((DECODE_ROTATE,) if decode_rotate(spec) is not None else ())

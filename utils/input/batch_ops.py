@@ -170,18 +170,11 @@ def rotate_draw(images, factor=(-0.05, 0.05), seed=None):
     return {"angle": _uniform([tf.shape(images)[0]], factor[0] * 360.0, factor[1] * 360.0, seed)}
 
 
-def _reflect(i, n: int, reach: float | None = None):
-    """Integer coordinates int32 -> inside [0, n) by reflection (d c b a | a b c d | d c b a).
-
-    reach: a bound on |i - (n - 1) / 2| known when the graph is built (a
-    rotation about the centre never reaches further than the half-diagonal).
-    Within one fold of the image the period arithmetic is not needed: two
-    selects, where floormod costs an integer division per tap and coordinate.
-    """
-    if reach is not None and reach <= (n - 1) / 2.0 + n:  # i stays in [-n, 2n): one mirror each side
-        return tf.where(i < 0, -1 - i, tf.where(i >= n, 2 * n - 1 - i, i))
-    c = tf.math.floormod(i, 2 * n)
-    return tf.where(c >= n, 2 * n - 1 - c, c)
+def _reflect(c, n: int):
+    """Integer-valued coordinates -> inside [0, n) by reflection (d c b a | a b c d | d c b a)."""
+    period = 2.0 * n
+    c = c - period * tf.floor(c / period)
+    return tf.where(c >= n, period - 1.0 - c, c)
 
 
 def rotation_matrix(angle, h: int, w: int):
@@ -193,22 +186,20 @@ def rotation_matrix(angle, h: int, w: int):
     return tf.stack([cos, -sin, cx - cx * cos + cy * sin, sin, cos, cy - cx * sin - cy * cos, zero, zero], axis=1)
 
 
-def affine_apply(images, matrix, reach: float | None = None):
+def affine_apply(images, matrix):
     """ImageProjectiveTransformV3's affine case, fill_mode reflect, bilinear, in plain TF.
 
     matrix [B, 8]: Keras' output -> input mapping (a0 a1 a2 b0 b1 b2 0 0):
     in_x = a0 x + a1 y + a2, in_y = b0 x + b1 y + b2. The four bilinear taps
-    are whole pixels, gathered as rows of an [N, C] view (one index per tap
-    for all channels; the TF kernel recomputes the mapping per channel and
-    cannot be compiled by XLA). The tap indices are integer arithmetic on
-    floor(in_x), floor(in_y), the two weights are computed once per pixel.
-    reach: see _reflect (None: any matrix).
+    are gathered once per pixel for all channels (the TF kernel recomputes the
+    mapping per channel and cannot be compiled by XLA).
 
-    Measured variants (1 core, 224 px, XLA, per image): this 0.54 ms; each
-    channel gathered apart 2.3; RGB packed into one int32 or int64 per pixel
-    (4 scalar gathers) 6.4-7.2 (XLA fuses the packing into the gathers);
-    horizontal pairs [N, 6] 1.2; 2x2 quads [N, 12] 2.4: XLA's CPU gather
-    costs per element gathered, so 4 taps x C values is the floor.
+    Measured (1 core, 224 px, XLA, ms/image): this 0.54; integer tap indices
+    with a one-fold reflect 0.55 (the gathers are the cost); channels gathered
+    apart 2.3; RGB packed in an int32/int64 (4 scalar gathers) 6.4-7.2;
+    float16 rows 0.67; pixel pairs [N, 6] 1.2, 2x2 quads [N, 12] 2.4. Per
+    image at decode (one XLA call per image in the decode map) gave 0.84
+    added in bench/augment.py where this batch op gave 0.44 in the same run.
     """
     shape = tf.shape(images)
     b, h, w, c = shape[0], images.shape[1], images.shape[2], images.shape[3]
@@ -218,35 +209,23 @@ def affine_apply(images, matrix, reach: float | None = None):
     sy = m[3] * xx + m[4] * yy + m[5]
     x0, y0 = tf.floor(sx), tf.floor(sy)
     fx, fy = (sx - x0)[..., None], (sy - y0)[..., None]
-    xi, yi = tf.cast(x0, tf.int32), tf.cast(y0, tf.int32)
-    left, right = _reflect(xi, w, reach), _reflect(xi + 1, w, reach)
-    base = tf.reshape(tf.range(b) * (h * w), [-1, 1, 1])
-    upper, lower = base + _reflect(yi, h, reach) * w, base + _reflect(yi + 1, h, reach) * w
     flat = tf.reshape(images, [-1, c])
-    top_left, top_right = tf.gather(flat, upper + left), tf.gather(flat, upper + right)
-    bottom_left, bottom_right = tf.gather(flat, lower + left), tf.gather(flat, lower + right)
+    base = tf.reshape(tf.range(b) * (h * w), [-1, 1, 1])
+
+    def tap(yi, xi):
+        index = tf.cast(_reflect(yi, h), tf.int32) * w + tf.cast(_reflect(xi, w), tf.int32)
+        return tf.gather(flat, base + index)
+
+    top_left, top_right = tap(y0, x0), tap(y0, x0 + 1.0)
+    bottom_left, bottom_right = tap(y0 + 1.0, x0), tap(y0 + 1.0, x0 + 1.0)
     top = top_left + (top_right - top_left) * fx
     bottom = bottom_left + (bottom_right - bottom_left) * fx
     return top + (bottom - top) * fy
 
 
-def rotation_reach(h: int, w: int) -> float:
-    """How far from the centre a rotation's bilinear taps can land: the half-diagonal, +1 for the far
-    tap (+1 more: float rounding of the mapping)."""
-    return math.hypot((h - 1) / 2.0, (w - 1) / 2.0) + 2.0
-
-
 def rotate_apply(images, labels, p):
     """Keras RandomRotation (fill_mode reflect, bilinear): rotation about the centre."""
-    h, w = images.shape[1], images.shape[2]
-    return affine_apply(images, rotation_matrix(p["angle"], h, w), rotation_reach(h, w)), labels
-
-
-# one image [H, W, C] by `angle` degrees, clipped to [0, 255] in the same compiled pass:
-# the per-image form of rotate_apply (image_ops.random_rotate runs it at decode)
-rotate_image = tf.function(
-    lambda image, angle: tf.clip_by_value(rotate_apply(image[None], None, {"angle": angle[None]})[0][0], 0.0, 255.0),
-    jit_compile=True)
+    return affine_apply(images, rotation_matrix(p["angle"], images.shape[1], images.shape[2])), labels
 
 
 # ----------------------------------------------------------------- boxes: erasing, cutmix

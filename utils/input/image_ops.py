@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from utils.input.batch_ops import rotate_image
-
 JPEG_MAGIC = b"\xff\xd8\xff"
 RRC_SCALE = (0.08, 1.0)  # random resized crop: fraction of the image area (Inception)
 RRC_RATIO = (3 / 4, 4 / 3)  # and aspect ratio (w / h) of the crop window
@@ -231,18 +229,3 @@ def train_crop_image(planes: tf.Tensor, size, channels: int = 3, num_planes: int
         return resize_image(tf.io.decode_and_crop_jpeg(planes[0], win, channels=channels), size)
 
     return tf.cond(_is_jpeg(planes[0]), jpeg, generic)
-
-
-# ----------------------------------------------------------------- rotation
-
-def random_rotate(image: tf.Tensor, factor=(-0.05, 0.05), seed=None) -> tf.Tensor:
-    """One float32 image [H, W, C] rotated about its centre (Keras RandomRotation, fill reflect, bilinear).
-
-    The angle is uniform in factor * 360 degrees, as RandomRotation draws it
-    per image. Per image at decode rather than on the batch: the image is
-    still in cache when it is warped and a batch that needs nothing else
-    skips the batch map entirely; the warp is batch_ops.rotate_apply's, so the
-    pixels are those the batch op (--augment-on device) gives for that angle.
-    """
-    angle = tf.random.uniform([], float(factor[0]) * 360.0, float(factor[1]) * 360.0, seed=seed)
-    return rotate_image(tf.cast(image, tf.float32), angle)

@@ -46,7 +46,7 @@ from utils.dataset.manifest import (DatasetError, check_shards_on_disk, load_lab
                                     split_count)
 from utils.errors import UsageError
 from utils.input import augment as aug
-from utils.input.image_ops import as_hw, eval_image, random_flip, random_rotate, train_crop_image
+from utils.input.image_ops import as_hw, eval_image, random_flip, train_crop_image
 from utils.input.labels import HEADS, dense_labels, split_labels
 from utils.input.records import AUTOTUNE, counters, decode_skipping_failures, read_records, resumable_stream, shuffle_size
 
@@ -94,7 +94,7 @@ def _shards(manifest: dict, data_dir: str, split: str, fold) -> list[dict]:
 # --------------------------------------------------------------- dataset assembly
 
 def _decoder(size, channels: int, planes: int, num_classes: int, head: str, crop: dict | None,
-             flip: str | None, seed, with_ids: bool, rotate: tuple | None = None):
+             flip: str | None, seed, with_ids: bool):
     """serialized record -> (image, dense labels[, source id]), counting records in and out."""
     counter = counters()
 
@@ -107,8 +107,6 @@ def _decoder(size, channels: int, planes: int, num_classes: int, head: str, crop
             img = eval_image(ex[schema.ENCODED], size, channels, planes)
         if flip is not None:  # per image: only the flipped half pays for a copy (image_ops.random_flip)
             img = random_flip(img, flip, seed=None if seed is None else seed + 1)
-        if rotate is not None:  # per image, after the flip as on the batch (image_ops.random_rotate)
-            img = random_rotate(img, rotate, seed=None if seed is None else seed + 2)
         with tf.control_dependencies([img]):
             done = counter["ok"].assign_add(1)
         with tf.control_dependencies([done]):
@@ -188,13 +186,12 @@ def make_dataset(data_dir: str, split: str, *, image_size, batch_size: int, trai
 
     spec = aug.parse_names(augment) if training else {}
     decode = _decoder(size, channels, planes, num_classes, head, aug.decode_crop(spec), aug.decode_flip(spec),
-                      seed, with_ids, aug.decode_rotate(spec))
+                      seed, with_ids)
     ds = decode_skipping_failures(ds, decode, deterministic)
     ds = ds.batch(int(batch_size), drop_remainder=drop_remainder,
                   num_parallel_calls=AUTOTUNE, deterministic=deterministic)
 
-    augmenter = (aug.build_augmenter(spec, size, seed, channels=channels, at_decode=aug.decode_names(spec))
-                 if spec else None)
+    augmenter = aug.build_augmenter(spec, size, seed, channels=channels) if spec else None
 
     def finish(images, labels, *ids):
         if augmenter is not None:  # after batch: vectorised layers, mixing partners
