@@ -193,6 +193,13 @@ def affine_apply(images, matrix):
     in_x = a0 x + a1 y + a2, in_y = b0 x + b1 y + b2. The four bilinear taps
     are gathered once per pixel for all channels (the TF kernel recomputes the
     mapping per channel and cannot be compiled by XLA).
+
+    Measured (1 core, 224 px, XLA, ms/image): this 0.54; integer tap indices
+    with a one-fold reflect 0.55 (the gathers are the cost); channels gathered
+    apart 2.3; RGB packed in an int32/int64 (4 scalar gathers) 6.4-7.2;
+    float16 rows 0.67; pixel pairs [N, 6] 1.2, 2x2 quads [N, 12] 2.4. Per
+    image at decode (one XLA call per image in the decode map) gave 0.84
+    added in bench/augment.py where this batch op gave 0.44 in the same run.
     """
     shape = tf.shape(images)
     b, h, w, c = shape[0], images.shape[1], images.shape[2], images.shape[3]
