@@ -244,6 +244,10 @@ def keras_compare(args, folder: str, paths: list[str], data: dict, build_s: dict
     print(f"  one-off build: pass-through {build_s[PASS]:.1f} s ({mb[PASS]:.0f} MB of shards), "
           f"--short-side {args.size} {build_s[SHORT]:.1f} s ({mb[SHORT]:.0f} MB) = "
           f"{build_s[SHORT] / keras_epoch:.1f} keras epochs")
+    if len(modes) == 2:  # which pipeline loses when the bytes come from the disk (same round: same load)
+        print("  cold/warm, each pipeline against itself: " + ", ".join(
+            f"{name.split(',')[-1].strip()} {med(c / w for c, w in zip(rates['cold', name], rates['warm', name])):.2f}x"
+            for name in pipes))
     for mode in modes:
         r = ratio[mode, SHORT]
         print(f"  {mode}: --short-side {args.size} shards vs keras {r:.2f}x "

@@ -55,7 +55,7 @@ def _tf_message(err: BaseException) -> str:
     return text.split(" [Op:", 1)[0].strip()
 
 
-def read_shard_past_corruption(path, count, lost):
+def read_shard_past_corruption(path, count, lost, buffer_size: int = 1 << 20):
     """One shard's records; a corrupted one ends where it breaks and the loss is printed and counted.
 
     ignore_errors() here sees only this shard's reader, whose DataLossError
@@ -67,10 +67,11 @@ def read_shard_past_corruption(path, count, lost):
         path: the shard (a string tensor: interleave's element).
         count: its records per the manifest (int64 tensor).
         lost: an int64 variable that gets the records lost.
+        buffer_size: bytes per read of the shard (utils.input.records.READ_BUFFER_BYTES).
     Returns:
         the shard's serialized records, up to the corruption.
     """
-    records = tf.data.TFRecordDataset(path, buffer_size=1 << 20).ignore_errors()
+    records = tf.data.TFRecordDataset(path, buffer_size=buffer_size).ignore_errors()
     marked = records.map(lambda r: (r, False)).concatenate(
         tf.data.Dataset.from_tensors((tf.constant(b""), True)))
 

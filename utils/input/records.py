@@ -67,6 +67,41 @@ def corrupt_records_lost() -> int:
     return 0 if _COUNTERS is None else int(_COUNTERS["lost"].numpy())
 
 
+# Bytes per read() of a shard, per open shard. Local disk: the kernel's readahead (128 KiB to
+# 8 MiB windows) already streams a sequential file; 1 and 4 MiB read the bench's 26 MB cold in
+# the same ~70 ms here. Network storage (NFS, a bucket through tf.io.gfile) pays a round trip
+# per request, but with READ_AHEAD every open shard has its own reader thread, so the round
+# trips of the interleave's 16 shards overlap: 16 x 1 MiB per ~50 ms is ~320 MB/s, about 10,000
+# images/s of 30 KB records. Bigger buffers would help only a pipeline with very few shards on
+# high-latency storage, and cost 16 x the size (plus the shards being opened next) per pipeline,
+# times the pipelines on a host. So 1 MiB, as before.
+READ_BUFFER_BYTES = 1 << 20
+
+# Records each shard's reader keeps ready ahead of the decoders, on its own thread. Without it
+# the interleave buffers only 3 records per shard (TF's default: 2 x block_length + 1), so a
+# buffer refill that misses the page cache stalls the round robin (deterministic order waits for
+# THAT shard), and the decoders with it: cold, read time added to decode time instead of
+# overlapping it. AUTOTUNE, not a fixed count: tf.data grows a prefetch buffer only when its
+# consumer found it empty (within its RAM budget), so a shard on a fast disk keeps a few records
+# and one on slow storage as many as its latency needs, whatever the record size (26 KB JPEGs,
+# 6-plane 1 MB microscopy records: a count right for one is wrong for the other). Its cost, one
+# hand-over per record: ~9 us of CPU per record here (34 -> 43 us for the read stage alone,
+# ~1% of a 224 px decode), paid for by never waiting on a read. Autotuning needs a few refills
+# to grow, so a short shard gets the fixed read-ahead of decode_skipping_failures as well.
+READ_AHEAD = AUTOTUNE
+
+
+def ahead(read):
+    """A shard reader -> the same records, read ahead on their own thread (READ_AHEAD)."""
+    return lambda *shard: read(*shard).prefetch(READ_AHEAD)
+
+
+@ahead
+def read_shard(path):
+    """One shard's serialized records, in file order (a DataLossError where it is corrupted)."""
+    return tf.data.TFRecordDataset(path, buffer_size=READ_BUFFER_BYTES)
+
+
 def read_records(files: list[str], *, training: bool, seed, deterministic: bool, input_context,
                   counts: list[int] | None = None):
     """File names -> serialized records, sharded across input pipelines.
@@ -94,10 +129,12 @@ def read_records(files: list[str], *, training: bool, seed, deterministic: bool,
         counts = None if counts is None else counts[index::n]
     if counts is None:
         ds = tf.data.Dataset.from_tensor_slices(files)
-        read = lambda f: tf.data.TFRecordDataset(f, buffer_size=1 << 20)  # noqa: E731
+        read = read_shard
     else:
         ds = tf.data.Dataset.from_tensor_slices((files, tf.constant(counts, tf.int64)))
-        read = functools.partial(read_shard_past_corruption, lost=counters()["lost"])
+        read = functools.partial(read_shard_past_corruption, lost=counters()["lost"],
+                                 buffer_size=READ_BUFFER_BYTES)
+        read = ahead(read)
     if training and (seed is not None or not by_data):
         # new file order every epoch: records of one shard are not always neighbours
         ds = ds.shuffle(n_all, seed=seed, reshuffle_each_iteration=True)
@@ -183,6 +220,8 @@ def resumable_stream(shards: list[dict], *, seed, cache: bool, shuffle_buffer: i
 
 
 DECODE_CHUNK = 16  # records per decode task (see decode_skipping_failures)
+# Chunks of serialized records kept ready for the decoders, per decoder (see decode_skipping_failures).
+READY_CHUNKS_PER_DECODER = 2
 
 
 def usable_cpus() -> int:
@@ -210,13 +249,22 @@ def decode_skipping_failures(records, decode, deterministic: bool):
     so with deterministic=True the record order is unchanged); one dataset per
     chunk rather than per record keeps the overhead negligible (per record:
     measured -40% throughput; per 16: within noise of a plain parallel map).
+
+    The chunks are read ahead of the decoders (a fixed count, READY_CHUNKS_PER_DECODER
+    per decoder: 64 records on 2 CPUs, ~25 ms of decoding at ~2,600 images/s, and
+    the same time on more CPUs, which drain it faster): a read that waits on the
+    disk (a shard's buffer refill, the next shard's first read) then costs the
+    decoders nothing, in eval too, where no shuffle buffer stands between. Each
+    shard's own read-ahead (READ_AHEAD) adapts to slower storage; this one is there
+    from the first record, before any autotuning.
     """
     def decode_chunk(chunk):
         return tf.data.Dataset.from_tensor_slices(chunk).map(decode).ignore_errors()
 
-    return records.batch(DECODE_CHUNK).interleave(
+    decoders = max(2, usable_cpus())  # two at least: one slow chunk does not stall the batch
+    return records.batch(DECODE_CHUNK).prefetch(READY_CHUNKS_PER_DECODER * decoders).interleave(
         decode_chunk,
-        cycle_length=max(2, usable_cpus()),  # two at least: one slow chunk does not stall the batch
+        cycle_length=decoders,
         block_length=DECODE_CHUNK,
         num_parallel_calls=AUTOTUNE,
         deterministic=deterministic,
