@@ -320,9 +320,8 @@ def test_kill_9_then_resume(tiny, data, tmp_path, capsys):
     assert 1 <= done < 5
     assert not os.path.exists(tmp_path / "model_save" / "r.h5")
 
-    p = runner(argv + ["--resume"], cwd=tmp_path)
-    out, err = p.communicate(timeout=300)
-    assert p.returncode == 0, err[-2000:]
+    code, _, err = run_main(argv + ["--resume"], capsys)  # in this process (cwd tmp_path): no 2nd TF import
+    assert code == 0, err[-2000:]
     assert f"resuming after epoch {done}" in err
     resumed = csv_rows(tmp_path / "log" / "r" / "epochs.csv")
     assert [r["epoch"] for r in resumed] == ["0", "1", "2", "3", "4"]
