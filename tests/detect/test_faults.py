@@ -63,8 +63,8 @@ def write_bson(path, n_products: int) -> dict:
     return {"photos": photos, "bad": bad}
 
 
-@pytest.mark.slow   # three detect.py runs over ~3,000 photos
-def test_resume_after_kill_9_gives_the_clean_csv(tmp_path):
+@pytest.mark.slow   # three detect.py runs over ~3,000 photos (only the killed one a subprocess)
+def test_resume_after_kill_9_gives_the_clean_csv(tmp_path, capsys):
     pytest.importorskip("bson")
     cats = ["1000010653", "1000010654", "1000010655"]
     model = tiny_model(tmp_path / "cd.h5", class_names=cats)
@@ -72,9 +72,8 @@ def test_resume_after_kill_9_gives_the_clean_csv(tmp_path):
     info = write_bson(dump, 1500)
     args = ["--model", model, dump, "--format", "cdiscount", "--batch-size", "16"]
     clean = tmp_path / "clean.csv"
-    r = subprocess.run(detect_cmd(*args, "--out", clean), cwd=ROOT, env=ENV, capture_output=True, text=True,
-                       timeout=600)
-    assert r.returncode == 0, r.stderr
+    code, _, err = run([*map(str, args), "--out", str(clean)], capsys)
+    assert code == 0, err
     out = tmp_path / "sub.csv"
     p = subprocess.Popen(detect_cmd(*args, "--out", out), cwd=ROOT, env=ENV,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -83,10 +82,9 @@ def test_resume_after_kill_9_gives_the_clean_csv(tmp_path):
     assert not out.exists(), "the run finished before it could be killed"
     done = json.load(open(state))["rows"]
     assert 0 < done < 1500
-    r = subprocess.run(detect_cmd(*args, "--out", out, "--resume"), cwd=ROOT, env=ENV, capture_output=True,
-                       text=True, timeout=600)
-    assert r.returncode == 0, r.stderr
-    assert f"resuming {out} after {done} rows" in r.stderr
+    code, _, err = run([*map(str, args), "--out", str(out), "--resume"], capsys)
+    assert code == 0, err
+    assert f"resuming {out} after {done} rows" in err
     assert out.read_bytes() == clean.read_bytes()
     assert len(read_csv(out)) == 1501                 # every product, the unreadable ones too
     skipped = {row[0] for row in read_csv(tmp_path / "sub.skipped.csv")[1:]}

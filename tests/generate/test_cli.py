@@ -57,8 +57,7 @@ def test_missing_input_is_one_line(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.slow   # the verify subprocess imports TensorFlow
-def test_bad_flag_value_is_one_line(tmp_path):
+def test_bad_flag_value_is_one_line(tmp_path):  # verify refuses a missing folder before importing TensorFlow
     src = tmp_path / "src"
     src.mkdir()
     r = run("verify", tmp_path / "nothing")

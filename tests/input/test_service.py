@@ -180,9 +180,9 @@ def test_cli_servers_print_where_they_listen_and_stop_on_sigterm(data):
     port = free_ports()[0]
     d = start(["dispatcher", "--port", str(port)])
     procs = [d]
-    try:
-        assert f"dispatcher listening on port {port}" in d.stdout.readline()
+    try:  # all three started at once (the workers wait for the dispatcher): their TensorFlow imports overlap
         procs += [start(["worker", "--dispatcher", f"127.0.0.1:{port}", "--address", "127.0.0.1"]) for _ in range(2)]
+        assert f"dispatcher listening on port {port}" in d.stdout.readline()
         lines = [p.stdout.readline() for p in procs[1:]]
         assert all("worker listening on port" in ln and f"127.0.0.1:{port}" in ln for ln in lines), lines
         ds = make_dataset(data, "val", image_size=32, batch_size=5, training=False, with_ids=True)

@@ -42,39 +42,56 @@ def _predict(m, x):
 CASES = [("densenet121", "softmax"), ("efficientnetb0", "per-class")]
 
 
-@pytest.mark.slow  # a fresh interpreter loads TensorFlow again: 10-15 s
-@pytest.mark.parametrize("arch,head", CASES)
-def test_save_h5_and_keras_then_load_in_fresh_process(tmp_path, arch, head):
-    names = ["a", "b", "c"]
-    x = _images()
-    np.save(tmp_path / "x.npy", x)
-    m = build_model(arch, 3, input_size=SIZE, head=head, class_names=names, head_bn=True)
-    outs = output_names(head, 3, names)
-    loss, lw = make_loss(head, 3, outs, class_weights=[1.0, 2.0, 3.0], label_smoothing=0.1)
-    m.compile(optimizer="adam", loss=loss, loss_weights=lw, metrics=make_metrics(head, 3, outs))
-    np.save(tmp_path / "want.npy", _predict(m, x))
-    # .keras first: a legacy .h5 save drops "optimizer" from the compile config in place
-    m.save(tmp_path / "m.keras")
-    m.save(tmp_path / "m.h5")
-    # a fresh interpreter proves `import model` alone registers everything load_model needs
-    code = (
-        "import sys, numpy as np, keras, model\n"
-        "d = sys.argv[1]; x = np.load(d + '/x.npy'); want = np.load(d + '/want.npy')\n"
-        "for ext in ('h5', 'keras'):\n"
-        "    m = keras.models.load_model(f'{d}/m.{ext}')\n"  # safe_mode on: no lambdas
-        "    out = m(x, training=False)\n"
-        "    got = np.concatenate(out, axis=-1) if isinstance(out, list) else np.asarray(out)\n"
-        "    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)\n"
-        "    loss = m.loss if not isinstance(m.loss, dict) else next(iter(m.loss.values()))\n"
-        "    assert type(loss).__name__.startswith('Weighted'), type(loss)\n"
-        "    print(f'm.{ext}', m.get_layer('preprocess').mode, type(m.optimizer).__name__)\n"
-    )
+FRESH_LOAD = (
+    "import sys, numpy as np, keras, model\n"
+    "for d in sys.argv[1:]:\n"
+    "    x = np.load(d + '/x.npy'); want = np.load(d + '/want.npy')\n"
+    "    for ext in ('h5', 'keras'):\n"
+    "        m = keras.models.load_model(f'{d}/m.{ext}')\n"  # safe_mode on: no lambdas
+    "        out = m(x, training=False)\n"
+    "        got = np.concatenate(out, axis=-1) if isinstance(out, list) else np.asarray(out)\n"
+    "        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)\n"
+    "        loss = m.loss if not isinstance(m.loss, dict) else next(iter(m.loss.values()))\n"
+    "        assert type(loss).__name__.startswith('Weighted'), type(loss)\n"
+    "        print(d.rsplit('/', 1)[-1], f'm.{ext}', m.get_layer('preprocess').mode, type(m.optimizer).__name__)\n"
+)
+
+
+@pytest.fixture(scope="module")
+def fresh_loads(tmp_path_factory):
+    """Every CASE built, compiled and saved (.keras, .h5), then loaded in ONE fresh interpreter
+    (a second one would import TensorFlow again for 10-15 s). Returns {case dir name: (returncode,
+    its stdout lines, stderr)}."""
+    dirs = []
+    for arch, head in CASES:
+        d = tmp_path_factory.mktemp(f"{arch}_{head}")
+        x = _images()
+        np.save(d / "x.npy", x)
+        names = ["a", "b", "c"]
+        m = build_model(arch, 3, input_size=SIZE, head=head, class_names=names, head_bn=True)
+        outs = output_names(head, 3, names)
+        loss, lw = make_loss(head, 3, outs, class_weights=[1.0, 2.0, 3.0], label_smoothing=0.1)
+        m.compile(optimizer="adam", loss=loss, loss_weights=lw, metrics=make_metrics(head, 3, outs))
+        np.save(d / "want.npy", _predict(m, x))
+        # .keras first: a legacy .h5 save drops "optimizer" from the compile config in place
+        m.save(d / "m.keras")
+        m.save(d / "m.h5")
+        dirs.append(d)
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
-                       env=env, cwd=str(tmp_path), timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
+    r = subprocess.run([sys.executable, "-c", FRESH_LOAD, *map(str, dirs)], capture_output=True, text=True,
+                       env=env, cwd=str(dirs[0]), timeout=300)
+    lines = [ln.split(" ", 1) for ln in r.stdout.splitlines()]
+    return {d.name: (r.returncode, [rest for name, rest in lines if name == d.name], r.stderr) for d in dirs}
+
+
+@pytest.mark.slow  # a fresh interpreter loads TensorFlow again: 10-15 s (once for both cases: fresh_loads)
+@pytest.mark.parametrize("arch,head", CASES)
+def test_save_h5_and_keras_then_load_in_fresh_process(fresh_loads, arch, head):
+    # a fresh interpreter proves `import model` alone registers everything load_model needs
+    (code, lines, err), = [v for k, v in fresh_loads.items() if k.startswith(f"{arch}_{head}")]
+    assert code == 0, err[-3000:]
     mode = {"densenet121": "torch", "efficientnetb0": "none"}[arch]
-    assert r.stdout.splitlines() == [f"m.h5 {mode} Adam", f"m.keras {mode} Adam"]
+    assert lines == [f"m.h5 {mode} Adam", f"m.keras {mode} Adam"]
 
 
 # ------------------------------------------------------------------ weights files

@@ -259,7 +259,7 @@ def test_mirrored_two_logical_cpus_runs_device_augmentation():
 
 
 @pytest.mark.slow
-def test_device_run_sigterm_then_resume(tiny, data, tmp_path):
+def test_device_run_sigterm_then_resume(tiny, data, tmp_path, capsys):
     import csv
     import json
     import signal
@@ -276,9 +276,8 @@ def test_device_run_sigterm_then_resume(tiny, data, tmp_path):
     p.send_signal(signal.SIGTERM)
     out, err = p.communicate(timeout=120)
     assert p.returncode == 143 and "interrupted: saved epoch" in err, err[-2000:]
-    p = runner(argv + ["--resume"], cwd=tmp_path)
-    out, err = p.communicate(timeout=400)
-    assert p.returncode == 0 and "resuming at epoch" in err, err[-2000:]
+    code, out, err = run_main(argv + ["--resume"], capsys)  # in this process (cwd tmp_path): no 2nd TF import
+    assert code == 0 and "resuming at epoch" in err, err[-2000:]
     meta = json.load(open(tmp_path / "model_save" / "r.json"))
     assert meta["history"]["iterations"] == 24 and meta["config"]["augment_on"] == "device"
     assert [r["epoch"] for r in csv.DictReader(open(tmp_path / "log" / "r" / "epochs.csv"))] == ["0", "1"]

@@ -106,7 +106,7 @@ def test_sizes_change_at_the_right_epochs_under_one_schedule(tiny, data, capsys,
 
 
 @pytest.mark.slow
-def test_kill_9_then_resume_in_the_right_size(tiny, data, tmp_path):
+def test_kill_9_then_resume_in_the_right_size(tiny, data, tmp_path, capsys):
     from utils.train.checkpoint import load_state
 
     argv = quick(data, "--epochs", "3", "--steps-per-epoch", "30", "--progressive", "16:1,24:1,32",
@@ -122,9 +122,8 @@ def test_kill_9_then_resume_in_the_right_size(tiny, data, tmp_path):
     done = load_state(str(state.parent))["run"]["epoch"]
     assert done in (1, 2)
 
-    p = runner(argv + ["--resume"], cwd=tmp_path)
-    out, err = p.communicate(timeout=300)
-    assert p.returncode == 0, err[-2000:]
+    code, _, err = run_main(argv + ["--resume"], capsys)  # in this process (cwd tmp_path): no 2nd TF import
+    assert code == 0, err[-2000:]
     assert f"resuming after epoch {done}" in err
     size = {1: 24, 2: 32}[done]
     assert f"progressive: epochs {done + 1}-{done + 1} at {size} px" in err

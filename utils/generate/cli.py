@@ -110,12 +110,13 @@ def default_val_fraction(source, folds: int) -> float | None:
 
 def verify(args: argparse.Namespace) -> int:
     """verify DIR: 0 when intact, else 1 with the problems on stderr."""
-    from utils.dataset.manifest import load_labels  # on use: see the module docstring
+    from utils.dataset.manifest import load_labels, load_manifest  # on use: see the module docstring
     from utils.generate import neardup
     from utils.generate.verify import verify_dataset
 
     if not 0 <= args.max_distance <= neardup.MAX_DISTANCE_LIMIT:
         raise UsageError(f"--max-distance must be in 0..{neardup.MAX_DISTANCE_LIMIT} bits, got {args.max_distance}")
+    load_manifest(args.data)  # a wrong folder is one line at once, not after TensorFlow's import (seconds)
     import_tensorflow_quietly()  # verify decodes every image with TF
     hashes = [] if args.near_duplicates else None
     problems = verify_dataset(args.data, progress=not args.no_progress, hashes=hashes)
