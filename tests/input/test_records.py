@@ -30,7 +30,8 @@ def test_usable_cpus_is_the_affinity_mask_not_the_host_count(monkeypatch):
 
 
 def test_decode_chunks_in_flight_follow_the_usable_cpus(monkeypatch):
-    for mask, cycle in (({0}, 2), ({0, 1, 2, 3, 4, 5}, 6)):  # at least two: a slow chunk must not stall
+    # two per CPU, at least two (a slow chunk must not stall), at most MAX_DECODE_CHUNKS
+    for mask, cycle in (({0}, 2), ({0, 1, 2, 3, 4, 5}, 12), (set(range(40)), records.MAX_DECODE_CHUNKS)):
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid, m=mask: set(m))
         monkeypatch.setattr(os, "cpu_count", lambda: 64)
         rec = _Recorder()
