@@ -24,15 +24,17 @@ def test_chunks_join_to_the_record_and_keep_the_planes_uncopied():
         assert b"".join(tfrecord.frame_chunks(chunks)) == header + rec + footer
 
 
-def test_varint_matches_protobuf_for_every_width():
-    def reference(n):
-        n &= 0xFFFFFFFFFFFFFFFF
-        out = bytearray()
-        while True:
-            out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
-            n >>= 7
-            if not n:
-                return bytes(out)
+def reference_varint(n: int) -> bytes:
+    """A protobuf varint the textbook way (int64 two's complement, 7 bits a byte)."""
+    n &= 0xFFFFFFFFFFFFFFFF
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
 
+
+def test_varint_matches_protobuf_for_every_width():
     for n in [*range(0, 20_000, 7), 127, 128, 16_383, 16_384, 2**21, 2**35, 2**63 - 1, -1, -300]:
-        assert tfrecord._varint(n) == reference(n), n
+        assert tfrecord._varint(n) == reference_varint(n), n

@@ -1,5 +1,6 @@
 """The writer's fast record encoding (utils.dataset.tfrecord, cached entries, 3-byte varints) gives
-the bytes of a plain protobuf encoder written out here, for every width of every field."""
+the bytes of a plain protobuf encoder written out here (its varint: test_tfrecord_chunks's), for
+every width of every field."""
 from __future__ import annotations
 
 import os
@@ -7,17 +8,8 @@ import random
 
 import numpy as np
 
+from tests.dataset.test_tfrecord_chunks import reference_varint as _varint
 from utils.dataset import schema, tfrecord
-
-
-def _varint(n: int) -> bytes:
-    n &= 0xFFFFFFFFFFFFFFFF
-    out = bytearray()
-    while True:
-        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
-        n >>= 7
-        if not n:
-            return bytes(out)
 
 
 def _field(number: int, payload: bytes) -> bytes:
