@@ -129,15 +129,12 @@ def _coalesce(chunks: list[bytes]) -> list[bytes]:
 
 def bytes_feature(values) -> list[bytes]:
     """A Feature{bytes_list} of `values` (bytes), as chunks for encode_example."""
-    if isinstance(values, (list, tuple)) and len(values) == 1 and len(values[0]) < _SMALL_CHUNK:
-        # format, source_id: one small value, one chunk
+    if isinstance(values, (list, tuple)) and len(values) == 1:
         v = values[0]
         n = _varint(len(v))
-        return [b"\x0a" + _varint(1 + len(n) + len(v)) + b"\x0a" + n + v]
-    if isinstance(values, (list, tuple)) and len(values) == 1:   # one image plane: a small head, the plane
-        v = values[0]
-        n = _varint(len(v))
-        return [b"\x0a" + _varint(1 + len(n) + len(v)) + b"\x0a" + n, v]
+        head = b"\x0a" + _varint(1 + len(n) + len(v)) + b"\x0a" + n
+        # format, source_id: one chunk; one image plane: a small head, then the plane uncopied
+        return [head + v] if len(v) < _SMALL_CHUNK else [head, v]
     inner: list[bytes] = []
     for v in values:
         inner += (b"\x0a", _varint(len(v)), v)  # BytesList.value = 1, wire type 2
@@ -174,32 +171,22 @@ def encode_example_chunks(features: dict[str, list[bytes]]) -> list[bytes]:
     bytes or more (an image plane) stays the caller's object, uncopied, so a
     writer can checksum, hash and write the record without joining it.
     """
-    # pieces: the entries' chunks in order; each run of small ones joined as it ends
-    out: list[bytes] = []
-    run: list[bytes] = []
+    pieces: list[bytes] = []
     total = 0
     for k, v in features.items():
         if len(v) == 1 and len(v[0]) < _SMALL_CHUNK:   # format, sizes, labels, source_id: one small piece
             e = _small_entry(k, v[0])
-            run.append(e)
+            pieces.append(e)
             total += len(e)
             continue
         key = _key_field(k)
         size = sum(map(len, v))
         vlen = _varint(size)
         head = b"\x0a" + _varint(len(key) + len(vlen) + size) + key + vlen
-        run.append(head)
+        pieces.append(head)
+        pieces += v
         total += len(head) + size
-        for c in v:
-            if len(c) < _SMALL_CHUNK:
-                run.append(c)
-            else:
-                if run:
-                    out.append(b"".join(run))
-                    run = []
-                out.append(c)
-    if run or not out:
-        out.append(b"".join(run))
+    out = _coalesce(pieces)
     # every entry starts with a small piece, so out[0] is a joined run: Example.features = 1 leads it
     out[0] = b"\x0a" + _varint(total) + out[0]
     return out
