@@ -1,10 +1,10 @@
-"""utils/generate/columns.py: the writer's sized file read gives read_files' bytes whatever the index's size says."""
+"""utils/sources/base.read_file (the writer's sized file read) gives read_files' bytes whatever the index's size says."""
 from __future__ import annotations
 
 import functools
 
-from utils.generate.columns import LoaderColumn, read_file
-from utils.sources.base import FileRange, file_loader, read_files
+from utils.generate.columns import LoaderColumn
+from utils.sources.base import FileRange, file_loader, read_file, read_files
 
 
 def test_read_file_gives_the_files_bytes_for_any_indexed_size(tmp_path):

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from utils.sources.base import FileRange, file_loader, read_files
+from utils.sources.base import SIZED_READ_LIMIT, FileRange, file_loader, read_file, read_files
 
 _OFFSET_LIMIT = 2 ** 32 - 1
 
@@ -163,7 +163,7 @@ class LoaderColumn:
         very loader kind a Source made, which tests and Beam's specs compare).
         """
         kind, path = self.families[self.family[i]]
-        if kind == self.FILES and path is not None and 0 < size < _SIZED_READ_LIMIT:
+        if kind == self.FILES and path is not None and 0 < size < SIZED_READ_LIMIT:
             return functools.partial(read_file, os.path.join(path, lengthen(self.paths[int(self.ref[i])], source_id)),
                                      size)
         return self.get(i, size, source_id)
@@ -179,37 +179,6 @@ class LoaderColumn:
         self.family = family.astype(np.uint8) if len(self.families) <= 256 else family
         if isinstance(self.ref, array):
             self.ref = as_array(self.ref, np.int64)
-
-
-_SIZED_READ_LIMIT = 1 << 30   # one os.read returns at most ~2 GiB on Linux: bigger files take read_files
-
-
-def read_file(path: str, size: int) -> list[bytes]:
-    """read_files((path,)) in three system calls, for a file whose size the index holds.
-
-    Asks one byte more than `size`: getting it means the file grew since it
-    was indexed, and the rest is read too, so the bytes are the file's as
-    read_files gives them whatever happened to it. (open() + BufferedReader
-    .read() make 9 calls: fstat, ioctl, lseek, fstat, read, read, close ...;
-    measured on 110 KB photos, 28.5 -> 26.3 us per file.)
-
-    Args:
-        path: the file.
-        size: its size when indexed (any value is safe, the exact one is fastest).
-    Returns:
-        [the file's bytes].
-    """
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    try:
-        data = os.read(fd, size + 1)
-        if len(data) > size:
-            parts = [data]
-            while chunk := os.read(fd, 1 << 20):
-                parts.append(chunk)
-            data = b"".join(parts)
-    finally:
-        os.close(fd)
-    return [data]
 
 
 def as_array(a: array, dtype) -> np.ndarray:
