@@ -326,15 +326,19 @@ def test_kill_9_then_resume(tiny, data, tmp_path, capsys):
     assert meta_r["history"]["iterations"] == meta_ref["history"]["iterations"] == 5 * 24
 
 
+def worker_tf_configs(n: int = 2) -> list[str]:
+    """TF_CONFIG of each worker of an n-worker cluster on free 127.0.0.1 ports (worker 0 is the chief)."""
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(n)]}
+    return [json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}) for i in range(n)]
+
+
 def start_two_workers(argv, tmp_path) -> list:
     """train.py `argv` as a two-worker MultiWorkerMirroredStrategy cluster on 127.0.0.1,
     worker i in tmp_path/wi (w0 is the chief). Returns the two processes."""
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
     procs = []
-    for i in range(2):
+    for i, tf_config in enumerate(worker_tf_configs(2)):
         cwd = tmp_path / f"w{i}"
         cwd.mkdir()
-        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
         procs.append(runner(argv, cwd=cwd, env={"TF_CONFIG": tf_config}))
     return procs
 

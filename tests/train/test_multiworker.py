@@ -180,15 +180,13 @@ def test_from_chief_sends_the_chiefs_bytes_to_every_worker():
     import sys
 
     from tests.conftest import ROOT
-    from tests.train.test_cli import free_ports
+    from tests.train.test_cli import worker_tf_configs
 
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
     procs = [subprocess.Popen([sys.executable, "-c", BROADCAST.format(root=ROOT)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True,
                               env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="",
-                                       TF_CONFIG=json.dumps({"cluster": cluster,
-                                                             "task": {"type": "worker", "index": i}})))
-             for i in range(2)]
+                                       TF_CONFIG=tf_config))
+             for tf_config in worker_tf_configs(2)]
     outs = [p.communicate(timeout=200) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs[0][1][-1500:] + outs[1][1][-1500:]
     got = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]

@@ -8,7 +8,6 @@ Each worker runs train.py's main through RESULT_RUNNER, which also dumps, in the
 folder, what it resumed from (resumed.npz: the model weights once the optimizer state is back,
 its iterations, epoch and step) and where it ended (result.npz): a non-chief writes nothing else.
 """
-import json
 import os
 import re
 import signal
@@ -19,7 +18,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT
-from tests.train.test_cli import data, free_ports  # noqa: F401 - fixture
+from tests.train.test_cli import data, worker_tf_configs  # noqa: F401 - fixture
 from tests.train.test_faults import EPOCHS, STEPS, argv_for, wait_for
 
 pytestmark = pytest.mark.slow  # each two-worker run takes ~20-40 s here
@@ -60,13 +59,11 @@ sys.exit(run_cli(train.main))
 def start_workers(argv, dirs) -> list:
     """train.py `argv` (through RESULT_RUNNER) as a two-worker cluster on 127.0.0.1, worker i in dirs[i]
     (dirs[0] is the chief; kept between runs, so a --resume finds the chief's state there)."""
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
     procs = []
-    for i, cwd in enumerate(dirs):
+    for cwd, tf_config in zip(dirs, worker_tf_configs(len(dirs))):
         os.makedirs(cwd / "tmp", exist_ok=True)  # the non-chief's throw-away dirs land here, not in /tmp
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1",
-                   TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
-                   TMPDIR=str(cwd / "tmp"))
+                   TF_CONFIG=tf_config, TMPDIR=str(cwd / "tmp"))
         procs.append(subprocess.Popen([sys.executable, "-c", RESULT_RUNNER.format(root=ROOT), *argv], cwd=cwd,
                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     return procs
