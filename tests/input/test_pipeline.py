@@ -245,6 +245,7 @@ def test_input_context_shards_by_file_when_files_suffice(tmp_path):
     assert {int(x[2:]) // 4 for x in parts[1]} == {1}  # one whole file each: sharded by file
     ds = pipeline.make_dataset(d, "train", input_context=Ctx(3, 0), image_size=8, batch_size=4, training=False)
     assert ds.options().experimental_distribute.auto_shard_policy == tf.data.experimental.AutoShardPolicy.OFF
+    assert ds.options().autotune.enabled is False  # records.pipeline_options: every dataset made here
 
 
 def test_input_context_shards_by_data_when_files_are_too_few(tmp_path):

@@ -40,6 +40,7 @@ def test_decode_chunks_in_flight_follow_the_usable_cpus(monkeypatch):
         assert chunk == records.DECODE_CHUNK
         assert ready == records.READY_CHUNKS_PER_DECODER * cycle  # read ahead of every decoder
         assert kw["cycle_length"] == cycle and kw["block_length"] == records.DECODE_CHUNK
+        assert kw["num_parallel_calls"] == cycle  # explicit: tf.data's autotuning is off (pipeline_options)
         assert kw["deterministic"] is True
 
 
@@ -66,3 +67,13 @@ def test_read_ahead_keeps_the_round_robin_order_on_both_readers(tmp_path):
                                               input_context=None, counts=counts)
         assert [r.numpy() for r in ds] == want and (n, by_file) == (1, False)
     assert records.corrupt_records_lost() == lost  # whole shards: nothing reported lost
+
+
+def test_pipeline_options_switch_the_autotuning_model_off_and_keep_the_rest():
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.deterministic = False
+    out = records.pipeline_options(options)
+    assert out.autotune.enabled is False
+    assert out.deterministic is False  # other settings untouched

@@ -48,7 +48,8 @@ from utils.errors import UsageError
 from utils.input import augment as aug
 from utils.input.image_ops import as_hw, direct_jpeg, eval_image, random_flip, train_crop_image
 from utils.input.labels import HEADS, dense_labels, split_labels
-from utils.input.records import AUTOTUNE, counters, decode_skipping_failures, read_records, resumable_stream, shuffle_size
+from utils.input.records import (AUTOTUNE, counters, decode_skipping_failures, pipeline_options, read_records,
+                                 resumable_stream, shuffle_size)
 
 # --------------------------------------------------------------- what the dataset holds
 
@@ -210,7 +211,7 @@ def make_dataset(data_dir: str, split: str, *, image_size, batch_size: int, trai
         ds = ds.map(finish, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     ds = ds.prefetch(AUTOTUNE)  # last: everything above runs ahead of the training step
 
-    options = tf.data.Options()
+    options = pipeline_options(tf.data.Options())  # autotuning off: records.pipeline_options says why
     # We shard ourselves when given an input_context, so tf.distribute must not
     # shard again (OFF); without one, DATA is always correct and, unlike AUTO,
     # never warns about falling back from FILE sharding.
