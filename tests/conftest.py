@@ -8,6 +8,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+# First, before any import starts a thread or any test binds a port: the session's own network
+# namespace, loopback only (tests/netns.py says why). None when done, else why not.
+from tests.netns import isolate  # noqa: E402
+
+NETWORK_NOT_ISOLATED = isolate()
+
+
+def pytest_report_header(config):
+    return ["network: " + (NETWORK_NOT_ISOLATED or "a namespace of its own, loopback only (tests/netns.py)")]
+
 
 # ----------------------------------------------------------------------------- shared makers
 # Tests build their own tiny images and datasets; these are the one copy of how.
