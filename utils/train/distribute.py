@@ -5,7 +5,8 @@ variables may need collectives on all workers), but only the chief writes
 to model_save/ and log/; the others write into a throw-away temp dir. So only
 the chief has a resume state: `from_chief` sends it to the others through the
 strategy's collectives (no shared storage needed), and every worker starts
-from exactly those bytes.
+from exactly those bytes; a chief that cannot read them sends its error, so
+every worker fails together. The chief is `is_chief` (TF_CONFIG) everywhere.
 """
 from __future__ import annotations
 
