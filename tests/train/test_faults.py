@@ -330,3 +330,39 @@ def test_multiworker_resume_from_an_unreadable_chief_state_stops_every_worker(da
     assert outs[0][1].strip().splitlines()[-1] == f"error: {line}"
     assert outs[1][1].strip().splitlines()[-1] == f"error: on the chief: {line}"
     assert not (tmp_path / "w1" / "model_save").exists()
+
+
+TWO_CHIEFS = """
+import sys
+sys.path.insert(0, {root!r})
+from utils.errors import UsageError
+from utils.train import distribute
+strategy = distribute.make_strategy("multiworker")
+distribute.is_chief = lambda cluster_config=None: True  # a TF_CONFIG that makes every worker the chief
+try:
+    distribute.from_chief(strategy, b"mine")
+except UsageError as e:
+    print(e)
+"""
+
+
+@pytest.mark.slow  # two processes forming a cluster: ~10-30 s here
+def test_from_chief_refuses_two_chiefs_on_every_worker():
+    """Two senders would sum their bytes into garbage: both workers get the same line instead."""
+    from tests.train.test_cli import worker_tf_configs
+
+    procs = [subprocess.Popen([sys.executable, "-c", TWO_CHIEFS.format(root=ROOT)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True,
+                              env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="", TF_CONFIG=c))
+             for c in worker_tf_configs(2)]
+    try:
+        outs = [p.communicate(timeout=200) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+    assert [p.returncode for p in procs] == [0, 0], outs[0][1][-1500:] + outs[1][1][-1500:]
+    want = ("TF_CONFIG makes 2 workers the chief: exactly one must be (task 'chief', or worker 0 when the "
+            "cluster has none)")
+    assert [out.strip().splitlines()[-1] for out, _ in outs] == [want, want]
