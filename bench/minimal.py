@@ -36,6 +36,20 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 PATHS = ("eval", "train")
 AUGMENT = "flip,rrc"
+MIN_BATCHES = 2  # a pass is timed from its first batch to its last: one batch leaves nothing to time
+
+
+def too_few_images(images: int, batch: int) -> str | None:
+    """Why `images` are too few to time a pass in batches of `batch`, or None when they are enough.
+
+    Args:
+        images: images in one pass.
+        batch: the batch size.
+    """
+    if images >= MIN_BATCHES * batch:
+        return None
+    return (f"--images must be at least --batch x {MIN_BATCHES} ({MIN_BATCHES * batch}), got {images}: "
+            "a pass is timed from its first batch to its last")
 
 
 def minimal_dataset(files: list[str], size: tuple[int, int], batch: int, training: bool):
@@ -66,7 +80,12 @@ def minimal_dataset(files: list[str], size: tuple[int, int], batch: int, trainin
 
 def steady_state(ds) -> tuple[int, int, float, float, float]:
     """One pass -> (images, images after the first batch, wall s and CPU s (this process, all
-    threads) from the first batch to the last, seconds to the first batch)."""
+    threads) from the first batch to the last, seconds to the first batch).
+
+    Raises:
+        SystemExit: the pass was a single batch (or none), so nothing after the first
+            batch is timed (images/s would divide by zero).
+    """
     t0 = time.perf_counter()
     n = n1 = 0
     t1 = c1 = None
@@ -74,6 +93,9 @@ def steady_state(ds) -> tuple[int, int, float, float, float]:
         n += int(batch[0].shape[0])
         if t1 is None:
             t1, c1, n1 = time.perf_counter(), time.process_time(), n
+    if n == n1:  # the first batch is all there is (or there is none)
+        raise SystemExit(f"error: a pass of {n} images is a single batch: nothing after its first batch to time "
+                         f"(give at least {MIN_BATCHES} batches of images)")
     return n, n - n1, time.perf_counter() - t1, time.process_time() - c1, t1 - t0
 
 

@@ -133,13 +133,13 @@ def one_pass(ds) -> tuple[int, float, float, float]:
     return n, timed / wall, 1000.0 * cpu / max(1, timed), first
 
 
-def decode_floor(paths: list[str]) -> float:
+def decode_floor(paths: list[str], batch: int) -> float:
     """CPU ms per image to read + decode the original JPEGs and nothing else."""
     import tensorflow as tf
 
     ds = tf.data.Dataset.from_tensor_slices(paths).map(
         lambda p: (tf.shape(tf.io.decode_jpeg(tf.io.read_file(p), channels=3)),),  # one_pass counts batch[0]
-        num_parallel_calls=tf.data.AUTOTUNE).batch(32).prefetch(tf.data.AUTOTUNE)
+        num_parallel_calls=tf.data.AUTOTUNE).batch(batch).prefetch(tf.data.AUTOTUNE)
     return min(one_pass(ds)[2] for _ in range(2))
 
 
@@ -221,7 +221,7 @@ def keras_compare(args, folder: str, paths: list[str], data: dict, build_s: dict
            SHORT: pictures(ours_ds(data[SHORT], True), None, wanted)}
     quality = {k: float(np.mean([psnr(v[s], refs[s]) for s in wanted])) for k, v in got.items()}
     same_as_keras = sum(bool(np.allclose(got[PASS][s], got[KERAS][s], atol=1e-3)) for s in wanted)
-    floor = decode_floor(paths)
+    floor = decode_floor(paths, args.batch)
 
     mb = {k: sum(os.path.getsize(f) for f in files_under(d) if f.endswith(".tfrecord")) / 1e6
           for k, d in data.items()}
@@ -310,6 +310,10 @@ def main(argv=None) -> int:
     p.add_argument("--check", type=int, default=200, help="images compared for picture quality (default 200)")
     p.add_argument("--seed", type=int, default=0, help="image generation seed")
     args = p.parse_args(argv)
+    too_few = minimal.too_few_images(args.images, args.batch)
+    if too_few:  # before minutes of writing images and shards
+        print(f"error: {too_few}", file=sys.stderr)
+        return 2
 
     with work_dir(args.workdir, "bench-pipeline-") as work:
         folder = os.path.join(work, "images")

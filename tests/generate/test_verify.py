@@ -36,3 +36,31 @@ def test_verify_reports_counts_and_missing_shards(tmp_path):
     assert f"{train}: 3 records, manifest says 4" in problems
     assert "train: shard counts do not add up to 3" in problems
     assert "records (6) + skipped (0) != inputs (7)" in problems
+
+
+def test_verify_recounts_each_shards_image_summary(tmp_path):
+    import json
+
+    entries = make_images(tmp_path / "png", {"a": 3}) + make_images(tmp_path / "jpg", {"b": 2}, ext=".jpg")
+    man = build(FakeSource(entries), tmp_path / "out", val_fraction=0)
+    out = tmp_path / "out"
+    assert verify_dataset(str(out), progress=False) == []
+    (shard,) = man["splits"]["train"]["shards"]
+    assert shard["images"] == {"formats": {"jpeg": 2, "png": 3}, "max_short_side": 32}
+
+    # a summary that says every record is a JPEG (the pipeline would skip the general decode)
+    shard["images"] = {"formats": {"jpeg": 5}, "max_short_side": 32}
+    (out / "manifest.json").write_text(json.dumps(man))
+    assert verify_dataset(str(out), progress=False) == [
+        f"{shard['file']}: image summary differs from the manifest: records hold jpeg 2, png 3, "
+        "shorter side <= 32 px, manifest says jpeg 5, shorter side <= 32 px"]
+    # one that understates the largest shorter side
+    shard["images"] = {"formats": {"png": 3, "jpeg": 2}, "max_short_side": 24}
+    (out / "manifest.json").write_text(json.dumps(man))
+    assert verify_dataset(str(out), progress=False) == [
+        f"{shard['file']}: image summary differs from the manifest: records hold jpeg 2, png 3, "
+        "shorter side <= 32 px, manifest says jpeg 2, png 3, shorter side <= 24 px"]
+    # a manifest written before the summary has none: nothing to check
+    del shard["images"]
+    (out / "manifest.json").write_text(json.dumps(man))
+    assert verify_dataset(str(out), progress=False) == []

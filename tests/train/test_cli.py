@@ -334,11 +334,11 @@ def worker_tf_configs(n: int = 2) -> list[str]:
 
 def start_two_workers(argv, tmp_path) -> list:
     """train.py `argv` as a two-worker MultiWorkerMirroredStrategy cluster on 127.0.0.1,
-    worker i in tmp_path/wi (w0 is the chief). Returns the two processes."""
+    worker i in tmp_path/wi (w0 is the chief; made when missing). Returns the two processes."""
     procs = []
     for i, tf_config in enumerate(worker_tf_configs(2)):
         cwd = tmp_path / f"w{i}"
-        cwd.mkdir()
+        cwd.mkdir(exist_ok=True)
         procs.append(runner(argv, cwd=cwd, env={"TF_CONFIG": tf_config}))
     return procs
 

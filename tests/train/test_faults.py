@@ -270,3 +270,99 @@ def test_multiworker_sigterm_to_one_worker_stops_both_and_the_chief_saves(data, 
     assert (run["epoch"] + 1, run["step"]) == (int(m[1]), int(m[2]))
     assert run["iterations"] == run["epoch"] * STEPS + run["step"]
     assert not (tmp_path / "w1" / "model_save").exists()  # only the chief writes
+
+
+# ----------------------------------------------------------------- a chief that cannot read its state
+
+UNREADABLE = "/proc/self/mem"  # a regular file whose read at offset 0 fails with EIO, even for root
+
+
+def unreadable_state(resume_dir) -> str:
+    """resume_dir/state.npz as a link to a file whose read is an I/O error; returns the state path."""
+    os.makedirs(resume_dir, exist_ok=True)
+    path = os.path.join(resume_dir, "state.npz")
+    os.symlink(UNREADABLE, path)
+    return path
+
+
+def test_a_state_that_cannot_be_read_is_one_line_and_reaches_share(tmp_path):
+    import tensorflow as tf
+
+    from utils.errors import UsageError
+    from utils.train import distribute
+    from utils.train.checkpoint import Checkpoint
+
+    folder = str(tmp_path / "r.resume")
+    path = unreadable_state(folder)
+    want = (f"cannot read the resume state {path}: Input/output error: restore it, delete the .resume folder "
+            "or drop --resume")
+    with pytest.raises(UsageError) as alone:
+        Checkpoint(folder, str(tmp_path / "e.csv"), {"resume": True}).load()
+    assert str(alone.value) == want
+    # with share (multi-worker), the chief hands the error on instead of raising before the collective
+    seen = []
+    with pytest.raises(UsageError) as shared:
+        Checkpoint(folder, str(tmp_path / "e.csv"), {"resume": True}).load(
+            share=lambda raw: seen.append(raw) or distribute.from_chief(tf.distribute.get_strategy(), raw))
+    assert len(seen) == 1 and seen[0] is shared.value and str(shared.value) == want
+
+
+@pytest.mark.slow  # two workers forming a cluster: ~20-40 s here
+def test_multiworker_resume_from_an_unreadable_chief_state_stops_every_worker(data, tmp_path):
+    """Before the fix the chief died with its error and the other worker waited in the collective forever."""
+    from tests.train.test_cli import start_two_workers
+
+    unreadable_state(tmp_path / "w0" / "model_save" / "mw.resume")  # the chief's folder; the other has none
+    procs = start_two_workers(argv_for(data, "mw", "--strategy", "multiworker", "--resume"), tmp_path)
+    try:
+        outs = [p.communicate(timeout=240) for p in procs]
+    except subprocess.TimeoutExpired:
+        outs = None
+    finally:
+        for p in procs:  # bounded: whatever happened, no worker outlives the test
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+    assert outs is not None, "a worker was still running after 240 s (waiting in the collective)"
+    line = ("cannot read the resume state model_save/mw.resume/state.npz: Input/output error: restore it, "
+            "delete the .resume folder or drop --resume")
+    assert [p.returncode for p in procs] == [2, 2], outs[0][1][-1500:] + outs[1][1][-1500:]
+    assert outs[0][1].strip().splitlines()[-1] == f"error: {line}"
+    assert outs[1][1].strip().splitlines()[-1] == f"error: on the chief: {line}"
+    assert not (tmp_path / "w1" / "model_save").exists()
+
+
+TWO_CHIEFS = """
+import sys
+sys.path.insert(0, {root!r})
+from utils.errors import UsageError
+from utils.train import distribute
+strategy = distribute.make_strategy("multiworker")
+distribute.is_chief = lambda cluster_config=None: True  # a TF_CONFIG that makes every worker the chief
+try:
+    distribute.from_chief(strategy, b"mine")
+except UsageError as e:
+    print(e)
+"""
+
+
+@pytest.mark.slow  # two processes forming a cluster: ~10-30 s here
+def test_from_chief_refuses_two_chiefs_on_every_worker():
+    """Two senders would sum their bytes into garbage: both workers get the same line instead."""
+    from tests.train.test_cli import worker_tf_configs
+
+    procs = [subprocess.Popen([sys.executable, "-c", TWO_CHIEFS.format(root=ROOT)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True,
+                              env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="", TF_CONFIG=c))
+             for c in worker_tf_configs(2)]
+    try:
+        outs = [p.communicate(timeout=200) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+    assert [p.returncode for p in procs] == [0, 0], outs[0][1][-1500:] + outs[1][1][-1500:]
+    want = ("TF_CONFIG makes 2 workers the chief: exactly one must be (task 'chief', or worker 0 when the "
+            "cluster has none)")
+    assert [out.strip().splitlines()[-1] for out, _ in outs] == [want, want]

@@ -1,8 +1,11 @@
 """verify: re-read a finished dataset and list everything that disagrees with its manifest.
 
 Checks byte sizes and sha256 of every shard, record and per-class counts,
-labels in range, planes per record, and decodes every image with TensorFlow
-(the one place generation needs it; the caller imports it).
+labels in range, planes per record, each shard's "images" summary (formats and
+the largest shorter side, recounted from the records with the writer's own
+manifest.add_image: the input pipeline trusts it to skip decode branches), and
+decodes every image with TensorFlow (the one place generation needs it; the
+caller imports it).
 """
 from __future__ import annotations
 
@@ -10,7 +13,8 @@ import csv
 import os
 
 from utils.dataset import schema
-from utils.dataset.manifest import SKIPPED, class_counts, load_labels, load_manifest
+from utils.dataset.manifest import (IMAGES, SKIPPED, add_image, class_counts, images_summary, load_labels,
+                                    load_manifest)
 from utils.errors import first_line
 from utils.files import file_sha256
 from utils.generate.neardup import dhash
@@ -28,6 +32,7 @@ def _check_records(path: str, shard: dict, num_classes: int, planes: int, bar,
 
     problems = []
     counts = [0] * num_classes
+    images = images_summary()
     n = 0
     try:
         for raw in tf.data.TFRecordDataset(path).as_numpy_iterator():
@@ -35,6 +40,7 @@ def _check_records(path: str, shard: dict, num_classes: int, planes: int, bar,
             sid = ex[schema.SOURCE_ID]
             n += 1
             bar.update(1)
+            add_image(images, ex[schema.FORMAT], ex[schema.HEIGHT], ex[schema.WIDTH])
             for lab in ex[schema.LABEL]:
                 if 0 <= lab < num_classes:
                     counts[lab] += 1
@@ -62,7 +68,16 @@ def _check_records(path: str, shard: dict, num_classes: int, planes: int, bar,
         problems.append(f"{shard['file']}: {n} records, manifest says {shard['count']}")
     if shard.get("class_counts") is not None and counts != list(shard["class_counts"]):
         problems.append(f"{shard['file']}: per-class counts differ from the manifest")
+    if shard.get(IMAGES) is not None and images != shard[IMAGES]:  # manifests written before it have none
+        problems.append(f"{shard['file']}: image summary differs from the manifest: records hold "
+                        f"{summary_text(images)}, manifest says {summary_text(shard[IMAGES])}")
     return problems
+
+
+def summary_text(summary: dict) -> str:
+    """A shard's image summary in one short phrase: `jpeg 3, png 2, shorter side <= 44 px`."""
+    formats = ", ".join(f"{fmt} {n}" for fmt, n in sorted(summary["formats"].items()))
+    return f"{formats or 'no images'}, shorter side <= {summary['max_short_side']} px"
 
 
 def verify_dataset(out_dir: str, *, progress: bool = True, hashes: list | None = None) -> list[str]:

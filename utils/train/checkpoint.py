@@ -25,6 +25,9 @@ folders are throw-away, distribute.worker_dir). On --resume the chief reads the
 file's bytes and `load(share=...)` hands them to every worker
 (distribute.from_chief, a collective), so all of them parse the same bytes:
 weights, optimizer, RNG state and position are the chief's, with no shared disk.
+A chief that cannot read the file (EIO, a permission) still takes part and sends
+that error instead, so every worker stops with its one line rather than waiting.
+Who the chief is, here and in from_chief, is distribute.is_chief (TF_CONFIG).
 
 `Checkpoint` is the only owner of that state: the loop and the callbacks read and
 change the run record through it, and `save_state` is its one writer.
@@ -97,15 +100,19 @@ class Checkpoint:
         Args:
             share: `share(raw)` -> the chief's raw state bytes (or None) on every
                 worker, given this process's (distribute.from_chief; every worker
-                calls load). None: one process, its own file.
+                calls load). None: one process, its own file. On the chief `raw`
+                may be the UsageError of a failed read: share then raises it on
+                every worker.
 
         Raises:
             UsageError: the interrupted run had other settings (config.RESUME_MUTABLE
-                lists those that may change).
+                lists those that may change), or the chief could not read its state file.
         """
         if not self.cfg["resume"]:
             return
-        raw = read_state_bytes(self.resume_dir) if self.chief else None  # a non-chief's disk never counts
+        raw = self._read_or_why() if self.chief else None  # a non-chief's disk never counts
+        if share is None and isinstance(raw, Exception):
+            raise raw
         self.saved = parse_state(share(raw) if share is not None else raw)
         if self.saved is None:
             if self.chief:
@@ -114,6 +121,19 @@ class Checkpoint:
         changed = resume_mismatch(self.saved["run"]["config"], self.cfg)
         if changed:
             raise UsageError(f"--resume with different settings ({', '.join(changed)}): use the interrupted run's flags")
+
+    def _read_or_why(self) -> bytes | None | UsageError:
+        """The state's bytes (None: there is none), or, when reading failed, the error line that says so.
+
+        Returned, not raised: under MultiWorker the chief must still take part in
+        `share` (a collective), so that every worker fails together.
+        """
+        try:
+            return read_state_bytes(self.resume_dir)
+        except OSError as e:
+            path = os.path.join(self.resume_dir, STATE_FILE)
+            return UsageError(f"cannot read the resume state {path}: {e.strerror or e}: "
+                              "restore it, delete the .resume folder or drop --resume")
 
     def restore(self, model, scale) -> None:
         """Put the saved weights, run record and LR scale back; keep the CSV rows of saved epochs only."""

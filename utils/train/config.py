@@ -103,7 +103,8 @@ OPTIONS: dict[str, Option] = {
     "data_service": Option(None, "grpc://HOST:PORT of a tf.data service dispatcher (python -m utils.input.service): "
                                  "the train set is read, decoded and augmented on its workers, validation stays "
                                  "here; --resume then restarts the stream (the service orders it) with exact step "
-                                 "counts"),
+                                 "counts; records that fail to decode are skipped on the workers but not counted in "
+                                 "the end-of-run note (run generate_dataset.py verify)"),
     # --- run control
     "early_stop": Option(0, "stop after N epochs without validation improvement (of the training loss when there is no validation; 0: never)", int),
     "resume": Option(False, "continue an interrupted run from model_save/NAME.resume/ (weights, optimizer, LR schedule, epoch)", bool),

@@ -5,7 +5,8 @@ variables may need collectives on all workers), but only the chief writes
 to model_save/ and log/; the others write into a throw-away temp dir. So only
 the chief has a resume state: `from_chief` sends it to the others through the
 strategy's collectives (no shared storage needed), and every worker starts
-from exactly those bytes.
+from exactly those bytes; a chief that cannot read them sends its error, so
+every worker fails together. The chief is `is_chief` (TF_CONFIG) everywhere.
 """
 from __future__ import annotations
 
@@ -154,48 +155,77 @@ def fix_multiworker_build(model, strategy) -> None:
 
 
 BROADCAST_WORDS = 1 << 22  # int32 words (16 MB) per collective: a large state goes in pieces
+NONE, BYTES, FAILED = 0, 1, 2  # what the chief sends (the header's status word)
 
 
-def holds_replica_0(strategy) -> bool:
-    """Whether this process holds replica 0, the one `from_chief` sends from.
+def _sum_over_replicas(strategy, array: np.ndarray, send: bool) -> np.ndarray:
+    """An all-reduce SUM where only this process's first replica gives `array` when `send`, every other zeros.
 
-    Under MultiWorkerMirroredStrategy that is the chief's first device (TF numbers
-    replicas by id_in_cluster: the "chief" task, else worker 0, as is_chief says).
+    With exactly one process sending, that is a broadcast (exact for ints).
     """
     ids = strategy.experimental_distribute_values_from_function(lambda ctx: ctx.replica_id_in_sync_group)
-    return 0 in strategy.experimental_local_results(ids)
+    first = min(strategy.experimental_local_results(ids))
 
-
-def _from_replica_0(strategy, array: np.ndarray) -> np.ndarray:
-    """A broadcast as an all-reduce SUM: replica 0 gives `array`, every other replica zeros (exact for ints)."""
     def value(ctx):
-        return tf.constant(array if ctx.replica_id_in_sync_group == 0 else np.zeros_like(array))
+        return tf.constant(array if send and ctx.replica_id_in_sync_group == first else np.zeros_like(array))
 
     per_replica = strategy.experimental_distribute_values_from_function(value)
     return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None).numpy()
 
 
-def from_chief(strategy, data: bytes | None) -> bytes | None:
+def _broadcast_bytes(strategy, data: bytes, size: int, send: bool) -> bytes:
+    """`data` (`size` bytes) from the sending process to every worker, in pieces of BROADCAST_WORDS."""
+    words = -(-size // 4)
+    buf = np.frombuffer(data.ljust(words * 4, b"\0"), np.int32) if send else np.zeros(words, np.int32)
+    pieces = [_sum_over_replicas(strategy, buf[i:i + BROADCAST_WORDS], send) for i in range(0, words, BROADCAST_WORDS)]
+    return b"".join(p.astype(np.int32).tobytes() for p in pieces)[:size]
+
+
+def from_chief(strategy, data: bytes | None | Exception) -> bytes | None:
     """The chief's `data` on every worker; just `data` without MultiWorkerMirroredStrategy.
 
-    What a non-chief passes is ignored (a state on its own disk must not win).
-    Every worker must call it at the same point (it is a collective).
+    The chief is `is_chief()` (TF_CONFIG), the same test that decides which
+    worker reads and writes the resume state. What a non-chief passes is
+    ignored (a state on its own disk must not win). Every worker must call it
+    at the same point (it is a collective): first a header (how many workers
+    send, a status, a length), then the bytes. So a chief that could not read
+    its data still takes part, and every worker fails together instead of
+    waiting in the collective for bytes that never come.
 
     Args:
-        data: bytes on the chief, or None (then every worker gets None).
+        data: on the chief, bytes; None (then every worker gets None); or the
+            error that stopped it reading them (then every worker raises).
+
+    Returns:
+        the chief's bytes, or None.
+
+    Raises:
+        UsageError: on every worker, when the chief passed an error (its
+            message; on the others prefixed `on the chief:`), or when TF_CONFIG
+            names not exactly one chief. Without MultiWorker, `data` itself
+            when it is an error.
     """
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        if isinstance(data, Exception):
+            raise data
         return data
-    if not holds_replica_0(strategy):
-        data = None
-    mine = 0 if data is None else len(data) + 1  # 0: the chief has none
-    size = int(_from_replica_0(strategy, np.array([mine], np.int64))[0]) - 1
-    if size < 0:
-        return None
-    words = -(-size // 4)
-    buf = np.zeros(words, np.int32) if data is None else np.frombuffer(data.ljust(words * 4, b"\0"), np.int32)
-    pieces = [_from_replica_0(strategy, buf[i:i + BROADCAST_WORDS]) for i in range(0, words, BROADCAST_WORDS)]
-    return b"".join(p.astype(np.int32).tobytes() for p in pieces)[:size]
+    chief = is_chief()
+    payload, status = b"", NONE
+    if chief and isinstance(data, Exception):
+        payload, status = (str(data) or type(data).__name__).encode(), FAILED
+    elif chief and data is not None:
+        payload, status = data, BYTES
+    senders, status, size = (int(v) for v in _sum_over_replicas(
+        strategy, np.array([1, status, len(payload)], np.int64), chief))
+    if senders != 1:
+        raise UsageError(f"TF_CONFIG makes {senders} workers the chief: exactly one must be (task 'chief', "
+                         "or worker 0 when the cluster has none)")
+    got = _broadcast_bytes(strategy, payload, size, chief)
+    if status == FAILED:
+        if chief:
+            raise data
+        raise UsageError(f"on the chief: {got.decode(errors='replace')}")
+    return got if status == BYTES else None
 
 
 def worker_dir(base: str, chief: bool) -> str:
