@@ -307,6 +307,29 @@ def test_a_state_that_cannot_be_read_is_one_line_and_reaches_share(tmp_path):
     assert len(seen) == 1 and seen[0] is shared.value and str(shared.value) == want
 
 
+@pytest.mark.parametrize("damage", ["truncated", "not a zip", "no run entry"])
+def test_a_corrupt_state_is_one_line_not_a_traceback(tmp_path, damage):
+    import io
+
+    import numpy as np
+
+    from utils.errors import UsageError
+    from utils.train.checkpoint import Checkpoint, STATE_FILE
+
+    folder = tmp_path / "r.resume"
+    folder.mkdir()
+    buf = io.BytesIO()
+    arrays = {"m00000": np.zeros(3)} if damage == "no run entry" else {"run": np.array("{}"), "m00000": np.zeros(3)}
+    np.savez(buf, **arrays)
+    raw = {"truncated": buf.getvalue()[:-40], "not a zip": b"garbage" * 10, "no run entry": buf.getvalue()}[damage]
+    (folder / STATE_FILE).write_bytes(raw)
+    with pytest.raises(UsageError) as e:
+        Checkpoint(str(folder), str(tmp_path / "e.csv"), {"resume": True}).load()
+    msg = str(e.value)
+    assert msg.startswith(f"the resume state {folder / STATE_FILE} is corrupt (")
+    assert msg.endswith("): delete the .resume folder or drop --resume") and "\n" not in msg
+
+
 @pytest.mark.slow  # two workers forming a cluster: ~20-40 s here
 def test_multiworker_resume_from_an_unreadable_chief_state_stops_every_worker(data, tmp_path):
     """Before the fix the chief died with its error and the other worker waited in the collective forever."""

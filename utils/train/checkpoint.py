@@ -41,11 +41,12 @@ import logging
 import os
 import shutil
 import sys
+import zipfile
 
 import keras
 import numpy as np
 
-from utils.errors import UsageError
+from utils.errors import UsageError, first_line
 from utils.files import atomic_open, atomic_path, atomic_write_text, exclusive_lock
 from utils.train.config import resume_mismatch
 from utils.train.optim import iterations
@@ -113,7 +114,8 @@ class Checkpoint:
         raw = self._read_or_why() if self.chief else None  # a non-chief's disk never counts
         if share is None and isinstance(raw, Exception):
             raise raw
-        self.saved = parse_state(share(raw) if share is not None else raw)
+        path = os.path.join(self.resume_dir, STATE_FILE)
+        self.saved = parse_state(share(raw) if share is not None else raw, path)
         if self.saved is None:
             if self.chief:
                 print(f"note: no resume state in {self.resume_dir}; starting from epoch 1", file=sys.stderr)
@@ -219,16 +221,28 @@ def read_state_bytes(resume_dir: str) -> bytes | None:
         return f.read()
 
 
-def parse_state(raw: bytes | None) -> dict | None:
-    """The bytes of a state.npz as load_state returns it (None stays None)."""
+def parse_state(raw: bytes | None, path: str = STATE_FILE) -> dict | None:
+    """The bytes of a state.npz as load_state returns it (None stays None).
+
+    Args:
+        raw: the file's bytes (under MultiWorkerMirrored: the chief's, on every worker).
+        path: where they were read, for the error.
+    Raises:
+        UsageError: the bytes are not a state this project wrote (truncated, overwritten,
+            bit rot): one line, on every worker alike.
+    """
     if raw is None:
         return None
-    with np.load(io.BytesIO(raw), allow_pickle=False) as z:
-        keys = sorted(z.files)
-        return {"run": json.loads(str(z["run"])),
-                "model": [z[k] for k in keys if k.startswith("m")],
-                "optimizer": [z[k] for k in keys if k.startswith("o")],
-                "rng": [z[k] for k in keys if k.startswith("s")]}
+    try:
+        with np.load(io.BytesIO(raw), allow_pickle=False) as z:
+            keys = sorted(z.files)
+            return {"run": json.loads(str(z["run"])),
+                    "model": [z[k] for k in keys if k.startswith("m")],
+                    "optimizer": [z[k] for k in keys if k.startswith("o")],
+                    "rng": [z[k] for k in keys if k.startswith("s")]}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:  # JSONDecodeError is a ValueError
+        raise UsageError(f"the resume state {path} is corrupt ({first_line(e)}): "
+                         "delete the .resume folder or drop --resume") from None
 
 
 def _assign_all(variables, arrays, what: str) -> None:
