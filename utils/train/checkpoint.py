@@ -107,7 +107,7 @@ class Checkpoint:
 
         Raises:
             UsageError: the interrupted run had other settings (config.RESUME_MUTABLE
-                lists those that may change), or the chief could not read its state file.
+                lists those that may change), or the chief could not read its state file, or it is corrupt.
         """
         if not self.cfg["resume"]:
             return
