@@ -22,6 +22,8 @@ _MASK_DELTA = 0xA282EAD8
 # Chunks shorter than this are joined with their neighbours (encode_example_chunks,
 # frame_chunks); longer ones (the images) stay the very objects the caller gave.
 _SMALL_CHUNK = 4096
+_HEADER = 12   # uint64 length + uint32 masked crc of it
+FRAME_BYTES = _HEADER + 4   # what the framing adds to a record: the header and the data's crc
 
 
 def masked_crc(data: bytes) -> int:
@@ -207,9 +209,6 @@ def encode_example(features: dict[str, list[bytes]]) -> bytes:
 
 
 # --- finding a corruption TensorFlow reported -----------------------------------
-
-_HEADER = 12   # uint64 length + uint32 masked crc of it
-
 
 def reports_corruption_at(path: str, offset: int) -> bool:
     """Whether tf.data reading `path` stops with "corrupted/truncated record at `offset`".

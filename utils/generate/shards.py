@@ -88,18 +88,24 @@ def _write_all(f, parts: list[bytes]) -> None:
 
 
 class ShardSink:
-    """Frames, checksums, hashes and writes records on a background thread, in batches.
+    """Hashes and writes framed records on a background thread, in batches.
 
     Records come as chunks (utils.dataset.schema.serialize_chunks) and are
-    never joined: crc32c, sha256 and writev read the image planes where they
-    are, and all three release the GIL, so they run beside the main thread's
-    reading and header checks (sha256 alone costs about what the plain copy
-    of the same bytes does). Records are handed over ~1 MiB at a time and
-    written with one writev per batch: one queue hand-off and one system
-    call per batch, not per record. Measured on bench/generate.py
-    pass-through (1,000 photos, 111 MB, CPU time of the whole run, loaded
-    2-core machine): 308-350 ms before (a writev and a queue item per
-    record, crc32c in the main thread), 253-264 ms with batches. A bounded
+    never joined: the caller's thread frames them (crc32c), and this one
+    hashes (sha256) and writes them (writev) where they are. sha256 and
+    writev release the GIL, so they run beside the main thread's reading
+    and header checks (sha256 alone costs about what the plain copy of the
+    same bytes does). Records are handed over ~1 MiB at a time and written
+    with one writev per batch: one queue hand-off and one system call per
+    batch, not per record. Measured on bench/generate.py pass-through
+    (1,000 photos, 111 MB, CPU time of the whole run, loaded 2-core
+    machine): 308-350 ms before (a writev and a queue item per record),
+    253-264 ms with batches. The crc32c is the caller's because
+    google_crc32c holds the GIL while it runs (its C extension never
+    releases it): on this thread it stopped the main thread as long as it
+    would there (~13 us per 110 KB photo), and left this thread, the
+    pass-through's busier one (sha256 ~85 + crc32c ~13 + writev ~20 us per
+    photo, against ~105 on the main thread), with more to do. A bounded
     queue caps memory (depth x batch).
     """
 
@@ -108,7 +114,7 @@ class ShardSink:
     def __init__(self, path: str, depth: int = 4) -> None:
         self.path, self.size, self.error = path, 0, None
         self._sha = hashlib.sha256()
-        self._batch: list[list[bytes]] = []
+        self._batch: list[bytes] = []   # framed records' chunks, in order
         self._pending = 0
         self._q: queue.Queue = queue.Queue(maxsize=depth)
         self._t = threading.Thread(target=self._run, daemon=True)
@@ -117,12 +123,11 @@ class ShardSink:
     def _run(self) -> None:
         try:
             with open(self.path, "wb", buffering=0) as f:
+                sha = self._sha
                 while (batch := self._q.get()) is not None:
-                    parts = [c for rec in batch for c in tfrecord.frame_chunks(rec)]
-                    _write_all(f, parts)
-                    for c in parts:
-                        self._sha.update(c)
-                        self.size += len(c)
+                    _write_all(f, batch)
+                    for c in batch:
+                        sha.update(c)
         except BaseException as e:  # surfaced by close()
             self.error = e
             while self._q.get() is not None:   # keep draining so write() never blocks forever
@@ -134,12 +139,14 @@ class ShardSink:
 
     def write_chunks(self, chunks: list[bytes]) -> int:
         """Add one record given as chunks whose join is the serialized record; -> its size."""
-        n = sum(map(len, chunks))
-        self._batch.append(chunks)
+        framed = tfrecord.frame_chunks(chunks)
+        self._batch += framed
+        n = sum(map(len, framed))
+        self.size += n
         self._pending += n
         if self._pending >= self.BATCH_BYTES:
             self._flush()
-        return n
+        return n - tfrecord.FRAME_BYTES
 
     def _flush(self) -> None:
         if self._batch:
