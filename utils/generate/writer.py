@@ -127,7 +127,7 @@ def write_dataset(source: Source, out_dir: str, *, name: str, val_fraction: floa
                      workers=workers, progress=progress)
     finally:
         if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
+            executor.shutdown()
     manifest, skipped = build_manifest(name, sig, index, plan, done, source=source, folds=folds, seed=seed)
 
     # labels and skipped first; manifest.json LAST: its presence means "finished"
