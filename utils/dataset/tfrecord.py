@@ -59,17 +59,22 @@ def frame_chunks(chunks: list[bytes]) -> list[bytes]:
     last, when those are small (a header-check-sized copy instead of two more
     pieces for every later write and hash call).
     """
-    crc, size = 0, 0
+    extend, crc = google_crc32c.extend, 0
     for c in chunks:
-        crc = google_crc32c.extend(crc, c)
-        size += len(c)
-    header, footer = _length_header(size), struct.pack("<I", _mask(crc))
-    out = [header, *chunks, footer]
-    if len(out[1]) < _SMALL_CHUNK:
-        out[:2] = [header + out[1]]
-    if len(out[-2]) < _SMALL_CHUNK:
-        out[-2:] = [out[-2] + footer]
-    return out
+        crc = extend(crc, c)
+    length = _U64(sum(map(len, chunks)))
+    header = length + _U32(_mask(google_crc32c.value(length)))
+    footer = _U32(_mask(crc))
+    if len(chunks) <= 1:
+        first = chunks[0] if chunks else b""
+        return [header + first + footer] if len(first) < _SMALL_CHUNK else [header, first, footer]
+    first, last = chunks[0], chunks[-1]
+    head = [header + first] if len(first) < _SMALL_CHUNK else [header, first]
+    tail = [last + footer] if len(last) < _SMALL_CHUNK else [last, footer]
+    return [*head, *chunks[1:-1], *tail]
+
+
+_U64, _U32 = struct.Struct("<Q").pack, struct.Struct("<I").pack
 
 
 # --- tf.train.Example protobuf encoding --------------------------------------

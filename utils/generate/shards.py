@@ -46,7 +46,7 @@ def prepare_item(load: Callable[[], list[bytes]], resize: dict, max_pixels: int,
         planes = load()
     except Exception as e:  # a vanished file, a failed download, ...
         return ("skip", f"cannot read input: {first_line(e, 200)}")
-    if not planes or any(not p for p in planes):
+    if not planes or not all(planes):
         return ("skip", "empty file")
     digest = None
     if want_hash:
@@ -193,35 +193,39 @@ def write_shard(entry: ShardPlan, items: Sequence[Item], labels: Sequence[tuple[
             "planes": [], "channels": [], "images": images_summary(), "skipped": [],
             "hashes": {} if seen is not None else None}
     sink = ShardSink(tmp)   # hashed as written: no second read of the shard
+    skipped, class_counts, n_planes, n_channels = meta["skipped"], meta["class_counts"], meta["planes"], meta["channels"]
+    images, add, serialize = meta["images"], sink.write_chunks, schema.serialize_chunks
+    count = 0
     try:
         for i in entry.members:
             res = next(prepared)
             item = items[i]   # (an index's item is a view made on access: once per record)
             if res[0] == "skip":
-                meta["skipped"].append([item.key, res[1]])
+                skipped.append([item.key, res[1]])
                 tick(0)
                 continue
             _, planes, (fmt, height, width, channels), digest = res
             if seen is not None:
                 key = item.key
                 if digest in seen:
-                    meta["skipped"].append([key, f"duplicate of {seen[digest]}"])
+                    skipped.append([key, f"duplicate of {seen[digest]}"])
                     tick(0)
                     continue
                 seen[digest] = key
                 meta["hashes"][digest] = key
             lab = labels[i]
-            size = sink.write_chunks(schema.serialize_chunks(planes, fmt, height, width, channels, lab, item.source_id))
-            meta["count"] += 1
+            size = add(serialize(planes, fmt, height, width, channels, lab, item.source_id))
+            count += 1
             for c in lab:
-                meta["class_counts"][c] += 1
-            if len(planes) not in meta["planes"]:
-                meta["planes"].append(len(planes))
-            if channels not in meta["channels"]:
-                meta["channels"].append(channels)
-            add_image(meta["images"], fmt, height, width)   # the same code for the local and the Beam writer
+                class_counts[c] += 1
+            if len(planes) not in n_planes:
+                n_planes.append(len(planes))
+            if channels not in n_channels:
+                n_channels.append(channels)
+            add_image(images, fmt, height, width)   # the same code for the local and the Beam writer
             tick(size)
     finally:
+        meta["count"] = count
         meta["bytes"], meta["sha256"] = sink.close()
     os.replace(tmp, path)
     return meta
