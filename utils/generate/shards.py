@@ -101,12 +101,15 @@ class ShardSink:
     (1,000 photos, 111 MB, CPU time of the whole run, loaded 2-core
     machine): 308-350 ms before (a writev and a queue item per record),
     253-264 ms with batches. The crc32c is the caller's because
-    google_crc32c holds the GIL while it runs (its C extension never
-    releases it): on this thread it stopped the main thread as long as it
+    google_crc32c holds the GIL below 1 MiB (its _crc32c.c releases it only
+    from there): on this thread it stopped the main thread as long as it
     would there (~13 us per 110 KB photo), and left this thread, the
     pass-through's busier one (sha256 ~85 + crc32c ~13 + writev ~20 us per
-    photo, against ~105 on the main thread), with more to do. A bounded
-    queue caps memory (depth x batch).
+    photo, against ~105 on the main thread), with more to do. (Calling the
+    same C function through ctypes, which releases the GIL, was tried: in
+    80 us calls another thread got to run in only 11-17% of them, the
+    wake-up costs more than a photo's 13 us.) A bounded queue caps memory
+    (depth x batch).
     """
 
     BATCH_BYTES = 1 << 20
