@@ -25,9 +25,12 @@ work that a process pool spreads over the cores. What used to eat the gain
   and the last task's tail wait for a whole chunk (~8 x 1.5 ms).
 * those two threads: at 8 per task still ~60 us of parent CPU per image,
   taken from the cores the workers resize on (and each wake-up preempts a
-  worker). So the pool is now `WorkerPool`: processes with two pipes each
-  and no thread, driven by the thread that consumes the results. Chunk j
-  goes to worker j % N and the results are read back in that same order.
+  worker). So the pool is now `WorkerPool`: processes sharing a task pipe
+  and a result pipe, and no thread, driven by the thread that consumes the
+  results. (Chunk j to worker j % N, read back in turn, was tried first:
+  the same parent CPU, but on the loaded machine 3 of 3 A/B runs slower in
+  wall time than concurrent.futures, 3.5-6.5 vs 2.8-5.1 ms per photo: a
+  worker the scheduler held back held the other one up.)
 
 A fork is safe here when nothing the child could trip over is running: on
 Linux, with TensorFlow not imported (its threads and locks do not survive a
@@ -42,6 +45,7 @@ from __future__ import annotations
 import collections
 import itertools
 import multiprocessing
+import multiprocessing.connection
 import os
 import pickle
 import signal
@@ -76,37 +80,45 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
-def _serve(tasks, results, parent: int | None, inherited: list) -> None:
-    """A worker's loop: (fn, [args, ...]) in, (True, [fn(*args), ...]) or (False, exception) out; None stops it.
+def _serve(tasks, task_lock, results, result_lock, parent: int | None, inherited: list) -> None:
+    """A worker's loop: (id, fn, [args, ...]) in; (id, True, [fn(*args), ...]) or (id, False, exception) out.
 
-    Ctrl-C is the writer's to handle (it stops the workers): a worker
-    ignores SIGINT instead of dying with a traceback of its own.
+    An empty message stops it. Ctrl-C is the writer's to handle (it stops
+    the workers): a worker ignores SIGINT instead of dying with a traceback.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if parent is not None:
         _die_with(parent)
-    for conn in inherited:   # forked: the parent's ends of the other workers' pipes
+    for conn in inherited:   # forked: the parent's ends of the pipes
         conn.close()
     loads, dumps = pickle.loads, pickle.dumps
     try:
-        while (msg := tasks.recv_bytes()) != b"":
-            fn, chunk = loads(msg)
+        while True:
+            with task_lock:   # one pipe for all workers: whoever is free takes the next chunk
+                msg = tasks.recv_bytes()
+            if not msg:
+                return
+            cid, fn, chunk = loads(msg)
             try:
-                out = (True, [fn(*a) for a in chunk])
+                out = (cid, True, [fn(*a) for a in chunk])
             except Exception as e:   # fn's bug, not bad input (prepare_item never raises for that)
-                out = (False, e)
-            results.send_bytes(dumps(out, pickle.HIGHEST_PROTOCOL))
+                out = (cid, False, e)
+            data = dumps(out, pickle.HIGHEST_PROTOCOL)
+            with result_lock:
+                results.send_bytes(data)
     except (EOFError, BrokenPipeError):   # the writer went away
         pass
 
 
 class WorkerPool:
-    """`workers` processes, each fed its tasks through one pipe and answering through another.
+    """`workers` processes sharing one task pipe and one result pipe; no thread in the parent.
 
-    No thread of its own: `ordered_results` sends each chunk to the next
-    worker in turn and reads the answers back in the same order, so order
-    costs nothing, and a worker's results wait in its pipe (enlarged to
-    RESULT_PIPE_BYTES where Linux allows) while the consumer reads another's.
+    `ordered_results` sends chunks (numbered) down the task pipe, a free
+    worker takes the next one (so a worker slowed by other load does not
+    hold the rest up), and the thread that consumes the results reads them
+    back, keeping those that arrive early until their turn. The result pipe
+    is enlarged to RESULT_PIPE_BYTES where Linux allows, so a worker rarely
+    waits for the consumer.
 
     Args:
         workers: process count.
@@ -118,27 +130,28 @@ class WorkerPool:
         if method == "forkserver":
             ctx.set_forkserver_preload(["utils.generate.shards"])   # imported once, in the server
         self.method = method
-        self._procs, self._conns = [], []   # conns: (send tasks, read results) per worker
-        self._outstanding = 0                # chunks sent and not yet read back
-        self._next = 0                       # the worker that gets the next chunk
+        self._procs: list = []
+        self._sent = 0                 # chunks numbered so far
+        self._early: dict = {}         # chunk id -> its answer, read before its turn
+        self._outstanding = 0          # chunks sent and not yet handed back
+        task_r, self._tasks = ctx.Pipe(duplex=False)
+        self._results, res_w = ctx.Pipe(duplex=False)
+        _grow_pipe(self._results)
+        forked = method == "fork"
+        self._locks = (ctx.Lock(), ctx.Lock())   # kept: a spawned worker opens them after start() returns
+        args = (task_r, self._locks[0], res_w, self._locks[1], os.getpid() if forked else None,
+                [self._tasks, self._results] if forked else [])
         try:
             for _ in range(workers):
-                task_r, task_w = ctx.Pipe(duplex=False)
-                res_r, res_w = ctx.Pipe(duplex=False)
-                _grow_pipe(res_r)
-                forked = method == "fork"
-                # a forked child holds copies of the parent's ends, its own among them: it closes them
-                inherited = [c for pair in [*self._conns, (task_w, res_r)] for c in pair] if forked else []
-                proc = ctx.Process(target=_serve, daemon=True,
-                                   args=(task_r, res_w, os.getpid() if forked else None, inherited))
+                proc = ctx.Process(target=_serve, daemon=True, args=args)
                 proc.start()
-                task_r.close()   # the child's ends: EOF reaches the child when the parent dies
-                res_w.close()
                 self._procs.append(proc)
-                self._conns.append((task_w, res_r))
         except BaseException:
             self.shutdown()
             raise
+        finally:
+            task_r.close()   # the workers' ends: EOF reaches the workers when the parent dies
+            res_w.close()
 
     @property
     def pids(self) -> list[int]:
@@ -148,42 +161,49 @@ class WorkerPool:
         return len(self._procs)
 
     def send(self, fn: Callable, chunk: list[tuple]) -> int:
-        """Hand `chunk` to the next worker in turn; -> that worker's number."""
-        w = self._next
-        self._next = (w + 1) % len(self._procs)
+        """Queue `chunk` for the first free worker; -> its chunk id (for receive)."""
+        cid = self._sent
         try:
-            self._conns[w][0].send_bytes(pickle.dumps((fn, chunk), pickle.HIGHEST_PROTOCOL))
-        except OSError as e:   # EPIPE: the worker is gone
-            raise self._broken(w) from e
+            self._tasks.send_bytes(pickle.dumps((cid, fn, chunk), pickle.HIGHEST_PROTOCOL))
+        except OSError as e:   # EPIPE: every worker is gone
+            raise self._broken() from e
+        self._sent += 1
         self._outstanding += 1
-        return w
+        return cid
 
-    def receive(self, w: int) -> list:
-        """The results of the oldest chunk sent to worker `w`, in order."""
-        try:
-            ok, out = pickle.loads(self._conns[w][1].recv_bytes())
-        except (EOFError, OSError) as e:   # the worker died (killed, out of memory, a crash in C)
-            raise self._broken(w) from e
+    def receive(self, cid: int) -> list:
+        """The results of chunk `cid`, in order, once they are back."""
+        early = self._early
+        while cid not in early:
+            ready = multiprocessing.connection.wait([self._results, *(p.sentinel for p in self._procs)])
+            if self._results not in ready:   # a worker died (killed, out of memory, a crash in C)
+                raise self._broken()
+            try:
+                got, ok, out = pickle.loads(self._results.recv_bytes())
+            except (EOFError, OSError) as e:
+                raise self._broken() from e
+            early[got] = (ok, out)
+        ok, out = early.pop(cid)
         self._outstanding -= 1
         if not ok:
             raise out
         return out
 
-    def _broken(self, w: int) -> BrokenProcessPool:
-        proc = self._procs[w]
-        proc.join(1)
-        return BrokenProcessPool(f"a resize worker (pid {proc.pid}) died unexpectedly"
-                                 f" (exit code {proc.exitcode}); the run can be resumed with the same command")
+    def _broken(self) -> BrokenProcessPool:
+        dead = [p for p in self._procs if p.exitcode is not None] or self._procs
+        dead[0].join(1)
+        return BrokenProcessPool(f"a resize worker (pid {dead[0].pid}) died unexpectedly"
+                                 f" (exit code {dead[0].exitcode}); the run can be resumed with the same command")
 
     def shutdown(self) -> None:
         """Stop the workers: asked to finish when every result was read, else terminated; then joined."""
-        clean = self._outstanding == 0
-        for (task_w, _), proc in zip(self._conns, self._procs):
-            if clean and proc.is_alive():
-                try:
-                    task_w.send_bytes(b"")
-                except OSError:
-                    pass
+        clean = self._outstanding == 0 and all(p.is_alive() for p in self._procs)
+        if clean:
+            try:
+                for _ in self._procs:
+                    self._tasks.send_bytes(b"")
+            except OSError:
+                clean = False
         for proc in self._procs:
             proc.join(5 if clean else 0)
             if proc.is_alive():
@@ -192,14 +212,13 @@ class WorkerPool:
             if proc.is_alive():
                 proc.kill()
                 proc.join()
-        for pair in self._conns:
-            for c in pair:
-                c.close()
-        self._conns, self._outstanding = [], 0
+        self._tasks.close()
+        self._results.close()
+        self._outstanding, self._early = 0, {}
 
 
 def _grow_pipe(conn) -> None:
-    """Give the results pipe RESULT_PIPE_BYTES of buffer (Linux F_SETPIPE_SZ); keep the default elsewhere."""
+    """Give a pipe RESULT_PIPE_BYTES of buffer (Linux F_SETPIPE_SZ); keep the default elsewhere."""
     try:
         import fcntl
 
@@ -242,7 +261,7 @@ def ordered_results(fn: Callable, args: Iterable[tuple], executor: WorkerPool | 
             yield fn(*a)
         return
     window = len(executor) * CHUNKS_PER_WORKER
-    pending: collections.deque = collections.deque()   # the worker of each chunk in flight, oldest first
+    pending: collections.deque = collections.deque()   # the id of each chunk in flight, oldest first
     it = iter(args)
     more = True
     while True:
