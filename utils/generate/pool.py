@@ -246,15 +246,13 @@ def make_executor(resizing: bool, workers: int) -> WorkerPool | None:
     return WorkerPool(workers, start_method())
 
 
-def ordered_results(fn: Callable, args: Iterable[tuple], executor: WorkerPool | None,
-                    workers: int = 1) -> Iterator:
+def ordered_results(fn: Callable, args: Iterable[tuple], executor: WorkerPool | None) -> Iterator:
     """map() in chunks of CHUNK with bounded look-ahead, results in order; inline without an executor.
 
     Args:
         fn: a module-level function (it is pickled by reference).
         args: argument tuples, consumed lazily.
-        executor: from make_executor, or None.
-        workers: unused (the pool's own size sets the look-ahead); kept for callers.
+        executor: from make_executor, or None; its size sets the look-ahead.
     """
     if executor is None:
         for a in args:

@@ -158,7 +158,7 @@ def _write_shards(index: Index, plan: list[ShardPlan], out_dir: str, *, resize: 
     loads, sizes, sids = index.loads, index.sizes, index.source_ids
 
     tasks = ((loads.reader(i, sizes.item(i), sids[i]), resize, max_pixels, dedupe) for s in todo for i in s.members)
-    results = ordered_results(prepare_item, tasks, executor, workers)
+    results = ordered_results(prepare_item, tasks, executor)
     with progress_bar(progress, total=sum(len(s.members) for s in todo), desc="writing", unit=" img",
                       smoothing=0.1) as bar:
         written_mb = 0.0
