@@ -45,3 +45,32 @@ def test_unknown_shards_are_refused_and_only_our_temps_cleaned(tmp_path):
         outdir.check_out_dir(str(tmp_path), sig(), overwrite=False)
     outdir.clean_temps(str(tmp_path))
     assert sorted(os.listdir(tmp_path)) == ["other.tmp", "train-0-of-2.tfrecord", "train-00000-of-00002.tfrecord"]
+
+
+def test_plan_hash_is_one_json_dumps_per_member(tmp_path):
+    # the run's identity in .work/ must not change with how it is computed: a resume of a run
+    # started before would otherwise be refused
+    import hashlib
+
+    from tests.generate.common import FakeSource
+    from utils.generate.index import build_index
+    from utils.generate.plan import make_plan
+
+    p = tmp_path / "x.png"
+    p.write_bytes(b"\x89PNG")
+    odd = ['q"uo\\te', "é\u2028\x00\t", "日本", "\ud800lone", "plain"]
+    entries = [(f"{s}/{i}", f"{s}-{i % 3}", [odd[i % 2], "b"] if i % 4 else [], str(p), None)
+               for i, s in enumerate(odd * 4)]
+    index = build_index(FakeSource(entries, skips=[("gone", "empty file")], multi_label=True), progress=False)
+    plan = make_plan(index.labels, index.source_ids, index.splits, index.sizes, val_fraction=0.25, folds=2,
+                     fraction=None, shard_mb=1e-5, max_side=None, short_side=None, seed=3)
+    sig = {"source": {"path": "fake"}, "name": "n"}
+    want = hashlib.sha256(json.dumps(outdir.comparable(sig), sort_keys=True).encode())
+    want.update(json.dumps(index.classes).encode())
+    want.update(json.dumps(index.skips).encode())
+    for s in plan:
+        want.update(json.dumps([s.file, s.fold]).encode())
+        for i in s.members:
+            want.update(json.dumps([index.items[i].key, index.items[i].source_id, index.labels[i]]).encode())
+    assert len(plan) > 2 and sum(len(s.members) for s in plan) == len(entries)
+    assert outdir.plan_hash(sig, index, plan) == want.hexdigest()

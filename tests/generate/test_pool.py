@@ -1,13 +1,15 @@
 """utils/generate/pool.py: the resize workers' pool, its start method and its chunked, ordered feed."""
 from __future__ import annotations
 
-import concurrent.futures as cf
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from concurrent.futures.process import BrokenProcessPool
+
+import pytest
 
 from tests.conftest import ROOT
 from utils.generate import pool
@@ -17,24 +19,80 @@ def _square(x):
     return x * x
 
 
+def _slow_square(x):
+    time.sleep(0.02 if x % 7 == 0 else 0)   # uneven work: the two workers finish out of turn
+    return x * x
+
+
+def _exit_at(x):
+    if x == 5:
+        os._exit(3)   # a worker dying as if killed (out of memory, a crash in C)
+    return x
+
+
+def _fail_at(x):
+    if x == 5:
+        raise ZeroDivisionError("bug")
+    return x
+
+
+def _sigint_self(x):
+    os.kill(os.getpid(), signal.SIGINT)   # Ctrl-C reaches the whole process group: the writer handles it
+    return x
+
+
 def test_results_come_in_order_in_chunks_with_bounded_look_ahead(monkeypatch):
     monkeypatch.setattr(pool, "CHUNK", 3)
     monkeypatch.setattr(pool, "CHUNKS_PER_WORKER", 2)
     taken = []
 
     def args():
-        for i in range(20):
+        for i in range(40):
             taken.append(i)
             yield (i,)
 
-    with cf.ThreadPoolExecutor(2) as ex:
+    ex = pool.WorkerPool(2, pool.start_method())
+    try:
         out = []
-        for r in pool.ordered_results(_square, args(), ex, workers=2):
+        for r in pool.ordered_results(_slow_square, args(), ex):
             out.append(r)
             # at most window (2 workers x 2) chunks of 3 are ever taken ahead of the consumer
             assert len(taken) - len(out) <= 2 * 2 * 3
-    assert out == [i * i for i in range(20)]
+        assert ex._outstanding == 0
+    finally:
+        ex.shutdown()
+    assert out == [i * i for i in range(40)]
     assert list(pool.ordered_results(_square, args(), None)) == out   # inline
+    assert not any(os.path.exists(f"/proc/{pid}") and not _gone(pid) for pid in ex.pids)
+
+
+@pytest.mark.parametrize("method", ["default", "forkserver"])
+def test_a_dead_worker_or_a_failing_task_is_raised_not_waited_for(method):
+    method = pool.start_method() if method == "default" else method
+    ex = pool.WorkerPool(2, method)
+    try:
+        with pytest.raises(BrokenProcessPool, match="exit code 3"):
+            list(pool.ordered_results(_exit_at, ((i,) for i in range(40)), ex))
+    finally:
+        ex.shutdown()                # terminates the live one: results were left unread
+    ex = pool.WorkerPool(2, method)
+    try:
+        with pytest.raises(ZeroDivisionError, match="bug"):
+            list(pool.ordered_results(_fail_at, ((i,) for i in range(40)), ex))
+    finally:
+        ex.shutdown()
+    assert all(_gone(pid) for pid in ex.pids)
+
+
+def test_workers_leave_ctrl_c_to_the_writer():
+    ex = pool.WorkerPool(2, pool.start_method())
+    pids = ex.pids
+    try:   # each worker gets SIGINT for every task, ignores it and goes on
+        assert list(pool.ordered_results(_sigint_self, ((i,) for i in range(20)), ex)) == list(range(20))
+        assert not any(_gone(pid) for pid in pids)
+    finally:
+        ex.shutdown()
+    assert all(_gone(pid) for pid in pids)
 
 
 def test_pass_through_and_one_worker_run_inline():
@@ -61,9 +119,7 @@ import sys, time
 sys.path.insert(0, {root!r})
 from utils.generate import pool
 ex = pool.make_executor(True, 2)
-for f in [ex.submit(pool._ready) for _ in range(4)]:
-    f.result()
-print(type(ex._mp_context).__name__, *ex._processes, flush=True)
+print(ex.method, *ex.pids, flush=True)
 time.sleep(60)
 """
 
@@ -81,7 +137,7 @@ def test_forked_workers_die_with_a_killed_writer():
     p = subprocess.Popen([sys.executable, "-c", _HOLDER.format(root=ROOT)], stdout=subprocess.PIPE, text=True)
     try:
         context, *pids = p.stdout.readline().split()
-        assert context == "ForkContext" and len(pids) == 2          # no TensorFlow, one thread: forked
+        assert context == "fork" and len(pids) == 2          # no TensorFlow, one thread: forked
         assert not any(_gone(int(x)) for x in pids)
     finally:
         p.send_signal(signal.SIGKILL)

@@ -207,9 +207,12 @@ def test_interrupted_run_resumes_to_the_clean_result(tmp_path, monkeypatch):
         build(FakeSource(entries), tmp_path / "out", val_fraction=0.2, shard_mb=0.01, dedupe=True, workers=1)
     names = os.listdir(tmp_path / "out")
     assert "manifest.json" not in names and outdir.WORK in names
-    assert any(n.endswith(".tmp") for n in names)
+    # only the interrupted shard is left unfinished: the one before it (whose sink the writer had
+    # not joined yet, utils.generate.shards.write_shard_deferred) was still renamed and marked done
+    assert len([n for n in names if n.endswith(".tmp")]) == 1
     done_before = {n: open(tmp_path / "out" / n, "rb").read() for n in names if n.endswith(".tfrecord")}
     assert done_before
+    assert all(os.path.isfile(outdir._sidecar_path(str(tmp_path / "out"), n)) for n in done_before)
     msgs = []
     calls.update(n=0, limit=10**9)
     man = writer.write_dataset(FakeSource(entries), str(tmp_path / "out"), name="t", val_fraction=0.2,

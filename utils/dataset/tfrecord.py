@@ -22,6 +22,8 @@ _MASK_DELTA = 0xA282EAD8
 # Chunks shorter than this are joined with their neighbours (encode_example_chunks,
 # frame_chunks); longer ones (the images) stay the very objects the caller gave.
 _SMALL_CHUNK = 4096
+_HEADER = 12   # uint64 length + uint32 masked crc of it
+FRAME_BYTES = _HEADER + 4   # what the framing adds to a record: the header and the data's crc
 
 
 def masked_crc(data: bytes) -> int:
@@ -57,17 +59,22 @@ def frame_chunks(chunks: list[bytes]) -> list[bytes]:
     last, when those are small (a header-check-sized copy instead of two more
     pieces for every later write and hash call).
     """
-    crc, size = 0, 0
+    extend, crc = google_crc32c.extend, 0
     for c in chunks:
-        crc = google_crc32c.extend(crc, c)
-        size += len(c)
-    header, footer = _length_header(size), struct.pack("<I", _mask(crc))
-    out = [header, *chunks, footer]
-    if len(out[1]) < _SMALL_CHUNK:
-        out[:2] = [header + out[1]]
-    if len(out[-2]) < _SMALL_CHUNK:
-        out[-2:] = [out[-2] + footer]
-    return out
+        crc = extend(crc, c)
+    length = _U64(sum(map(len, chunks)))
+    header = length + _U32(_mask(google_crc32c.value(length)))
+    footer = _U32(_mask(crc))
+    if len(chunks) <= 1:
+        first = chunks[0] if chunks else b""
+        return [header + first + footer] if len(first) < _SMALL_CHUNK else [header, first, footer]
+    first, last = chunks[0], chunks[-1]
+    head = [header + first] if len(first) < _SMALL_CHUNK else [header, first]
+    tail = [last + footer] if len(last) < _SMALL_CHUNK else [last, footer]
+    return [*head, *chunks[1:-1], *tail]
+
+
+_U64, _U32 = struct.Struct("<Q").pack, struct.Struct("<I").pack
 
 
 # --- tf.train.Example protobuf encoding --------------------------------------
@@ -207,9 +214,6 @@ def encode_example(features: dict[str, list[bytes]]) -> bytes:
 
 
 # --- finding a corruption TensorFlow reported -----------------------------------
-
-_HEADER = 12   # uint64 length + uint32 masked crc of it
-
 
 def reports_corruption_at(path: str, offset: int) -> bool:
     """Whether tf.data reading `path` stops with "corrupted/truncated record at `offset`".

@@ -71,15 +71,33 @@ def comparable(sig: dict) -> dict:
 
 
 def plan_hash(sig: dict, index: Index, plan: list[ShardPlan]) -> str:
-    """sha256 of the signature, the classes, the skips and every shard's members: the run's identity."""
+    """sha256 of the signature, the classes, the skips and every shard's members: the run's identity.
+
+    Each member adds json.dumps([key, source_id, labels]); those texts are
+    built here with json's own string encoder and hashed a shard at a time
+    (the same bytes in the same order as one json.dumps and update per
+    member, which cost ~5.5 us per item: a pass over all items before the
+    first one is written).
+    """
     h = hashlib.sha256(json.dumps(comparable(sig), sort_keys=True).encode())
     h.update(json.dumps(index.classes).encode())
     h.update(json.dumps(index.skips).encode())
+    keys, sids, labels = index.keys, index.source_ids, index.labels
     for s in plan:
         h.update(json.dumps([s.file, s.fold]).encode())
-        for i in s.members:
-            h.update(json.dumps([index.items[i].key, index.items[i].source_id, index.labels[i]]).encode())
+        members = s.members.tolist() if hasattr(s.members, "tolist") else [int(i) for i in s.members]
+        for start in range(0, len(members), 65536):   # bounded text per update
+            h.update("".join([_member_json(keys[i], sids[i], labels[i])
+                              for i in members[start:start + 65536]]).encode())
     return h.hexdigest()
+
+
+_json_str = json.encoder.encode_basestring_ascii   # what json.dumps uses for a str (ensure_ascii)
+
+
+def _member_json(key: str, source_id: str, labels: tuple[int, ...]) -> str:
+    """json.dumps([key, source_id, labels]) for str, str and a tuple of ints."""
+    return f"[{_json_str(key)}, {_json_str(source_id)}, [{', '.join(map(str, labels))}]]"
 
 
 def _our_files(out_dir: str) -> list[str]:

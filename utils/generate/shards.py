@@ -46,7 +46,7 @@ def prepare_item(load: Callable[[], list[bytes]], resize: dict, max_pixels: int,
         planes = load()
     except Exception as e:  # a vanished file, a failed download, ...
         return ("skip", f"cannot read input: {first_line(e, 200)}")
-    if not planes or any(not p for p in planes):
+    if not planes or not all(planes):
         return ("skip", "empty file")
     digest = None
     if want_hash:
@@ -88,19 +88,28 @@ def _write_all(f, parts: list[bytes]) -> None:
 
 
 class ShardSink:
-    """Frames, checksums, hashes and writes records on a background thread, in batches.
+    """Hashes and writes framed records on a background thread, in batches.
 
     Records come as chunks (utils.dataset.schema.serialize_chunks) and are
-    never joined: crc32c, sha256 and writev read the image planes where they
-    are, and all three release the GIL, so they run beside the main thread's
-    reading and header checks (sha256 alone costs about what the plain copy
-    of the same bytes does). Records are handed over ~1 MiB at a time and
-    written with one writev per batch: one queue hand-off and one system
-    call per batch, not per record. Measured on bench/generate.py
-    pass-through (1,000 photos, 111 MB, CPU time of the whole run, loaded
-    2-core machine): 308-350 ms before (a writev and a queue item per
-    record, crc32c in the main thread), 253-264 ms with batches. A bounded
-    queue caps memory (depth x batch).
+    never joined: the caller's thread frames them (crc32c), and this one
+    hashes (sha256) and writes them (writev) where they are. sha256 and
+    writev release the GIL, so they run beside the main thread's reading
+    and header checks (sha256 alone costs about what the plain copy of the
+    same bytes does). Records are handed over ~1 MiB at a time and written
+    with one writev per batch: one queue hand-off and one system call per
+    batch, not per record. Measured on bench/generate.py pass-through
+    (1,000 photos, 111 MB, CPU time of the whole run, loaded 2-core
+    machine): 308-350 ms before (a writev and a queue item per record),
+    253-264 ms with batches. The crc32c is the caller's because
+    google_crc32c holds the GIL below 1 MiB (its _crc32c.c releases it only
+    from there): on this thread it stopped the main thread as long as it
+    would there (~13 us per 110 KB photo), and left this thread, the
+    pass-through's busier one (sha256 ~85 + crc32c ~13 + writev ~20 us per
+    photo, against ~105 on the main thread), with more to do. (Calling the
+    same C function through ctypes, which releases the GIL, was tried: in
+    80 us calls another thread got to run in only 11-17% of them, the
+    wake-up costs more than a photo's 13 us.) A bounded queue caps memory
+    (depth x batch).
     """
 
     BATCH_BYTES = 1 << 20
@@ -108,7 +117,7 @@ class ShardSink:
     def __init__(self, path: str, depth: int = 4) -> None:
         self.path, self.size, self.error = path, 0, None
         self._sha = hashlib.sha256()
-        self._batch: list[list[bytes]] = []
+        self._batch: list[bytes] = []   # framed records' chunks, in order
         self._pending = 0
         self._q: queue.Queue = queue.Queue(maxsize=depth)
         self._t = threading.Thread(target=self._run, daemon=True)
@@ -117,12 +126,11 @@ class ShardSink:
     def _run(self) -> None:
         try:
             with open(self.path, "wb", buffering=0) as f:
+                sha = self._sha
                 while (batch := self._q.get()) is not None:
-                    parts = [c for rec in batch for c in tfrecord.frame_chunks(rec)]
-                    _write_all(f, parts)
-                    for c in parts:
-                        self._sha.update(c)
-                        self.size += len(c)
+                    _write_all(f, batch)
+                    for c in batch:
+                        sha.update(c)
         except BaseException as e:  # surfaced by close()
             self.error = e
             while self._q.get() is not None:   # keep draining so write() never blocks forever
@@ -134,12 +142,14 @@ class ShardSink:
 
     def write_chunks(self, chunks: list[bytes]) -> int:
         """Add one record given as chunks whose join is the serialized record; -> its size."""
-        n = sum(map(len, chunks))
-        self._batch.append(chunks)
+        framed = tfrecord.frame_chunks(chunks)
+        self._batch += framed
+        n = sum(map(len, framed))
+        self.size += n
         self._pending += n
         if self._pending >= self.BATCH_BYTES:
             self._flush()
-        return n
+        return n - tfrecord.FRAME_BYTES
 
     def _flush(self) -> None:
         if self._batch:
@@ -181,40 +191,69 @@ def write_shard(entry: ShardPlan, items: Sequence[Item], labels: Sequence[tuple[
         skipped ([key, reason] pairs), hashes (this shard's part of `seen`, or
         None), bytes, sha256.
     """
+    return write_shard_deferred(entry, items, labels, prepared, path, num_classes=num_classes, seen=seen,
+                                tick=tick)()
+
+
+def write_shard_deferred(entry: ShardPlan, items: Sequence[Item], labels: Sequence[tuple[int, ...]],
+                         prepared: Iterator[tuple], path: str, *, num_classes: int,
+                         seen: dict[str, str] | None = None,
+                         tick: Callable[[int], None] = _no_tick) -> Callable[[], dict]:
+    """write_shard, returning as soon as every record is handed to the sink thread.
+
+    The sink may still be hashing and writing the last few MiB; the local
+    writer starts the next shard meanwhile instead of waiting for them (on a
+    pass-through, ~45 photos of sha256 with the main thread idle at every
+    shard's end).
+
+    Returns:
+        a function that waits for the sink, renames the file and returns
+        write_shard's metadata. Call it exactly once.
+    """
     tmp = path + TMP_SUFFIX
     meta = {"file": entry.file, "count": 0, "fold": entry.fold, "class_counts": [0] * num_classes,
             "planes": [], "channels": [], "images": images_summary(), "skipped": [],
             "hashes": {} if seen is not None else None}
     sink = ShardSink(tmp)   # hashed as written: no second read of the shard
+    skipped, class_counts, n_planes, n_channels = meta["skipped"], meta["class_counts"], meta["planes"], meta["channels"]
+    images, add, serialize = meta["images"], sink.write_chunks, schema.serialize_chunks
+    count = 0
     try:
         for i in entry.members:
             res = next(prepared)
             item = items[i]   # (an index's item is a view made on access: once per record)
             if res[0] == "skip":
-                meta["skipped"].append([item.key, res[1]])
+                skipped.append([item.key, res[1]])
                 tick(0)
                 continue
             _, planes, (fmt, height, width, channels), digest = res
             if seen is not None:
                 key = item.key
                 if digest in seen:
-                    meta["skipped"].append([key, f"duplicate of {seen[digest]}"])
+                    skipped.append([key, f"duplicate of {seen[digest]}"])
                     tick(0)
                     continue
                 seen[digest] = key
                 meta["hashes"][digest] = key
             lab = labels[i]
-            size = sink.write_chunks(schema.serialize_chunks(planes, fmt, height, width, channels, lab, item.source_id))
-            meta["count"] += 1
+            size = add(serialize(planes, fmt, height, width, channels, lab, item.source_id))
+            count += 1
             for c in lab:
-                meta["class_counts"][c] += 1
-            if len(planes) not in meta["planes"]:
-                meta["planes"].append(len(planes))
-            if channels not in meta["channels"]:
-                meta["channels"].append(channels)
-            add_image(meta["images"], fmt, height, width)   # the same code for the local and the Beam writer
+                class_counts[c] += 1
+            if len(planes) not in n_planes:
+                n_planes.append(len(planes))
+            if channels not in n_channels:
+                n_channels.append(channels)
+            add_image(images, fmt, height, width)   # the same code for the local and the Beam writer
             tick(size)
-    finally:
+    except BaseException:
+        sink.close()   # (raises the sink's own error first, if it had one)
+        raise
+    meta["count"] = count
+
+    def finish() -> dict:
         meta["bytes"], meta["sha256"] = sink.close()
-    os.replace(tmp, path)
-    return meta
+        os.replace(tmp, path)
+        return meta
+
+    return finish

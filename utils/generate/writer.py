@@ -37,7 +37,7 @@ from utils.generate.index import Index, build_index
 from utils.generate.plan import ShardPlan, make_plan
 from utils.generate.progress import progress_bar
 from utils.generate.pool import make_executor, ordered_results
-from utils.generate.shards import prepare_item, write_shard
+from utils.generate.shards import prepare_item, write_shard_deferred
 from utils.sources.base import Source
 
 
@@ -127,7 +127,7 @@ def write_dataset(source: Source, out_dir: str, *, name: str, val_fraction: floa
                      workers=workers, progress=progress)
     finally:
         if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
+            executor.shutdown()
     manifest, skipped = build_manifest(name, sig, index, plan, done, source=source, folds=folds, seed=seed)
 
     # labels and skipped first; manifest.json LAST: its presence means "finished"
@@ -158,7 +158,7 @@ def _write_shards(index: Index, plan: list[ShardPlan], out_dir: str, *, resize: 
     loads, sizes, sids = index.loads, index.sizes, index.source_ids
 
     tasks = ((loads.reader(i, sizes.item(i), sids[i]), resize, max_pixels, dedupe) for s in todo for i in s.members)
-    results = ordered_results(prepare_item, tasks, executor, workers)
+    results = ordered_results(prepare_item, tasks, executor)
     with progress_bar(progress, total=sum(len(s.members) for s in todo), desc="writing", unit=" img",
                       smoothing=0.1) as bar:
         written_mb = 0.0
@@ -171,12 +171,28 @@ def _write_shards(index: Index, plan: list[ShardPlan], out_dir: str, *, resize: 
                 if bar.n % 64 == 0:
                     bar.set_postfix_str(f"{written_mb:.0f} MB", refresh=False)
 
-        for s in todo:
-            meta = write_shard(s, items, index.labels, results, os.path.join(out_dir, s.file),
-                               num_classes=len(index.classes), seen=seen, tick=tick)
-            outdir.save_done(out_dir, meta)   # AFTER the shard's rename: "done"
-            done[s.file] = meta
+        # a shard is finished (its sink joined, the file renamed, the sidecar saved) once the next
+        # one is written: its sink thread drains meanwhile, and a complete shard counts even if
+        # the next one fails
+        previous = None
+        try:
+            for s in todo:
+                finish = write_shard_deferred(s, items, index.labels, results, os.path.join(out_dir, s.file),
+                                              num_classes=len(index.classes), seen=seen, tick=tick)
+                last, previous = previous, (s, finish)
+                if last is not None:
+                    _finish_shard(out_dir, done, *last)
+        finally:
+            if previous is not None:
+                _finish_shard(out_dir, done, *previous)
     return done
+
+
+def _finish_shard(out_dir: str, done: dict[str, dict], entry: ShardPlan, finish: Callable[[], dict]) -> None:
+    """Wait for a written shard's sink, rename the file (write_shard_deferred), mark it done."""
+    meta = finish()
+    outdir.save_done(out_dir, meta)   # AFTER the shard's rename: "done"
+    done[entry.file] = meta
 
 
 def build_manifest(name: str, signature: dict, index: Index, plan: list[ShardPlan], done: dict[str, dict],
