@@ -40,7 +40,9 @@ pass), so the rounds time the steady state a training run sees.
 
 `--autotune off` sets tf.data's options.autotune.enabled = False on top of
 make_dataset's options: its runtime model can leave a pinned core idle for a
-third of a pass, which moves wall time more than CPU time.
+third of a pass, which moves wall time more than CPU time, and it grows the
+buffers as a pass goes, so a short and a long pass may end with different
+run-ahead (the long - short difference cancels only the same run-ahead).
 
     python bench/augment.py [--cores 1] [--images 200] [--epochs 3] [--rounds 9] [--warmup 2] [--only flip,color]
 """

@@ -200,6 +200,14 @@ def affine_apply(images, matrix):
     float16 rows 0.67; pixel pairs [N, 6] 1.2, 2x2 quads [N, 12] 2.4. Per
     image at decode (one XLA call per image in the decode map) gave 0.84
     added in bench/augment.py where this batch op gave 0.44 in the same run.
+    Also tried, timed on one batch under load (this 0.58-0.78 in the same
+    runs): tap indices from a separate compiled pass 1.07; RGBA rows (a 4th
+    channel padded on) 1.0; a 42 px SYMMETRIC-padded copy, taps without a
+    reflect, 1.0 (the pad costs more than the reflect); channel planes
+    [C, B, H, W] 3.5; the 2x2 quad as one XLA window gather (slice
+    [1, 2, 2, C]) 1.5; ImageProjectiveTransformV3 3.4. Its parts: the index
+    arithmetic alone 0.24, one tap 0.38, two 0.46, a bare read + write of the
+    batch 0.2: the taps are the cost, not the reflect.
     """
     shape = tf.shape(images)
     b, h, w, c = shape[0], images.shape[1], images.shape[2], images.shape[3]
