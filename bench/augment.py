@@ -170,7 +170,7 @@ def print_table(results: dict, args, cpus: list[int], layout: str) -> None:
         verdict = "-" if target is None else f"<= {target} {'met' if a <= target else 'NOT met'}"
         rate = f"{med(r['rate']):,.0f}" if r["rate"] else "- (load)"
         print(f"| {name} | {rate} | {med(r['cpu']):.2f} | {'-' if name == 'none' else f'{a:.3f}'} | "
-              f"{'-' if name == 'none' else f'{lo:.3f}-{hi:.3f}'} | {verdict} | "
+              f"{'-' if name == 'none' else f'{lo:.3f} to {hi:.3f}'} | {verdict} | "
               f"{op if ref is None else f'{op} {ref} ms'} | {med(r['startup']):,.0f} |")
 
 
