@@ -52,10 +52,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -67,6 +65,7 @@ from tqdm import tqdm  # noqa: E402
 
 import minimal  # noqa: E402  (bench/minimal.py, next to this file)
 from image_flags import add_image_flags, work_dir  # noqa: E402  (bench/image_flags.py, next to this file)
+from pinned import pinned_run  # noqa: E402  (bench/pinned.py, next to this file)
 
 CLASSES = 5
 TARGET = 2.0  # --short-side shards vs keras, warm and cold
@@ -254,16 +253,6 @@ def keras_compare(args, folder: str, paths: list[str], data: dict, build_s: dict
               f"(target >= {TARGET}x: {'met' if r >= TARGET else 'NOT met'})")
 
 
-def pinned_run(cpus: list[int], argv: list[str]) -> dict:
-    """bench/minimal.py argv in a child pinned to `cpus` before its interpreter starts -> its JSON."""
-    child = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "minimal.py"), *argv]
-    done = subprocess.run(child, preexec_fn=lambda: os.sched_setaffinity(0, cpus), capture_output=True,
-                          text=True, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"bench/minimal.py on CPUs {cpus} failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def minimal_compare(args, short_dir: str) -> None:
     """Ours vs the minimal pipeline on the --short-side shards, pinned to 1 CPU and to all; prints its lines."""
     allowed = sorted(os.sched_getaffinity(0))
@@ -271,9 +260,9 @@ def minimal_compare(args, short_dir: str) -> None:
     load = [os.getloadavg()[0]]
     results = {}
     for cores in core_counts:
-        results[cores] = pinned_run(allowed[:cores], ["--data", short_dir, "--cores", str(cores),
-                                                      "--rounds", str(args.rounds), "--size", str(args.size),
-                                                      "--batch", str(args.batch)])
+        results[cores] = pinned_run(allowed[:cores], "minimal.py",
+                                    ["--data", short_dir, "--cores", str(cores), "--rounds", str(args.rounds),
+                                     "--size", str(args.size), "--batch", str(args.batch)])
         load.append(os.getloadavg()[0])
     name = {"eval": "eval", "train": f"train {minimal.AUGMENT}"}
     print(f"\nours vs minimal (TFRecordDataset -> parallel map -> batch -> prefetch) on the --short-side "

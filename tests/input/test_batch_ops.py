@@ -91,3 +91,29 @@ def test_equalize_is_keras_equalization_bit_for_bit():
             np.testing.assert_array_equal(fn(tf.constant(batch)).numpy(), want)
     assert np.abs(want - 9.0).max() == 0.0 and np.abs(layer.equalization.transform_images(
         tf.constant(x), None).numpy() - x).max() > 10.0
+
+
+def reference_cutmix(images, p):
+    """cutmix_apply before the row form: _box_mask over [B, H, W, C] and a select."""
+    return tf.where(ops._box_mask(images, *p["box"]), tf.gather(images, p["order"]), images)
+
+
+def test_cutmix_rows_take_exactly_the_box_mask_pixels():
+    for h, w, c in ((20, 20, 3), (13, 17, 3), (9, 11, 1)):
+        x = tf.constant(np.random.default_rng(h).uniform(0, 255, (8, h, w, c)).astype(np.float32))
+        p = ops.cutmix_draw(x, (0.0, 1.0), seed=h)
+        # box edges on whole pixels too (x0 = 3 is inside, x1 = 7 is not), and a box to the far edges
+        x0, x1, y0, y1 = (v.numpy() for v in p["box"])
+        x0[0], x1[0], y0[0], y1[0] = 3.0, 7.0, 2.0, 5.0
+        x0[1], x1[1], y0[1], y1[1] = 0.0, float(w), 0.0, float(h)
+        p["box"] = tuple(tf.constant(v) for v in (x0, x1, y0, y1))
+        want = reference_cutmix(x, p).numpy()
+        for fn in (ops.cutmix_apply, tf.function(ops.cutmix_apply, jit_compile=True)):
+            got, labels = fn(x, tf.one_hot(tf.range(8) % 4, 4), p)
+            np.testing.assert_array_equal(got.numpy(), want)
+        assert (want != x.numpy()).any(axis=-1).sum() > 0  # the boxes did take partner pixels
+        moved = (want[0] != x.numpy()[0]).any(axis=-1)
+        partner = int(p["order"][0])
+        if partner != 0:  # image 0's box is rows 2-4, columns 3-6 exactly
+            assert moved[2:5, 3:7].all() and not moved[:2].any() and not moved[5:].any()
+            assert not moved[:, :3].any() and not moved[:, 7:].any()
