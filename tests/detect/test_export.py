@@ -293,6 +293,7 @@ def test_real_backbone_per_class_six_channels_in_every_format(tmp_path):
     m.save(path)
     save_meta(path, {"class_names": CLASSES, "input_size": [32, 32], "channels": 6, "planes": 6,
                      "head": "per-class", "multi_label": True, "outputs": output_names("per-class", 3, CLASSES)})
+    loaded = ex.load_for_export(path)  # once: the three exports share the loaded backbone
     for fmt in ("saved_model", "onnx", "litert"):
-        result = ex.export_model(path, str(tmp_path / OUT[fmt]), fmt)
+        result = ex.export_model(path, str(tmp_path / OUT[fmt]), fmt, loaded=loaded)
         assert max(result["max_abs_diff"].values()) <= 1e-4, result

@@ -201,7 +201,7 @@ def self_check(path: str, model, meta: dict, samples: list[list[bytes]]) -> dict
 # --------------------------------------------------------------------------- the export
 
 def export_model(model_path: str, out: str, fmt: str, *, quantize: str | None = None, overwrite: bool = False,
-                 unsafe: bool = False, check_images=None) -> dict:
+                 unsafe: bool = False, check_images=None, loaded: tuple | None = None) -> dict:
     """Export `model_path` to `out` in `fmt`, write its metadata, check it against Keras.
 
     Args:
@@ -213,6 +213,9 @@ def export_model(model_path: str, out: str, fmt: str, *, quantize: str | None = 
         unsafe: load a model with Lambda layers (runs Python code from the file).
         check_images: image paths (per sample a list of plane paths for multi-plane
             models) to check on; None: CHECK_IMAGES random images.
+        loaded: load_for_export(model_path)'s (model, meta), so that several formats
+            exported from one model load it once (a real backbone takes seconds);
+            None: loaded here.
     Returns:
         {"path", "format", "quantize", "meta_path", "bound", "images", "runtime", "max_abs_diff": {entry: diff}}.
     Raises:
@@ -225,7 +228,7 @@ def export_model(model_path: str, out: str, fmt: str, *, quantize: str | None = 
              "litert": [("ai_edge_litert.interpreter", "checking the litert export")]}
     for module, what in needs.get(fmt, []):
         require(module, what)
-    model, meta = load_for_export(model_path, unsafe=unsafe)
+    model, meta = loaded if loaded is not None else load_for_export(model_path, unsafe=unsafe)
     exported = probs_model(model, meta)
     info = export_metadata(model_path, meta, fmt, quantize)
     samples = check_samples(meta, check_images)
