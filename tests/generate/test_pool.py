@@ -66,6 +66,32 @@ def test_results_come_in_order_in_chunks_with_bounded_look_ahead(monkeypatch):
     assert not any(os.path.exists(f"/proc/{pid}") and not _gone(pid) for pid in ex.pids)
 
 
+_BIG = """
+import sys
+sys.path.insert(0, {root!r})
+from utils.generate import pool
+from tests.generate.test_pool import _twice
+ex = pool.WorkerPool(2, "fork")
+args = [(bytes([i]) * size,) for i, size in enumerate([200_000, 50_000, 100] * 30)]
+out = list(pool.ordered_results(_twice, args, ex))
+ex.shutdown()
+print(out == [a * 2 for (a,) in args], len(out))
+"""
+
+
+def _twice(b):
+    return b * 2
+
+
+def test_big_tasks_and_big_results_never_wait_on_each_other():
+    # Before: a task bigger than the task pipe's room blocked the sender while both workers were
+    # blocked on a full result pipe that only the sender reads (a hang); now it runs in the parent.
+    done = subprocess.run([sys.executable, "-c", _BIG.format(root=ROOT)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True", "90"]
+
+
 @pytest.mark.parametrize("method", ["default", "forkserver"])
 def test_a_dead_worker_or_a_failing_task_is_raised_not_waited_for(method):
     method = pool.start_method() if method == "default" else method

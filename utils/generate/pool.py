@@ -57,6 +57,7 @@ from typing import Callable, Iterable, Iterator
 CHUNK = 8              # images per task (see the module doc)
 CHUNKS_PER_WORKER = 4  # tasks in flight per worker: one running, the next ones queued (64 images for 2)
 RESULT_PIPE_BYTES = 1 << 20   # a worker rarely blocks on results the consumer has not read yet
+TASK_PIPE_BYTES = 1 << 20     # room for every chunk in flight (see WorkerPool.send)
 
 
 def start_method() -> str:
@@ -136,7 +137,10 @@ class WorkerPool:
         self._outstanding = 0          # chunks sent and not yet handed back
         task_r, self._tasks = ctx.Pipe(duplex=False)
         self._results, res_w = ctx.Pipe(duplex=False)
-        _grow_pipe(self._results)
+        _grow_pipe(self._results, RESULT_PIPE_BYTES)
+        # the largest task message that the task pipe is sure to take without waiting, with every
+        # other chunk of the look-ahead window in it too (a 16-byte frame header each)
+        self._task_room = _grow_pipe(self._tasks, TASK_PIPE_BYTES) // (workers * CHUNKS_PER_WORKER) - 16
         forked = method == "fork"
         self._locks = (ctx.Lock(), ctx.Lock())   # kept: a spawned worker opens them after start() returns
         args = (task_r, self._locks[0], res_w, self._locks[1], os.getpid() if forked else None,
@@ -161,12 +165,25 @@ class WorkerPool:
         return len(self._procs)
 
     def send(self, fn: Callable, chunk: list[tuple]) -> int:
-        """Queue `chunk` for the first free worker; -> its chunk id (for receive)."""
+        """Queue `chunk` for the first free worker; -> its chunk id (for receive).
+
+        A task too big for the task pipe's share of one chunk runs here instead:
+        a send that had to wait for room could wait forever, with every worker
+        blocked on a full result pipe that only this thread reads. The loaders
+        sent today are a path or an offset (a few hundred bytes a chunk).
+        """
         cid = self._sent
-        try:
-            self._tasks.send_bytes(pickle.dumps((cid, fn, chunk), pickle.HIGHEST_PROTOCOL))
-        except OSError as e:   # EPIPE: every worker is gone
-            raise self._broken() from e
+        msg = pickle.dumps((cid, fn, chunk), pickle.HIGHEST_PROTOCOL)
+        if len(msg) > self._task_room:
+            try:
+                self._early[cid] = (True, [fn(*a) for a in chunk])
+            except Exception as e:   # as a worker would hand it back
+                self._early[cid] = (False, e)
+        else:
+            try:
+                self._tasks.send_bytes(msg)
+            except OSError as e:   # EPIPE: every worker is gone
+                raise self._broken() from e
         self._sent += 1
         self._outstanding += 1
         return cid
@@ -217,14 +234,22 @@ class WorkerPool:
         self._outstanding, self._early = 0, {}
 
 
-def _grow_pipe(conn) -> None:
-    """Give a pipe RESULT_PIPE_BYTES of buffer (Linux F_SETPIPE_SZ); keep the default elsewhere."""
+def _grow_pipe(conn, size: int) -> int:
+    """Give a pipe `size` bytes of buffer where Linux allows (F_SETPIPE_SZ) -> the buffer it has.
+
+    Elsewhere, or above /proc/sys/fs/pipe-max-size, it keeps its own; unknown counts as 16 KiB
+    (the smallest default among Linux, macOS and the BSDs).
+    """
     try:
         import fcntl
 
-        fcntl.fcntl(conn.fileno(), fcntl.F_SETPIPE_SZ, RESULT_PIPE_BYTES)
-    except (ImportError, AttributeError, OSError):   # not Linux, or above /proc/sys/fs/pipe-max-size
-        pass
+        try:
+            fcntl.fcntl(conn.fileno(), fcntl.F_SETPIPE_SZ, size)
+        except OSError:
+            pass
+        return fcntl.fcntl(conn.fileno(), fcntl.F_GETPIPE_SZ)
+    except (ImportError, AttributeError, OSError):
+        return 16 << 10
 
 
 def make_executor(resizing: bool, workers: int) -> WorkerPool | None:
