@@ -138,11 +138,12 @@ def read_records(files: list[str], *, training: bool, seed, deterministic: bool,
     if training and (seed is not None or not by_data):
         # new file order every epoch: records of one shard are not always neighbours
         ds = ds.shuffle(n_all, seed=seed, reshuffle_each_iteration=True)
+    readers = max(1, min(n_files, 16))  # one per open shard, all reading at once (mostly waiting on I/O)
     ds = ds.interleave(
         read,
-        cycle_length=max(1, min(n_files, 16)),  # parallel reads, one reader per shard
+        cycle_length=readers,
         block_length=1,
-        num_parallel_calls=max(1, min(n_files, 16)),  # every open shard read at once (mostly waiting on I/O)
+        num_parallel_calls=readers,
         deterministic=deterministic or by_data,
     )
     if by_data:
