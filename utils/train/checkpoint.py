@@ -107,15 +107,15 @@ class Checkpoint:
 
         Raises:
             UsageError: the interrupted run had other settings (config.RESUME_MUTABLE
-                lists those that may change), or the chief could not read its state file, or it is corrupt.
+                lists those that may change), or the chief could not read its state file,
+                or it is corrupt.
         """
         if not self.cfg["resume"]:
             return
         raw = self._read_or_why() if self.chief else None  # a non-chief's disk never counts
         if share is None and isinstance(raw, Exception):
             raise raw
-        path = os.path.join(self.resume_dir, STATE_FILE)
-        self.saved = parse_state(share(raw) if share is not None else raw, path)
+        self.saved = parse_state(share(raw) if share is not None else raw, self.state_path)
         if self.saved is None:
             if self.chief:
                 print(f"note: no resume state in {self.resume_dir}; starting from epoch 1", file=sys.stderr)
@@ -123,6 +123,11 @@ class Checkpoint:
         changed = resume_mismatch(self.saved["run"]["config"], self.cfg)
         if changed:
             raise UsageError(f"--resume with different settings ({', '.join(changed)}): use the interrupted run's flags")
+
+    @property
+    def state_path(self) -> str:
+        """resume_dir/state.npz: where this run's state is read (and named in its errors)."""
+        return os.path.join(self.resume_dir, STATE_FILE)
 
     def _read_or_why(self) -> bytes | None | UsageError:
         """The state's bytes (None: there is none), or, when reading failed, the error line that says so.
@@ -133,8 +138,7 @@ class Checkpoint:
         try:
             return read_state_bytes(self.resume_dir)
         except OSError as e:
-            path = os.path.join(self.resume_dir, STATE_FILE)
-            return UsageError(f"cannot read the resume state {path}: {e.strerror or e}: "
+            return UsageError(f"cannot read the resume state {self.state_path}: {e.strerror or e}: "
                               "restore it, delete the .resume folder or drop --resume")
 
     def restore(self, model, scale) -> None:
