@@ -49,9 +49,18 @@ def test_channel_mean_equals_reduce_mean():
                                    tf.reduce_mean(x, axis=[1, 2], keepdims=True).numpy(), rtol=1e-5)
 
 
+def box_mask(images, x0, x1, y0, y1):
+    """The reference box test over [B, H, W, 1]: x0 <= x < x1 and y0 <= y < y1 per image."""
+    h, w = images.shape[1], images.shape[2]
+    gy = tf.reshape(tf.range(h, dtype=tf.float32), [1, -1, 1, 1])
+    gx = tf.reshape(tf.range(w, dtype=tf.float32), [1, 1, -1, 1])
+    per_image = lambda v: tf.reshape(v, [-1, 1, 1, 1])  # noqa: E731
+    return (gx >= per_image(x0)) & (gx < per_image(x1)) & (gy >= per_image(y0)) & (gy < per_image(y1))
+
+
 def _erasing_mask(x, p):
     """Where RandomErasing's whole-batch mask (the op before the scatter) erases."""
-    return (ops._box_mask(x, *p["box"]) & tf.reshape(p["apply"], [-1, 1, 1, 1])).numpy()[..., 0]
+    return (box_mask(x, *p["box"]) & tf.reshape(p["apply"], [-1, 1, 1, 1])).numpy()[..., 0]
 
 
 def test_erasing_fills_exactly_the_masked_pixels():
@@ -94,8 +103,8 @@ def test_equalize_is_keras_equalization_bit_for_bit():
 
 
 def reference_cutmix(images, p):
-    """cutmix_apply before the row form: _box_mask over [B, H, W, C] and a select."""
-    return tf.where(ops._box_mask(images, *p["box"]), tf.gather(images, p["order"]), images)
+    """cutmix_apply before the row form: box_mask over [B, H, W, C] and a select."""
+    return tf.where(box_mask(images, *p["box"]), tf.gather(images, p["order"]), images)
 
 
 def test_cutmix_rows_take_exactly_the_box_mask_pixels():
