@@ -32,17 +32,16 @@ photos, 1 core; the issue's reference, albumentations is not a dependency)
 and the target: added <= 2x albumentations (RandAugment <= 1.5 ms, MixUp and
 CutMix <= 0.2 ms).
 
-Before the rounds every pipeline runs `--warmup` untimed passes: tracing,
-autotune and XLA compilation are one-off costs, and RandAugment compiles each
+Before the rounds every pipeline runs `--warmup` untimed passes: tracing
+and XLA compilation are one-off costs, and RandAugment compiles each
 of its 11 ops the first time a batch draws it (one pass of 12 batches misses
 a given op with p = 0.1, and a compile in a timed pass costs more than the
 pass), so the rounds time the steady state a training run sees.
 
-`--autotune off` sets tf.data's options.autotune.enabled = False on top of
-make_dataset's options: its runtime model can leave a pinned core idle for a
-third of a pass, which moves wall time more than CPU time, and it grows the
-buffers as a pass goes, so a short and a long pass may end with different
-run-ahead (the long - short difference cancels only the same run-ahead).
+make_dataset switches tf.data's autotuning model off (utils/input/records.
+pipeline_options): it could leave a pinned core idle for a third of a pass,
+and grow buffers as a pass goes, so that a short and a long pass ended with
+different run-ahead (the long - short difference cancels only the same run-ahead).
 
     python bench/augment.py [--cores 1] [--images 200] [--epochs 3] [--rounds 9] [--warmup 2] [--only flip,color]
 """
@@ -92,31 +91,25 @@ def measure(data: str, ops: list[str], args) -> dict:
     Args:
         data: the dataset folder (its train split).
         ops: augmentation names, none not among them.
-        args: the parsed flags (size, batch, images, epochs, rounds, warmup, autotune).
+        args: the parsed flags (size, batch, images, epochs, rounds, warmup).
     Returns:
         {name: {"rate": [...], "cpu": [...], "added": [...], "startup": [...]}} for none and `ops`,
         one entry per round (rate: only the rounds that gave one).
     """
-    import tensorflow as tf
-
     from utils.input.pipeline import make_dataset
 
-    steps = args.epochs * args.images // args.batch
-    short = max(1, steps // 4)
-    options = tf.data.Options()
-    if args.autotune == "off":
-        options.autotune.enabled = False
+    short, steps = pass_batches(args)
 
     def dataset(name):
         ds = make_dataset(data, "train", image_size=args.size, batch_size=args.batch, training=True,
-                          augment=name, repeat=True, drop_remainder=True).with_options(options)
+                          augment=name, repeat=True, drop_remainder=True)
         return ds.take(short), ds.take(steps)
 
     pipes = {name: dataset(name) for name in ["none", *ops]}
-    for _ in range(args.warmup):  # tracing, XLA compilation, autotune: not per-image costs
+    for _ in range(args.warmup):  # tracing, XLA compilation: not per-image costs
         for pair in pipes.values():
             one_pass(pair[1])
-    out = {k: {"rate": [], "cpu": [], "added": [], "startup": []} for k in pipes}
+    out = {k: no_rounds() for k in pipes}
     extra = (steps - short) * args.batch
     for r in range(args.rounds):
         this = {}
@@ -136,11 +129,22 @@ def measure(data: str, ops: list[str], args) -> dict:
     return out
 
 
+def pass_batches(args) -> tuple[int, int]:
+    """(batches of the short pass, of the long one): `--epochs` epochs, and a quarter of that."""
+    steps = args.epochs * args.images // args.batch
+    return max(1, steps // 4), steps
+
+
+def no_rounds() -> dict:
+    """One pipeline's per-round lists, before the first round."""
+    return {"rate": [], "cpu": [], "added": [], "startup": []}
+
+
 def child_argv(args, data: str, ops: list[str]) -> list[str]:
     """The flags of a child measuring `ops` (and none) on `data`."""
     return ["--child", ",".join(ops), "--data", data, "--size", str(args.size), "--batch", str(args.batch),
             "--images", str(args.images), "--epochs", str(args.epochs), "--rounds", str(args.rounds),
-            "--warmup", str(args.warmup), "--autotune", args.autotune]
+            "--warmup", str(args.warmup)]
 
 
 def quartiles(values: list[float]) -> tuple[float, float]:
@@ -153,13 +157,12 @@ def quartiles(values: list[float]) -> tuple[float, float]:
 
 def print_table(results: dict, args, cpus: list[int], layout: str) -> None:
     """The augmentation table: one line per name, none first."""
-    steps = args.epochs * args.images // args.batch
-    short = max(1, steps // 4)
+    short, steps = pass_batches(args)
     med = statistics.median
     print(f"\n{args.images} JPEGs {args.min_side}-{args.max_side} px as --short-side {args.size} shards -> "
           f"{args.size}x{args.size}, batch {args.batch}, {len(cpus)} core(s) {cpus}, passes of "
           f"{short * args.batch} and {steps * args.batch} images, medians of {args.rounds} ABBA rounds, "
-          f"{layout}, autotune {args.autotune}, load average {os.getloadavg()[0]:.1f}")
+          f"{layout}, load average {os.getloadavg()[0]:.1f}")
     print(f"| augment= | ours img/s ({len(cpus)} core) | ours CPU ms/img | added ms/img | spread (quartiles) "
           f"| target added | albumentations, same op, 1 core | start-up CPU ms |")
     print("|---|---|---|---|---|---|---|---|")
@@ -184,9 +187,6 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=2,
                    help="untimed passes per pipeline before the rounds (default 2: every RandAugment op compiled)")
     p.add_argument("--only", default=None, help="comma list of augmentations to time (default: all)")
-    p.add_argument("--autotune", choices=("default", "off"), default="default",
-                   help="tf.data autotuning as make_dataset sets it (default), or options.autotune.enabled "
-                        "= False on top (off)")
     p.add_argument("--one-process", action="store_true",
                    help="measure every augmentation in one child process, as this bench used to "
                         "(default: a child per augmentation, each with its own none baseline)")
@@ -222,7 +222,7 @@ def main(argv=None) -> int:
             results = pinned_run(cpus, "augment.py", child_argv(args, data, names))
             layout = "all in one process"
         else:
-            results = {"none": {"rate": [], "cpu": [], "added": [], "startup": []}}
+            results = {"none": no_rounds()}
             for name in names:
                 got = pinned_run(cpus, "augment.py", child_argv(args, data, [name]))
                 results[name] = got[name]
