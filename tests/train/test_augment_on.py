@@ -142,7 +142,15 @@ def batch_stats(images, labels):
 
 @pytest.mark.slow
 def test_same_seed_same_statistics_on_both_placements(data):
-    """One seed: the batch ops in tf.data and in a tf.function step give the same pixel and label statistics."""
+    """One seed: the batch ops in tf.data and in a tf.function step give the same pixel and label statistics.
+
+    The draws are often identical but need not be: the pipeline's batch map runs its calls in parallel
+    on the ops' stateful seed generators, so which batch gets which draw can change from run to run (CI
+    once saw means 69.2 vs 63.8 over 6 batches). The tolerances are therefore those of independent draws
+    on the same images, measured over 12 seed pairs of 32 batches: worst |rel| mean 0.095, std 0.039,
+    |label max| 0.023. Measured too: dropping color from the device ops moves std by -0.16, dropping mixup
+    the label max by +0.06 (both fail); rotate alone moves too little to see (test_train_step_augments_the_batch).
+    """
     import tensorflow as tf
 
     cfg = cfg_for(data, "device", seed=5)
@@ -150,14 +158,14 @@ def test_same_seed_same_statistics_on_both_placements(data):
     raw = train_batches(data, augment_step.pipeline_augment(cfg), seed=5, with_ids=False)
     step = tf.function(augment_step.build_replica_augmenters(cfg, 32, 3, 1)[0])
     got = {"cpu": ([], []), "device": ([], []), "none": ([], [])}
-    for (ci, cl), (ri, rl) in zip(cpu.take(6), raw.take(6)):
+    for (ci, cl), (ri, rl) in zip(cpu.take(40), raw.take(40)):
         di, dl = step(ri, rl)
         for name, (i, lab) in (("cpu", (ci, cl)), ("device", (di, dl)), ("none", (ri, rl))):
             got[name][0].append(np.asarray(i))
             got[name][1].append(np.asarray(lab))
     c, d, n = (batch_stats(*got[k]) for k in ("cpu", "device", "none"))
-    assert d[0] == pytest.approx(c[0], rel=0.05) and d[1] == pytest.approx(c[1], rel=0.05)
-    assert d[2] == pytest.approx(c[2], abs=0.05)
+    assert d[0] == pytest.approx(c[0], rel=0.15) and d[1] == pytest.approx(c[1], rel=0.06)
+    assert d[2] == pytest.approx(c[2], abs=0.04)
     assert n[2] == 1.0 and c[2] < 0.98 and d[2] < 0.98  # both mixed labels, the raw stream did not
 
 
