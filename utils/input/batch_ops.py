@@ -207,7 +207,11 @@ def affine_apply(images, matrix):
     [C, B, H, W] 3.5; the 2x2 quad as one XLA window gather (slice
     [1, 2, 2, C]) 1.5; ImageProjectiveTransformV3 3.4. Its parts: the index
     arithmetic alone 0.24, one tap 0.38, two 0.46, a bare read + write of the
-    batch 0.2: the taps are the cost, not the reflect.
+    batch 0.2: the taps are the cost, not the reflect. Ruled out by the
+    pinned 0.02 against the Keras kernel (tests/input/test_rotate.py): three
+    1-D shears (Paeth) differ from bilinear by up to 26 of 255 in the middle;
+    uint8 or float16 taps round the float pixels by up to 0.5 or 0.125.
+    One floor per axis (the +1 tap folded from the first): same pixels, same 0.80 as this under load.
     """
     shape = tf.shape(images)
     b, h, w, c = shape[0], images.shape[1], images.shape[2], images.shape[3]

@@ -227,6 +227,16 @@ def random_flip(image: tf.Tensor, mode: str = "horizontal", seed=None) -> tf.Ten
     for a copy, where a batch op pays a reverse AND a select for every image
     (measured 0.2 ms per 224 px image even fused by XLA). "horizontal_and_vertical"
     flips both axes on one draw, as Keras does.
+
+    Alternatives measured in a one-core tf.data map after the 224 px resize
+    (added ms/image; this cond + reverse 0.036-0.12 under load, the cond and
+    draw alone ~0.002-0.036, a plain DeepCopy of the float image ~0.05): the
+    reverse always 0.06-0.1, a [:, ::-1] slice 1.1, a gather 0.31, XLA 0.10,
+    a transpose sandwich 0.15, crop_and_resize with a mirrored box (the flip
+    inside the resize) 0.89, ScaleAndTranslate 1.4 (refuses a negative scale).
+    Flipping the uint8 crop BEFORE the resize costs the same and is not the
+    same image: half-pixel bilinear is not mirror-exact in float32 (0.0047 of
+    255 apart, tests/input/test_pipeline.py holds flips to 1e-3).
     """
     axes = FLIP_AXES[mode]
     return tf.cond(tf.random.uniform([], seed=seed) <= 0.5, lambda: tf.reverse(image, axes), lambda: image)
