@@ -5,7 +5,7 @@ import socket
 import pytest
 
 from tests import conftest
-from tests.netns import interfaces
+from tests.netns import ISOLATED_ENV, interfaces
 
 
 def _isolated_or_skip():
@@ -46,3 +46,13 @@ def test_child_processes_share_the_namespace():
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                              timeout=60).stdout.strip()
     assert out == "['lo']"
+
+
+def test_pytest_xdist_workers_run_in_the_sessions_namespace():
+    """`make test` runs two pytest-xdist workers: the controller made the namespace (conftest imports
+    first there) and each worker, its child, is in it; a plain pytest process made its own."""
+    _isolated_or_skip()
+    maker = int(os.environ[ISOLATED_ENV])
+    assert maker == (os.getppid() if os.environ.get("PYTEST_XDIST_WORKER") else os.getpid())
+    assert os.readlink("/proc/self/ns/net") == os.readlink(f"/proc/{maker}/ns/net")
+    assert interfaces() == ["lo"]
