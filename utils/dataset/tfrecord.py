@@ -24,6 +24,7 @@ _MASK_DELTA = 0xA282EAD8
 _SMALL_CHUNK = 4096
 _HEADER = 12   # uint64 length + uint32 masked crc of it
 FRAME_BYTES = _HEADER + 4   # what the framing adds to a record: the header and the data's crc
+_U64, _U32 = struct.Struct("<Q").pack, struct.Struct("<I").pack
 
 
 def masked_crc(data: bytes) -> int:
@@ -41,13 +42,13 @@ def frame_parts(data: bytes) -> tuple[bytes, bytes]:
     header + data + footer is its TFRecord form; the caller writes the three
     without joining them, so the record's bytes are never copied.
     """
-    return _length_header(len(data)), struct.pack("<I", masked_crc(data))
+    return _length_header(len(data)), _U32(masked_crc(data))
 
 
 def _length_header(size: int) -> bytes:
     """uint64 length + uint32 masked crc32c of those 8 bytes."""
-    length = struct.pack("<Q", size)
-    return length + struct.pack("<I", masked_crc(length))
+    length = _U64(size)
+    return length + _U32(masked_crc(length))
 
 
 def frame_chunks(chunks: list[bytes]) -> list[bytes]:
@@ -62,9 +63,7 @@ def frame_chunks(chunks: list[bytes]) -> list[bytes]:
     extend, crc = google_crc32c.extend, 0
     for c in chunks:
         crc = extend(crc, c)
-    length = _U64(sum(map(len, chunks)))
-    header = length + _U32(_mask(google_crc32c.value(length)))
-    footer = _U32(_mask(crc))
+    header, footer = _length_header(sum(map(len, chunks))), _U32(_mask(crc))
     if len(chunks) <= 1:
         first = chunks[0] if chunks else b""
         return [header + first + footer] if len(first) < _SMALL_CHUNK else [header, first, footer]
@@ -72,9 +71,6 @@ def frame_chunks(chunks: list[bytes]) -> list[bytes]:
     head = [header + first] if len(first) < _SMALL_CHUNK else [header, first]
     tail = [last + footer] if len(last) < _SMALL_CHUNK else [last, footer]
     return [*head, *chunks[1:-1], *tail]
-
-
-_U64, _U32 = struct.Struct("<Q").pack, struct.Struct("<I").pack
 
 
 # --- tf.train.Example protobuf encoding --------------------------------------
