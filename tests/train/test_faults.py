@@ -330,6 +330,14 @@ def test_a_corrupt_state_is_one_line_not_a_traceback(tmp_path, damage):
     assert msg.endswith("): delete the .resume folder or drop --resume") and "\n" not in msg
 
 
+def kill_survivors(procs) -> None:
+    """Kill whichever of `procs` still runs, and reap them all: whatever happened, no worker outlives the test."""
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+
+
 @pytest.mark.slow  # two workers forming a cluster: ~20-40 s here
 def test_multiworker_resume_from_an_unreadable_chief_state_stops_every_worker(data, tmp_path):
     """Before the fix the chief died with its error and the other worker waited in the collective forever."""
@@ -342,10 +350,7 @@ def test_multiworker_resume_from_an_unreadable_chief_state_stops_every_worker(da
     except subprocess.TimeoutExpired:
         outs = None
     finally:
-        for p in procs:  # bounded: whatever happened, no worker outlives the test
-            if p.poll() is None:
-                p.kill()
-            p.wait()
+        kill_survivors(procs)
     assert outs is not None, "a worker was still running after 240 s (waiting in the collective)"
     line = ("cannot read the resume state model_save/mw.resume/state.npz: Input/output error: restore it, "
             "delete the .resume folder or drop --resume")
@@ -381,10 +386,7 @@ def test_from_chief_refuses_two_chiefs_on_every_worker():
     try:
         outs = [p.communicate(timeout=200) for p in procs]
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
+        kill_survivors(procs)
     assert [p.returncode for p in procs] == [0, 0], outs[0][1][-1500:] + outs[1][1][-1500:]
     want = ("TF_CONFIG makes 2 workers the chief: exactly one must be (task 'chief', or worker 0 when the "
             "cluster has none)")
