@@ -1,4 +1,5 @@
-"""The local run's resize workers: a process pool started early, fed in chunks.
+"""The local run's worker processes: resize workers started early and fed in chunks,
+and the whole-shard workers of a pass-through (utils.generate.apart).
 
 `--max-side` / `--short-side` decode, resize and re-encode every image: CPU
 work that a process pool spreads over the cores. What used to eat the gain
@@ -54,10 +55,16 @@ import threading
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Iterable, Iterator
 
+from utils.errors import SourceError
+
 CHUNK = 8              # images per task (see the module doc)
 CHUNKS_PER_WORKER = 4  # tasks in flight per worker: one running, the next ones queued (64 images for 2)
 RESULT_PIPE_BYTES = 1 << 20   # a worker rarely blocks on results the consumer has not read yet
 TASK_PIPE_BYTES = 1 << 20     # room for every chunk in flight (see WorkerPool.send)
+
+
+class WorkerDied(SourceError, BrokenProcessPool):
+    """A worker process died (killed, out of memory, a crash in C): the CLI's one line, a resumable run."""
 
 
 def start_method() -> str:
@@ -190,26 +197,38 @@ class WorkerPool:
 
     def receive(self, cid: int) -> list:
         """The results of chunk `cid`, in order, once they are back."""
-        early = self._early
-        while cid not in early:
-            ready = multiprocessing.connection.wait([self._results, *(p.sentinel for p in self._procs)])
-            if self._results not in ready:   # a worker died (killed, out of memory, a crash in C)
-                raise self._broken()
-            try:
-                got, ok, out = pickle.loads(self._results.recv_bytes())
-            except (EOFError, OSError) as e:
-                raise self._broken() from e
-            early[got] = (ok, out)
-        ok, out = early.pop(cid)
+        while cid not in self._early:
+            self._read_one()
+        return self._hand_back(cid)
+
+    def receive_next(self) -> tuple[int, list]:
+        """Whichever chunk comes back first (one read early included) -> (its id, its results)."""
+        if not self._early:
+            self._read_one()
+        return (cid := next(iter(self._early))), self._hand_back(cid)
+
+    def _read_one(self) -> None:
+        """Wait for the next answer on the result pipe and keep it with the early ones."""
+        ready = multiprocessing.connection.wait([self._results, *(p.sentinel for p in self._procs)])
+        if self._results not in ready:   # a worker died (killed, out of memory, a crash in C)
+            raise self._broken()
+        try:
+            got, ok, out = pickle.loads(self._results.recv_bytes())
+        except (EOFError, OSError) as e:
+            raise self._broken() from e
+        self._early[got] = (ok, out)
+
+    def _hand_back(self, cid: int) -> list:
+        ok, out = self._early.pop(cid)
         self._outstanding -= 1
         if not ok:
             raise out
         return out
 
-    def _broken(self) -> BrokenProcessPool:
+    def _broken(self) -> WorkerDied:
         dead = [p for p in self._procs if p.exitcode is not None] or self._procs
         dead[0].join(1)
-        return BrokenProcessPool(f"a resize worker (pid {dead[0].pid}) died unexpectedly"
+        return WorkerDied(f"a writer worker (pid {dead[0].pid}) died unexpectedly"
                                  f" (exit code {dead[0].exitcode}); the run can be resumed with the same command")
 
     def shutdown(self) -> None:
@@ -255,10 +274,11 @@ def _grow_pipe(conn, size: int) -> int:
 def make_executor(resizing: bool, workers: int) -> WorkerPool | None:
     """A started worker pool for prepare_item when resizing with 2+ workers, else None (run inline).
 
-    Pass-through runs inline: a read plus a header check is cheap and
-    GIL-bound, and the sink thread already overlaps hashing and writing with
-    it. Measured on 2,000 JPEGs (bench/generate.py, medians of 3 rounds):
-    inline 0.61x of a plain copy, a 2-thread pool 0.35x.
+    Pass-through gets none: a read plus a header check is cheap, and
+    sending the bytes back costs more than that (measured on 2,000 JPEGs,
+    bench/generate.py, medians of 3 rounds: inline 0.61x of a plain copy, a
+    2-thread pool 0.35x). Its workers write whole shards instead, forked
+    after the plan (utils.generate.apart).
 
     Args:
         resizing: --max-side or --short-side was given.

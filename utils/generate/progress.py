@@ -26,3 +26,9 @@ def progress_bar(progress: bool, **kw) -> tqdm:
         **kw: passed to tqdm (desc, total, unit, ...).
     """
     return _Bar(disable=not progress, dynamic_ncols=True, **kw)
+
+
+def writing_bar(progress: bool, shards) -> tqdm:
+    """The bar of the WRITE phase, over the members of these planned shards."""
+    return progress_bar(progress, total=sum(len(s.members) for s in shards), desc="writing", unit=" img",
+                        smoothing=0.1)

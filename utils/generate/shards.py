@@ -63,6 +63,12 @@ def prepare_item(load: Callable[[], list[bytes]], resize: dict, max_pixels: int,
     return ("ok", out, (info.fmt, int(info.height), int(info.width), int(info.channels)), digest)
 
 
+def item_tasks(index, members, resize: dict, max_pixels: int, want_hash: bool) -> Iterator[tuple]:
+    """prepare_item's argument tuples for these members of an Index (utils.generate.index), lazily."""
+    loads, sizes, sids = index.loads, index.sizes, index.source_ids
+    return ((loads.reader(i, sizes.item(i), sids[i]), resize, max_pixels, want_hash) for i in members)
+
+
 def _iov_max() -> int:
     """How many buffers one writev takes (Linux: 1024; POSIX promises 16)."""
     try:
@@ -110,27 +116,48 @@ class ShardSink:
     80 us calls another thread got to run in only 11-17% of them, the
     wake-up costs more than a photo's 13 us.) A bounded queue caps memory
     (depth x batch).
+
+    `background` may instead be a function: the work then starts on the
+    caller's thread, and moves to a sink thread at the first batch for
+    which the function says yes. For a process that is one of several
+    writing shards side by side: while the others keep the cores busy, a
+    thread would only contend for them (and for this process's GIL); once
+    they are done, the thread takes up the core they leave
+    (utils.generate.apart, measured there).
     """
 
     BATCH_BYTES = 1 << 20
 
-    def __init__(self, path: str, depth: int = 4) -> None:
+    def __init__(self, path: str, depth: int = 4, background: bool | Callable[[], bool] = True) -> None:
         self.path, self.size, self.error = path, 0, None
         self._sha = hashlib.sha256()
         self._batch: list[bytes] = []   # framed records' chunks, in order
         self._pending = 0
-        self._q: queue.Queue = queue.Queue(maxsize=depth)
+        self._depth = depth
+        self._q: queue.Queue | None = None
+        self._file = None
+        self._later = None if background is True else background if callable(background) else (lambda: False)
+        if self._later is None:
+            self._start()
+        else:
+            self._file = open(path, "wb", buffering=0)
+
+    def _start(self) -> None:
+        self._q = queue.Queue(maxsize=self._depth)
         self._t = threading.Thread(target=self._run, daemon=True)
         self._t.start()
 
+    def _put(self, f, batch: list[bytes]) -> None:
+        _write_all(f, batch)
+        for c in batch:
+            self._sha.update(c)
+
     def _run(self) -> None:
         try:
-            with open(self.path, "wb", buffering=0) as f:
-                sha = self._sha
+            # a sink thread from the start opens the file itself (an open error surfaces in close())
+            with self._file or open(self.path, "wb", buffering=0) as f:
                 while (batch := self._q.get()) is not None:
-                    _write_all(f, batch)
-                    for c in batch:
-                        sha.update(c)
+                    self._put(f, batch)
         except BaseException as e:  # surfaced by close()
             self.error = e
             while self._q.get() is not None:   # keep draining so write() never blocks forever
@@ -153,14 +180,26 @@ class ShardSink:
 
     def _flush(self) -> None:
         if self._batch:
-            self._q.put(self._batch)
+            if self._q is None and self._later():
+                self._start()
+            if self._q is None:
+                self._put(self._file, self._batch)
+            else:
+                self._q.put(self._batch)
             self._batch, self._pending = [], 0
 
     def close(self) -> tuple[int, str]:
         """-> (bytes, sha256) once everything is on disk (in the page cache)."""
-        self._flush()
-        self._q.put(None)
-        self._t.join()
+        if self._q is None:
+            try:
+                self._put(self._file, self._batch)
+                self._batch = []
+            finally:
+                self._file.close()
+        else:
+            self._flush()
+            self._q.put(None)
+            self._t.join()
         if self.error is not None:
             raise self.error
         return self.size, self._sha.hexdigest()
@@ -172,7 +211,7 @@ def _no_tick(nbytes: int) -> None:
 
 def write_shard(entry: ShardPlan, items: Sequence[Item], labels: Sequence[tuple[int, ...]],
                 prepared: Iterator[tuple], path: str, *, num_classes: int, seen: dict[str, str] | None = None,
-                tick: Callable[[int], None] = _no_tick) -> dict:
+                tick: Callable[[int], None] = _no_tick, background: bool | Callable[[], bool] = True) -> dict:
     """Write one planned shard to `path`, through `path + .tmp` and a rename.
 
     Args:
@@ -184,6 +223,7 @@ def write_shard(entry: ShardPlan, items: Sequence[Item], labels: Sequence[tuple[
         seen: --dedupe: {input sha1: key} of every record written before; a
             repeat is skipped as "duplicate of KEY", a new one added. None: no dedupe.
         tick: called once per member with the record's size (0 when skipped).
+        background: hash and write on a sink thread, or from when this says so (ShardSink).
 
     Returns:
         the shard's metadata: file, count, fold, class_counts, planes, channels,
@@ -192,13 +232,14 @@ def write_shard(entry: ShardPlan, items: Sequence[Item], labels: Sequence[tuple[
         None), bytes, sha256.
     """
     return write_shard_deferred(entry, items, labels, prepared, path, num_classes=num_classes, seen=seen,
-                                tick=tick)()
+                                tick=tick, background=background)()
 
 
 def write_shard_deferred(entry: ShardPlan, items: Sequence[Item], labels: Sequence[tuple[int, ...]],
                          prepared: Iterator[tuple], path: str, *, num_classes: int,
                          seen: dict[str, str] | None = None,
-                         tick: Callable[[int], None] = _no_tick) -> Callable[[], dict]:
+                         tick: Callable[[int], None] = _no_tick,
+                         background: bool | Callable[[], bool] = True) -> Callable[[], dict]:
     """write_shard, returning as soon as every record is handed to the sink thread.
 
     The sink may still be hashing and writing the last few MiB; the local
@@ -214,7 +255,7 @@ def write_shard_deferred(entry: ShardPlan, items: Sequence[Item], labels: Sequen
     meta = {"file": entry.file, "count": 0, "fold": entry.fold, "class_counts": [0] * num_classes,
             "planes": [], "channels": [], "images": images_summary(), "skipped": [],
             "hashes": {} if seen is not None else None}
-    sink = ShardSink(tmp)   # hashed as written: no second read of the shard
+    sink = ShardSink(tmp, background=background)   # hashed as written: no second read of the shard
     skipped, class_counts, n_planes, n_channels = meta["skipped"], meta["class_counts"], meta["planes"], meta["channels"]
     images, add, serialize = meta["images"], sink.write_chunks, schema.serialize_chunks
     count = 0

@@ -12,7 +12,8 @@ memory and a killed run can resume:
           (utils.generate.plan). Its hash names the run (utils.generate.outdir).
   WRITE   shard by shard, in plan order: load, check / resize in workers,
           serialize, frame, hash and write (utils.generate.shards); a sidecar
-          in `.work/` marks each finished shard.
+          in `.work/` marks each finished shard. A pass-through of 2+ shards
+          writes whole shards side by side in forked workers instead.
   FINISH  labels.json, skipped.csv, then manifest.json (its presence marks a
           finished dataset), then `.work/` is removed.
 
@@ -32,12 +33,12 @@ from utils.dataset import schema
 from utils.dataset.manifest import IMAGES, LABELS, MANIFEST, SKIPPED, SPLITS, load_manifest
 from utils.errors import SourceError, UsageError
 from utils.files import atomic_write_csv, atomic_write_json
-from utils.generate import outdir
+from utils.generate import apart, outdir
 from utils.generate.index import Index, build_index
 from utils.generate.plan import ShardPlan, make_plan
-from utils.generate.progress import progress_bar
+from utils.generate.progress import writing_bar
 from utils.generate.pool import make_executor, ordered_results
-from utils.generate.shards import prepare_item, write_shard_deferred
+from utils.generate.shards import item_tasks, prepare_item, write_shard_deferred
 from utils.sources.base import Source
 
 
@@ -154,13 +155,14 @@ def _write_shards(index: Index, plan: list[ShardPlan], out_dir: str, *, resize: 
             if s.file in done:
                 seen.update(done[s.file].get("hashes") or {})
     todo = [s for s in plan if s.file not in done]
+    if apart.wanted(todo, resize, seen, workers):
+        apart.write_shards(todo, index, out_dir, done, resize=resize, max_pixels=max_pixels, workers=workers,
+                           progress=progress)
+        return done
     items = index.items
-    loads, sizes, sids = index.loads, index.sizes, index.source_ids
-
-    tasks = ((loads.reader(i, sizes.item(i), sids[i]), resize, max_pixels, dedupe) for s in todo for i in s.members)
+    tasks = (t for s in todo for t in item_tasks(index, s.members, resize, max_pixels, dedupe))
     results = ordered_results(prepare_item, tasks, executor)
-    with progress_bar(progress, total=sum(len(s.members) for s in todo), desc="writing", unit=" img",
-                      smoothing=0.1) as bar:
+    with writing_bar(progress, todo) as bar:
         written_mb = 0.0
 
         def tick(nbytes: int) -> None:
