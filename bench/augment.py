@@ -30,7 +30,9 @@ in odd ones). Reported are medians over ALL rounds (none dropped) of:
 next to albumentations' CPU ms/img for the same operation (measured on real
 photos, 1 core; the issue's reference, albumentations is not a dependency)
 and the target: added <= 2x albumentations (RandAugment <= 1.5 ms, MixUp and
-CutMix <= 0.2 ms).
+CutMix <= 0.2 ms), and OpenCV's own kernels for flip, rotate and rrc (what
+albumentations calls) timed in this run on the same photos and the first
+CPU (bench/opencv_ref.py): the reference's machine is not this one.
 
 Before the rounds every pipeline runs `--warmup` untimed passes: tracing
 and XLA compilation are one-off costs, and RandAugment compiles each
@@ -155,7 +157,7 @@ def quartiles(values: list[float]) -> tuple[float, float]:
     return q[0], q[2]
 
 
-def print_table(results: dict, args, cpus: list[int], layout: str) -> None:
+def print_table(results: dict, args, cpus: list[int], layout: str, opencv: dict[str, str]) -> None:
     """The augmentation table: one line per name, none first."""
     short, steps = pass_batches(args)
     med = statistics.median
@@ -164,8 +166,8 @@ def print_table(results: dict, args, cpus: list[int], layout: str) -> None:
           f"{short * args.batch} and {steps * args.batch} images, medians of {args.rounds} ABBA rounds, "
           f"{layout}, load average {os.getloadavg()[0]:.1f}")
     print(f"| augment= | ours img/s ({len(cpus)} core) | ours CPU ms/img | added ms/img | spread (quartiles) "
-          f"| target added | albumentations, same op, 1 core | start-up CPU ms |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"| target added | albumentations, same op, 1 core | OpenCV here, 1 core | start-up CPU ms |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         op, ref, target = REFERENCE[name]
         a = med(r["added"])
@@ -174,7 +176,8 @@ def print_table(results: dict, args, cpus: list[int], layout: str) -> None:
         rate = f"{med(r['rate']):,.0f}" if r["rate"] else "- (load)"
         print(f"| {name} | {rate} | {med(r['cpu']):.2f} | {'-' if name == 'none' else f'{a:.3f}'} | "
               f"{'-' if name == 'none' else f'{lo:.3f} to {hi:.3f}'} | {verdict} | "
-              f"{op if ref is None else f'{op} {ref} ms'} | {med(r['startup']):,.0f} |")
+              f"{op if ref is None else f'{op} {ref} ms'} | {opencv.get(name, '-')} | "
+              f"{med(r['startup']):,.0f} |")
 
 
 def main(argv=None) -> int:
@@ -229,7 +232,9 @@ def main(argv=None) -> int:
                 for key, values in got["none"].items():  # none's line: its rounds in every child
                     results["none"][key] += values
             layout = "a process per augmentation"
-        print_table(results, args, cpus, layout)
+        from opencv_ref import reference   # bench/opencv_ref.py
+
+        print_table(results, args, cpus, layout, reference(folder, args.size, cpus[0]))
     return 0
 
 
