@@ -150,7 +150,8 @@ def main() -> None:
           f"(started by {pool.start_method()}), load average {load0[0]:.1f} {load0[1]:.1f} {load0[2]:.1f}")
     plain_copy(files, os.path.join(OUT, "copy.bin"))                  # warm the page cache
     datas = [open(p, "rb").read() for p in files]
-    runs: dict[str, list[tuple[float, float]]] = {k: [] for k in ("copy", "hash", "pt", "pt1", "pt40", "cv1", "one", "rs")}
+    names = ("copy", "hash", "pt", "pt1", "pt40", "cv1", "one", "rs")
+    runs: dict[str, list[tuple[float, float]]] = {k: [] for k in names}
     for _ in range(a.rounds):   # alternate the contenders: the machine is shared and noisy
         runs["copy"].append(timed(plain_copy, files, os.path.join(OUT, "copy.bin")))
         runs["hash"].append(timed(hash_only, datas))

@@ -229,7 +229,7 @@ class WorkerPool:
         dead = [p for p in self._procs if p.exitcode is not None] or self._procs
         dead[0].join(1)
         return WorkerDied(f"a writer worker (pid {dead[0].pid}) died unexpectedly"
-                                 f" (exit code {dead[0].exitcode}); the run can be resumed with the same command")
+                          f" (exit code {dead[0].exitcode}); the run can be resumed with the same command")
 
     def shutdown(self) -> None:
         """Stop the workers: asked to finish when every result was read, else terminated; then joined."""
