@@ -16,6 +16,13 @@ and 159 -> 127; 2 of 110 MB 168 -> 137 and 155 -> 135; 2 of 157 + 64 MB
 shard is done. With a sink thread in every worker from the start (as
 inline): 200 -> 169 at 40 MB, 189 -> 159 at 110 MB, so a worker hashes and
 writes on its own thread until the run's tail (_forked_shard).
+
+Tried and left out: a second process per shard hashing the file as its
+writer wrote it (read back from the page cache, the writer hashing nothing),
+so that the tail's last shard has two processes with no GIL between them.
+Alternating runs of the two versions (us per photo, this one first): 40 MB
+shards 171 / 195 and 186 / 184, the bench's 2 shards 181 / 191 and 176 /
+175: the read-back and the extra processes cost what the split gains.
 """
 from __future__ import annotations
 
