@@ -143,9 +143,10 @@ def test_folder_end_to_end_with_bad_files(tmp_path):
 
 
 @pytest.mark.slow
-def test_kill_9_and_resume_gives_the_clean_result(tmp_path):
+@pytest.mark.parametrize("workers", ["1", "2"])   # 2: shards written side by side (utils.generate.apart)
+def test_kill_9_and_resume_gives_the_clean_result(tmp_path, workers):
     src = folder_dataset(tmp_path / "src", (150, 150, 100), size=32)
-    args = ["--val-fraction", "0.2", "--shard-mb", "0.01", "--workers", "1", "--no-progress"]
+    args = ["--val-fraction", "0.2", "--shard-mb", "0.01", "--workers", workers, "--no-progress"]
     clean = tmp_path / "clean"
     assert run(src, "--out", clean, *args).returncode == 0
     out = tmp_path / "out"
