@@ -183,20 +183,25 @@ class ShardSink:
             if self._q is None and self._later():
                 self._start()
             if self._q is None:
-                self._put(self._file, self._batch)
+                try:
+                    self._put(self._file, self._batch)
+                except BaseException as e:
+                    self.error = e   # close() raises it, as it does the sink thread's, and writes no more
+                    raise
             else:
                 self._q.put(self._batch)
             self._batch, self._pending = [], 0
 
     def close(self) -> tuple[int, str]:
         """-> (bytes, sha256) once everything is on disk (in the page cache)."""
-        if self._q is None:
+        if self._q is None:   # inline so far: the last batch may still move to the thread
             try:
-                self._put(self._file, self._batch)
-                self._batch = []
+                if self.error is None:
+                    self._flush()
             finally:
-                self._file.close()
-        else:
+                if self._q is None:
+                    self._file.close()
+        if self._q is not None:
             self._flush()
             self._q.put(None)
             self._t.join()
