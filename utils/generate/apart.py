@@ -69,19 +69,17 @@ def write_shards(todo: list[ShardPlan], index: Index, out_dir: str, done: dict[s
     try:
         with writing_bar(progress, todo) as bar:
             written_mb = 0.0
-            sent: dict[int, ShardPlan] = {}
-            queue = iter(range(len(todo)))
-            for k in itertools.islice(queue, 2 * n):   # a free worker always finds the next shard queued
-                sent[executor.send(_forked_shard, [(k,)])] = todo[k]
-            while sent:
-                cid, (meta,) = executor.receive_next()
+            sends = (executor.send(_forked_shard, [(k,)]) for k in range(len(todo)))
+            for _ in itertools.islice(sends, 2 * n):   # a free worker always finds the next shard queued
+                pass
+            while executor.outstanding:
+                _, (meta,) = executor.receive_next()
                 outdir.save_done(out_dir, meta)   # the worker renamed the shard: it is done
-                done[sent.pop(cid).file] = meta
+                done[meta["file"]] = meta
                 written_mb += meta["bytes"] / 1e6
                 bar.update(meta["count"] + len(meta["skipped"]))
                 bar.set_postfix_str(f"{written_mb:.0f} MB", refresh=False)
-                for k in itertools.islice(queue, 1):
-                    sent[executor.send(_forked_shard, [(k,)])] = todo[k]
+                next(sends, None)
     finally:
         executor.shutdown()
 

@@ -171,6 +171,11 @@ class WorkerPool:
     def __len__(self) -> int:
         return len(self._procs)
 
+    @property
+    def outstanding(self) -> int:
+        """Chunks sent and not handed back yet."""
+        return self._outstanding
+
     def send(self, fn: Callable, chunk: list[tuple]) -> int:
         """Queue `chunk` for the first free worker; -> its chunk id (for receive).
 
