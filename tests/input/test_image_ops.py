@@ -59,6 +59,20 @@ def test_train_crop_image_in_tf_data_for_jpeg_and_png():
             assert 0.0 <= out.min() and out.max() <= 255.0 + 1e-3  # area's float sums: 255.00014 seen
 
 
+@pytest.mark.parametrize("mode,axes", [("horizontal", (1,)), ("vertical", (0,)), ("horizontal_and_vertical", (0, 1))])
+@pytest.mark.parametrize("hw", [(96, 120), (30, 36)])  # a 4x shrink (area) and a shrink below 2x (bilinear)
+def test_flipped_resize_is_the_resized_image_or_its_mirror_about_half_the_time(mode, axes, hw):
+    img = tf.constant(random_image(4, *hw))
+    plain = image_ops.resize_image(img, (24, 18)).numpy()
+    resize = image_ops.flipped_resize(image_ops.resize_image, mode, seed=3)
+    outs = [resize(img, (24, 18)).numpy() for _ in range(40)]
+    mirrored = [bool(np.allclose(o, np.flip(plain, axes), atol=0.02)) for o in outs]
+    same = [bool(np.array_equal(o, plain)) for o in outs]
+    assert all(m != s for m, s in zip(mirrored, same))  # one or the other, never neither
+    assert 8 <= sum(mirrored) <= 32  # p = 0.5 of 40
+    assert image_ops.flipped_resize(image_ops.resize_image, None) is image_ops.resize_image
+
+
 def test_random_resized_crop_one_image_eager_and_in_tf_data():
     img = tf.constant(np.arange(40 * 60 * 3, dtype=np.float32).reshape(40, 60, 3) % 255)
     for out in eager_and_in_tf_data(lambda t: image_ops.random_resized_crop(t, (12, 10), seed=7), img):

@@ -34,8 +34,9 @@ Random resized crop is not a batch op: the pipeline does it per image at DECODE
 time (`decode_crop` gives its options, utils/input/image_ops.train_crop_image
 crops), before the resize to the model's input, so the crop keeps full
 resolution and a JPEG only decodes the cropped window. The flip, too, runs per
-image in the pipeline (`decode_flip`, image_ops.random_flip: only the flipped
-half pays for a copy); build_augmenter leaves out the names in `at_decode`.
+image in the pipeline, on the decoded image before its resize (`decode_flip`,
+image_ops.flipped_resize: only the flipped half pays for a copy, of uint8
+pixels); build_augmenter leaves out the names in `at_decode`.
 
 Ops are applied in a fixed order whatever order the names come in: geometry,
 then colour, then erasing, then label mixing last (mixing before a colour jitter

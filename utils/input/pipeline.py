@@ -19,7 +19,8 @@ Order of `make_dataset` and why (as in big_vision's input_pipeline):
   (augment.build_augmenter) and MixUp/CutMix need partners from the same
   batch. The random resized crop and the flip are the exceptions: they run per
   image inside the decode, the crop on the full-resolution image
-  (image_ops.train_crop_image), the flip where only flipped images pay a copy.
+  (image_ops.train_crop_image), the flip on the decoded uint8 image before its
+  resize, where only flipped images pay a copy (image_ops.flipped_resize).
 - prefetch LAST so the whole pipeline runs ahead of the training step.
 - train.py's stream (`skip=`, `resumable_stream`) replaces shuffle -> repeat by
   passes over the data each shuffled with its own seed, so its position is one
@@ -46,7 +47,7 @@ from utils.dataset.manifest import (DatasetError, check_shards_on_disk, load_lab
                                     select_shards, split_count)
 from utils.errors import UsageError
 from utils.input import augment as aug
-from utils.input.image_ops import as_hw, direct_jpeg, eval_image, random_flip, train_crop_image
+from utils.input.image_ops import as_hw, direct_jpeg, eval_image, train_crop_image
 from utils.input.labels import HEADS, dense_labels, split_labels
 from utils.input.records import (AUTOTUNE, counters, decode_skipping_failures, pipeline_options, read_records,
                                  resumable_stream, shuffle_size)
@@ -106,12 +107,14 @@ def _decoder(size, channels: int, planes: int, num_classes: int, head: str, crop
     def decode(serialized):
         with tf.control_dependencies([counter["seen"].assign_add(1)]):
             ex = schema.parse(serialized)
+        # the flip per image, on the decoded uint8 before its resize: only the
+        # flipped half pays for a copy, of the smaller image (image_ops.flipped_resize)
+        flipping = {"flip": flip, "flip_seed": None if seed is None else seed + 1}
         if crop is not None:
-            img = train_crop_image(ex[schema.ENCODED], size, channels, planes, seed=seed, direct=direct, **crop)
+            img = train_crop_image(ex[schema.ENCODED], size, channels, planes, seed=seed, direct=direct,
+                                   **flipping, **crop)
         else:
-            img = eval_image(ex[schema.ENCODED], size, channels, planes, direct=direct)
-        if flip is not None:  # per image: only the flipped half pays for a copy (image_ops.random_flip)
-            img = random_flip(img, flip, seed=None if seed is None else seed + 1)
+            img = eval_image(ex[schema.ENCODED], size, channels, planes, direct=direct, **flipping)
         with tf.control_dependencies([img]):
             done = counter["ok"].assign_add(1)
         with tf.control_dependencies([done]):
