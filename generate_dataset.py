@@ -79,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="split train into K stratified, grouped folds; each train shard holds one fold (default 0: none)")
     p.add_argument("--fraction", type=float, metavar="F",
                    help="keep only a stratified fraction of the samples, for quick experiments (default: all)")
-    p.add_argument("--shard-mb", type=float, default=150, metavar="MB", help="target shard size in MB (default 150)")
+    p.add_argument("--shard-mb", type=float, default=150, metavar="MB",
+                   help="largest shard size in MB, about (default 150): each split is cut into "
+                        "the fewest shards of one size under it")
     p.add_argument("--max-side", type=int, metavar="N",
                    help="resize so the longer side is at most N pixels and re-encode (default: bytes untouched)")
     p.add_argument("--short-side", type=int, metavar="N",

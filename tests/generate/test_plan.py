@@ -4,6 +4,8 @@ from __future__ import annotations
 import collections
 import random
 
+import numpy as np
+
 from utils.generate import plan
 
 
@@ -79,8 +81,9 @@ def test_source_splits_kept_test_untouched_and_shards_named_per_split():
     labels, sids, _, sizes = columns([6, 6, 4])
     splits = ["train"] * 8 + ["val"] * 4 + ["test"] * 4
     shard_plan = plan.make_plan(labels, sids, splits, sizes, shard_mb=3 * 1064 / 2**20)
-    assert [(s.split, len(s.members)) for s in shard_plan] == [("train", 3)] * 2 + [("train", 2)] + [
-        ("val", 3), ("val", 1), ("test", 3), ("test", 1)]
+    # at most 3 items a shard, each split in the fewest shards of one size (8 -> 2 + 3 + 3, 4 -> 2 + 2)
+    assert [(s.split, len(s.members)) for s in shard_plan] == [("train", 2), ("train", 3), ("train", 3)] + [
+        ("val", 2), ("val", 2), ("test", 2), ("test", 2)]
     assert [s.file for s in shard_plan if s.split == "val"] == ["val-00000-of-00002.tfrecord",
                                                                "val-00001-of-00002.tfrecord"]
     # --val-fraction re-splits train + val, never test
@@ -96,10 +99,31 @@ def test_pick_stratified_targets_add_up_to_the_rounded_total():
     assert len(plan.pick_stratified(range(3), 0.1, lambda i: 0, str, rng, at_least_one=True)) == 1
 
 
-def test_cut_by_size_closes_a_shard_before_it_overflows():
-    sizes = {0: 5, 1: 5, 2: 1, 3: 20, 4: 1}
-    assert plan.cut_by_size([0, 1, 2, 3, 4], sizes.get, 10) == [[0, 1], [2], [3], [4]]
+def test_cut_by_size_makes_the_fewest_shards_of_one_size():
+    sizes = {i: 10 for i in range(22)}          # 220 bytes, at most 150 a shard: 2 of 110, not 150 + 70
+    assert [len(r) for r in plan.cut_by_size(list(range(22)), sizes.get, 150)] == [11, 11]
+    sizes = {0: 5, 1: 5, 2: 1, 3: 20, 4: 1}     # 32 bytes in runs of 8: the 20-byte item spans one, dropped
+    assert plan.cut_by_size([0, 1, 2, 3, 4], sizes.get, 10) == [[0], [1, 2], [3, 4]]
     assert plan.cut_by_size([], sizes.get, 10) == []
+    assert plan.shard_count(0, 10) == 0 and plan.shard_count(10, 10) == 1 and plan.shard_count(11, 10) == 2
+
+
+def test_even_cuts_over_chunks_are_the_cuts_of_the_whole_running_sum():
+    rng = np.random.default_rng(0)
+    for n, big in ((1, False), (37, True), (500, True), (500, False)):
+        sizes = rng.integers(64, 5000, n)
+        if big:
+            sizes[n // 2] = 200_000             # one item bigger than a shard
+        cum = np.cumsum(sizes)
+        whole = plan.cut_cumulative(cum, 20_000)
+        k = plan.shard_count(int(cum[-1]), 20_000)
+        chunks = [cum[a:a + 41] for a in range(0, n, 41)]
+        assert plan._even_cuts(chunks, int(cum[-1]), k) == whole
+        assert whole[0][0] == 0 and whole[-1][1] == n and all(a[1] == b[0] for a, b in zip(whole, whole[1:]))
+        runs = [int(sizes[a:e].sum()) for a, e in whole]
+        assert len(runs) <= k and max(runs) <= cum[-1] / k + sizes.max()
+        if not big:
+            assert max(runs) - min(runs) <= 2 * 5000  # even: each within an item of total / k
 
 
 def test_resize_estimate_keeps_shards_full_when_only_the_short_side_is_limited():

@@ -67,32 +67,47 @@ def estimate_sizes(sizes: np.ndarray, max_side: int | None, short_side: int | No
     return b
 
 
+def shard_count(total: int, shard_bytes: int) -> int:
+    """How many shards `total` bytes make: the fewest of at most about `shard_bytes` each."""
+    return -(-int(total) // int(shard_bytes)) if total > 0 else 0
+
+
 def cut_cumulative(cum: np.ndarray, shard_bytes: int) -> list[tuple[int, int]]:
-    """(start, end) of consecutive runs of at most `shard_bytes` each, from the running sum of
-    the sizes (a lone bigger item gets its own run)."""
-    return _cut_chunks([cum], shard_bytes)
+    """(start, end) of consecutive runs, from the running sum of the sizes: as many as
+    shard_count says, all of one size (each within one item of total / count)."""
+    total = int(cum[-1]) if len(cum) else 0
+    return _even_cuts([cum], total, shard_count(total, shard_bytes))
 
 
-def _cut_chunks(cums, shard_bytes: int) -> list[tuple[int, int]]:
-    """cut_cumulative over the running sum given as consecutive chunks (each an int64 array)."""
-    out, start, base, off, last = [], 0, 0, 0, 0    # base: the running sum before item `start`
+def _even_cuts(cums, total: int, k: int) -> list[tuple[int, int]]:
+    """cut_cumulative over the running sum given as consecutive chunks (each an int64 array).
+
+    Run j (1..k) holds the items whose running sum falls in (T(j-1), T(j)],
+    T(j) = j * total // k; an item bigger than a whole run leaves the runs it
+    spans empty, and empty runs are dropped (it gets a run of its own).
+
+    Even runs rather than full ones: a greedy fill to --shard-mb left the last
+    shard of each split a remainder (220 MB as 157 + 64 MB), and shards are the
+    unit of parallel work, in the writer's workers (utils.generate.apart), on
+    Beam, and in a reader's per-worker file shards: the biggest one sets the wall time.
+    """
+    out, start, off, j = [], 0, 0, 1
     for cum in cums:
-        n = off + len(cum)
-        while start < n:
-            end = max(start + 1, off + int(np.searchsorted(cum, base + shard_bytes, side="right")))
-            if end >= n:
-                break                               # this shard may go on in the next chunk
-            out.append((start, end))
-            base = int(cum[end - 1 - off]) if end > off else last
-            start = end
-        off, last = n, int(cum[-1]) if len(cum) else last
-    if start < off:
-        out.append((start, off))
+        while j <= k:
+            t = j * total // k
+            if len(cum) == 0 or t > int(cum[-1]):
+                break                               # run j ends in a later chunk
+            end = off + int(np.searchsorted(cum, t, side="right"))
+            if end > start:
+                out.append((start, end))
+                start = end
+            j += 1
+        off += len(cum)
     return out
 
 
 def cut_by_size(order: list[int], sizes: Callable[[int], int], shard_bytes: int) -> list[list[int]]:
-    """Consecutive runs of `order` of at most `shard_bytes` each (a lone bigger item gets its own)."""
+    """`order` as cut_cumulative's runs, given each item's size."""
     cum = np.cumsum(np.array([sizes(i) for i in order], dtype=np.int64))
     return [list(order[a:e]) for a, e in cut_cumulative(cum, shard_bytes)]
 
@@ -191,7 +206,11 @@ def make_plan(labels: Sequence[tuple[int, ...]], source_ids: Sequence[str], spli
         chunks: list[tuple[int | None, np.ndarray]] = []
         for f, mask in bins:
             order = _shuffled_members(mask, random.Random(f"{seed}/shuffle/{split}/{f}"))  # mix classes
-            cuts = _cut_chunks(_running_sums(sizes, order, max_side, short_side), shard_bytes)
+            total = 0
+            for cum in _running_sums(sizes, order, max_side, short_side):
+                total = int(cum[-1])                # a running sum: its last value is the total
+            cuts = _even_cuts(_running_sums(sizes, order, max_side, short_side), total,
+                              shard_count(total, shard_bytes))
             chunks += [(f, order[a:e]) for a, e in cuts]
         k = len(chunks)
         plan += [ShardPlan(shard_name(split, j, k), split, f, c) for j, (f, c) in enumerate(chunks)]
