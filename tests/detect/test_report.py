@@ -9,7 +9,6 @@ import html
 import html.parser
 import json
 import os
-import shutil
 import subprocess
 
 import numpy as np
@@ -21,7 +20,6 @@ from utils.detect.report import (HEADLINE, MAX_MATRIX, TOP_LOSSES, most_confused
                                  write_eval_report)
 
 CHROMIUM = "/usr/bin/chromium"
-SCREENSHOT_COPY = "/work/wt/export_screenshot.png"
 
 
 def synthetic(n=40, k=5, multi=False, seed=0):
@@ -240,4 +238,3 @@ def test_page_in_headless_chromium(tmp_path):
     from PIL import Image
 
     assert shot.stat().st_size > 10_000 and Image.open(shot).size == (1280, 4000)
-    shutil.copy(shot, SCREENSHOT_COPY)

@@ -13,9 +13,10 @@ Measured (bench/generate.py's 2,000 photos of 110 KB, 2 cores, alternating
 runs, medians, us per photo, inline -> apart): 6 shards of 40 MB 175 -> 138
 and 159 -> 127; 2 of 110 MB 168 -> 137 and 155 -> 135; 2 of 157 + 64 MB
 (the bench's default before the plan cut even shards) 169 -> 152, the
-second worker idle once its small shard was done. With a sink thread in every worker from the start (as
-inline): 200 -> 169 at 40 MB, 189 -> 159 at 110 MB, so a worker hashes and
-writes on its own thread until the run's tail (_forked_shard).
+second worker idle once its small shard was done. With a sink thread in
+every worker from the start (as inline): 200 -> 169 at 40 MB, 189 -> 159
+at 110 MB, so a worker hashes and writes on its own thread until the run's
+tail (_forked_shard).
 
 Tried and left out: a second process per shard hashing the file as its
 writer wrote it (read back from the page cache, the writer hashing nothing),
