@@ -66,6 +66,7 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 from image_flags import add_image_flags, work_dir  # noqa: E402  (bench/image_flags.py, next to this file)
+from spread import quartiles  # noqa: E402  (bench/spread.py, next to this file)
 
 # name -> (albumentations' op, its CPU ms/img on 1 core, our target for the ADDED ms/img)
 REFERENCE = {
@@ -150,14 +151,6 @@ def child_argv(args, data: str, ops: list[str]) -> list[str]:
     return ["--child", ",".join(ops), "--data", data, "--size", str(args.size), "--batch", str(args.batch),
             "--images", str(args.images), "--epochs", str(args.epochs), "--rounds", str(args.rounds),
             "--warmup", str(args.warmup)]
-
-
-def quartiles(values: list[float]) -> tuple[float, float]:
-    """The lower and upper quartile (the middle half of the rounds lies between), for the spread column."""
-    if len(values) < 2:
-        return values[0], values[0]
-    q = statistics.quantiles(values, n=4, method="inclusive")
-    return q[0], q[2]
 
 
 def print_table(results: dict, args, cpus: list[int], layout: str, opencv: dict[str, str]) -> None:

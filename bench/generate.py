@@ -46,6 +46,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
+from spread import quartiles  # noqa: E402  (bench/spread.py, next to this file)
 
 OUT = os.path.join(ROOT, "bench", "out")
 IMAGES = os.path.join(OUT, "images")
@@ -135,12 +136,6 @@ def timed_ours(out: str, workers: int, **kw) -> tuple[float, float]:
     return timed(ours, out, workers, **kw)
 
 
-def quartiles(values: list[float]) -> str:
-    """"LOW-HIGH": the first and third quartiles of `values`, to 2 decimals."""
-    q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
-    return f"{q[0]:.2f}-{q[2]:.2f}"
-
-
 def verdict(value: float, target: float) -> str:
     return f"(target >= {target:.2f}x: {'met' if value >= target else 'NOT met'})"
 
@@ -208,8 +203,9 @@ def main() -> None:
     print(line("--max-side 256, 1 process", "one"))
     print(line(f"--max-side 256, {a.workers} workers", "rs"))
     pt, pt_cpu = statistics.median(pair_ratios), cpu["copy"] / cpu["pt"]
+    lo, hi = quartiles(pair_ratios)
     print(f"pass-through vs plain copy:              {pt:.2f}x {verdict(pt, 0.85)}; CPU ratio {pt_cpu:.2f}x "
-          f"(median of {len(pair_ratios)} pairs; quartiles {quartiles(pair_ratios)})")
+          f"(median of {len(pair_ratios)} pairs; quartiles {lo:.2f}-{hi:.2f})")
     print(f"  in one process {wall['copy'] / wall['pt1']:.2f}x; with 40 MB shards {wall['copy'] / wall['pt40']:.2f}x "
           "(no target)")
     floor = cpu["copy"] / (cpu["copy"] + cpu["hash"])
